@@ -1,0 +1,1 @@
+"""SpeechOcean762 loading, validation and instance building (the data-preparation stage)."""

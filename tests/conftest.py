@@ -1,0 +1,69 @@
+"""Shared fixtures: the real mini corpus from ../shared, subsets of it, its HF form."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MINI = SHARED / "speechocean762-mini"
+
+
+@pytest.fixture(scope="session")
+def mini() -> Path:
+    if not (MINI / "resource" / "scores.json").is_file():
+        pytest.fail(f"the real mini corpus is expected at {MINI} (../shared beside the repo)")
+    return MINI
+
+
+def subset_corpus(src: Path, dst: Path, per_split: int) -> Path:
+    """Copy the first ``per_split`` utterances of each split, keeping the official layout."""
+    scores = json.loads((src / "resource" / "scores.json").read_text())
+    keep: dict[str, dict] = {}
+    for split in ("train", "test"):
+        lines = (src / split / "wav.scp").read_text().splitlines()[:per_split]
+        ids = [line.split()[0] for line in lines]
+        (dst / split).mkdir(parents=True)
+        for name in ("wav.scp", "text", "utt2spk"):
+            rows = [r for r in (src / split / name).read_text().splitlines() if r.split()[0] in ids]
+            (dst / split / name).write_text("\n".join(rows) + "\n")
+        for line in lines:
+            utt, rel = line.split(maxsplit=1)
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src / rel, dst / rel)
+            keep[utt] = scores[utt]
+    (dst / "resource").mkdir()
+    (dst / "resource" / "scores.json").write_text(json.dumps(keep, indent=2, sort_keys=True))
+    return dst
+
+
+@pytest.fixture
+def small_corpus(mini: Path, tmp_path: Path) -> Path:
+    return subset_corpus(mini, tmp_path / "corpus", per_split=3)
+
+
+def write_hf_parquet(corpus: Path, out: Path) -> Path:
+    """The corpus in the Hub repo's parquet form (schema of mispeech/speechocean762)."""
+    import datasets
+
+    from pronlora.data.kaldi import KaldiCorpus
+
+    rows: dict[str, list[dict]] = {"train": [], "test": []}
+    for raw in KaldiCorpus(corpus).utterances():
+        rec = dict(raw.record)
+        rec["words"] = [
+            {**w, "phones": list(w["phones"]), "mispronunciations": w.get("mispronunciations", [])}
+            for w in rec["words"]
+        ]
+        rec.update(speaker=raw.speaker, gender="m", age=10)
+        rec["audio"] = {"bytes": raw.audio.path.read_bytes(), "path": f"{raw.utt_id}.wav"}
+        rows[raw.split].append(rec)
+    for split, items in rows.items():
+        ds = datasets.Dataset.from_list(items).cast_column("audio", datasets.Audio(decode=False))
+        (out / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
+    return out
