@@ -1,0 +1,30 @@
+#!/usr/bin/env python3
+"""Stage 2: fine-tune Phi-4-multimodal with a named config; rerun to resume.
+
+Exit status 3 means a stop signal arrived and a checkpoint was saved: requeue the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pronlora.cli import run_job
+from pronlora.collate import SequenceTooLongError
+from pronlora.config import ConfigError, available, load_config
+from pronlora.train import NonFiniteLossError, train
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--config", required=True, help=f"one of {available()} or a YAML path")
+    ap.add_argument("--prepared", required=True, help="output dir of jobs/prep.py")
+    ap.add_argument("--model", required=True, help="Phi-4-multimodal snapshot dir")
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. epochs=4)")
+    args = ap.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    return train(cfg, args.prepared, args.model, args.run_dir)
+
+
+if __name__ == "__main__":
+    run_job(main, (ConfigError, NonFiniteLossError, SequenceTooLongError, FileNotFoundError))

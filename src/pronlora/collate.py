@@ -1,0 +1,118 @@
+"""Batches of prepared instances -> model inputs, without the torchvision-bound processor.
+
+The user turn comes from the checkpoint's own chat template; the single ``<|audio|>``
+placeholder is expanded to as many audio tokens as the feature extractor says the clip yields
+(``ceil(frames / 8)``), exactly what the native processor would do. Labels are -100 everywhere
+except the answer and its closing ``<|end|>``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from pronlora.protocol import AUDIO_TOKEN, END_TOKEN, SAMPLE_RATE
+
+IGNORE_INDEX = -100
+
+
+class SequenceTooLongError(ValueError):
+    pass
+
+
+@lru_cache(maxsize=8192)
+def load_audio(path: str) -> np.ndarray:
+    data, rate = sf.read(path, dtype="float32", always_2d=False)
+    if rate != SAMPLE_RATE or data.ndim != 1:
+        raise ValueError(f"{path}: expected 16 kHz mono audio, got {rate} Hz, shape {data.shape}")
+    return data
+
+
+def user_turn(tokenizer: Any, prompt: str) -> str:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+
+
+@dataclass
+class Collator:
+    """Callable for a DataLoader; ``with_labels=False`` builds generation prompts only."""
+
+    tokenizer: Any
+    feature_extractor: Any
+    max_length: int = 2048
+    with_labels: bool = True
+    padding_side: str = "right"
+
+    def __post_init__(self) -> None:
+        self.pad_id = self.tokenizer.pad_token_id
+        self.audio_id = self.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+        self.end_id = self.tokenizer.convert_tokens_to_ids(END_TOKEN)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, row: dict[str, Any], n_audio: int) -> tuple[list[int], list[int]]:
+        prompt = user_turn(self.tokenizer, row["prompt"])
+        if prompt.count(AUDIO_TOKEN) != 1:
+            raise ValueError(f"{row['id']}: prompt must hold exactly one {AUDIO_TOKEN}")
+        before, after = prompt.split(AUDIO_TOKEN)
+        prompt_ids = self._ids(before) + [self.audio_id] * n_audio + self._ids(after)
+        if not self.with_labels:
+            return prompt_ids, []
+        answer_ids = self._ids(row["target"]) + [self.end_id]
+        ids = prompt_ids + answer_ids
+        labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+        return ids, labels
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        audio = [load_audio(r["audio"]) for r in rows]
+        feats = self.feature_extractor(
+            audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="longest"
+        )
+        sizes = feats["audio_embed_sizes"].tolist()
+        encoded = [self.encode(r, int(n)) for r, n in zip(rows, sizes, strict=True)]
+        too_long = [
+            (r["id"], len(ids))
+            for r, (ids, _) in zip(rows, encoded, strict=True)
+            if len(ids) > self.max_length
+        ]
+        if too_long:
+            raise SequenceTooLongError(
+                f"instances longer than max_length={self.max_length} tokens: {too_long}"
+            )
+        width = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for i, (ids, lab) in enumerate(encoded):
+            n = len(ids)
+            sl = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
+            input_ids[i, sl] = torch.tensor(ids)
+            attention[i, sl] = 1
+            if self.with_labels:
+                labels[i, sl] = torch.tensor(lab)
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "audio_input_features": feats["audio_input_features"],
+            "audio_embed_sizes": feats["audio_embed_sizes"],
+            "audio_attention_mask": feats["audio_attention_mask"],
+        }
+        if self.with_labels:
+            batch["labels"] = labels
+        return batch
+
+
+_WS = re.compile(r"\s+")
+
+
+def approx_prompt_tokens(row: dict[str, Any]) -> float:
+    """Cheap length proxy for length-grouped batching: audio tokens dominate."""
+    return row["duration_s"] * 12.5 + len(_WS.split(row["prompt"]))

@@ -1,0 +1,187 @@
+"""Named recipe configs: YAML data validated into typed objects before anything heavy runs.
+
+Like torchtune, a recipe (``jobs/train.py``) takes a named config (``configs/<name>.yaml`` in
+the package) or a path to a YAML file, plus ``key=value`` overrides. Every key is checked:
+an unknown key, a wrong type, a value out of range or an impossible combination raises
+ConfigError naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.05
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str
+    # continue_speech: keep training the shipped speech adapter from its weights.
+    # merge_speech: merge the shipped speech adapter into the base, then train a fresh LoRA.
+    adapter: Literal["continue_speech", "merge_speech"] = "merge_speech"
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    strategy: Literal["lora", "unfreeze"] = "lora"
+    quantization: Literal["bf16", "nf4"] = "bf16"
+    # text: <|APA|>/<|MDD|> are ordinary text (default: base model and adapter stay portable,
+    # nothing but LoRA weights changes). special: added tokens with trainable embedding rows.
+    control_tokens: Literal["text", "special"] = "text"
+    # Compute dtype; fp32 exists for the CPU smoke config only.
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    epochs: int = 3
+    micro_batch: int = 8
+    grad_accum: int = 8
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_ratio: float = 0.0
+    max_length: int = 2048
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    save_steps: int = 50
+    keep_step_checkpoints: int = 2
+    logging_steps: int = 5
+    max_steps: int = -1
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    dataloader_workers: int = 2
+
+    @property
+    def effective_batch(self) -> int:
+        return self.micro_batch * self.grad_accum
+
+
+_POSITIVE = (
+    "epochs",
+    "micro_batch",
+    "grad_accum",
+    "max_length",
+    "save_steps",
+    "keep_step_checkpoints",
+    "logging_steps",
+)
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for arg in typing.get_args(tp):
+            try:
+                return _check_type(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not fit {tp}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, prefix=f"{key}.")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp in (int, float, str) and (not isinstance(value, tp) or isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"known: {', '.join(prefix + n for n in sorted(names))}"
+        )
+    kwargs = {k: _check_type(v, hints[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from None
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Range and combination checks that need more than one key."""
+    for key in _POSITIVE:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr: must be > 0, got {cfg.lr}")
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise ConfigError(f"warmup_ratio: must be in [0, 1), got {cfg.warmup_ratio}")
+    if cfg.lora.r < 1 or cfg.lora.alpha < 1 or not 0 <= cfg.lora.dropout < 1:
+        raise ConfigError(f"lora: r and alpha must be >= 1 and dropout in [0, 1), got {cfg.lora}")
+    if cfg.quantization == "nf4" and cfg.dtype != "bf16":
+        raise ConfigError("dtype: nf4 quantization computes in bf16; set dtype: bf16")
+    if cfg.attn_implementation == "flash_attention_2" and cfg.dtype != "bf16":
+        raise ConfigError("attn_implementation: flash_attention_2 needs dtype: bf16")
+    return cfg
+
+
+def config_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    packaged = files("pronlora") / "configs" / f"{name_or_path}.yaml"
+    if not packaged.is_file():
+        raise ConfigError(f"no config named {name_or_path!r}; available: {', '.join(available())}")
+    return Path(str(packaged))
+
+
+def available() -> list[str]:
+    return sorted(
+        p.name[:-5] for p in (files("pronlora") / "configs").iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    path = config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    data.setdefault("name", path.stem)
+    try:
+        return validate(_build(TrainConfig, data))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,1 @@
+"""Phi-4-multimodal loading, adapters and random-weight checkpoints."""

@@ -1,0 +1,263 @@
+"""Load Phi-4-multimodal from a local snapshot and attach the adapters a config asks for.
+
+One function serves training and inference so both see the same weights, quantization and
+merges. Snapshot layout (as a lab holds the Hub repo in native transformers format): base
+weights + tokenizer + ``preprocessor_config.json`` at the top, the speech adapter in
+``speech-lora/``.
+
+Modules kept out of 4-bit under ``nf4``: the whole multimodal embedding (audio encoder, audio
+projector and the vision tower: conformer convolutions and the relative-position bias are
+precision-sensitive, and ``unfreeze`` must train the audio parts) and ``lm_head`` (tied to the
+embeddings). Only the language model's linear layers are quantized.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pronlora.config import ConfigError, TrainConfig
+from pronlora.model.random_checkpoint import ADAPTER_TARGET_REGEX, SPEECH_ADAPTER_DIR
+from pronlora.protocol import CONTROL_TOKENS, TASKS
+
+log = logging.getLogger(__name__)
+
+AUDIO_MODULES = (
+    "model.embed_tokens_extend.audio_embed.encoder",
+    "model.embed_tokens_extend.audio_embed.up_proj_for_speech",
+    "model.embed_tokens_extend.audio_embed.down_proj_for_speech",
+)
+NF4_SKIP_MODULES = ["lm_head", "embed_tokens_extend"]
+TRAIN_ADAPTER = "default"
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    feature_extractor: Any
+
+
+def check_snapshot(model_dir: Path) -> None:
+    needed = [
+        model_dir / "config.json",
+        model_dir / "preprocessor_config.json",
+        model_dir / SPEECH_ADAPTER_DIR / "adapter_config.json",
+    ]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise ConfigError(
+            f"--model {model_dir}: not a Phi-4-multimodal snapshot in native transformers format "
+            f"(missing {', '.join(missing)})"
+        )
+
+
+def torch_dtype(cfg: TrainConfig) -> torch.dtype:
+    return torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+
+
+def load_processors(model_dir: Path, cfg: TrainConfig) -> tuple[Any, Any]:
+    """Tokenizer (plus added control tokens if configured) and the audio feature extractor.
+
+    The feature extractor is used directly: the native processor also wants an image processor,
+    which needs torchvision, and we have no images.
+    """
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer, Phi4MultimodalFeatureExtractor
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if cfg.control_tokens == "special":
+        tokenizer.add_tokens(
+            [AddedToken(CONTROL_TOKENS[t], special=True, normalized=False) for t in TASKS],
+            special_tokens=True,
+        )
+    fe = Phi4MultimodalFeatureExtractor.from_pretrained(model_dir)
+    return tokenizer, fe
+
+
+def _snapshot_key(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file() and path.suffix in (".json", ".safetensors"):
+            st = path.stat()
+            h.update(f"{path.relative_to(model_dir)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def merged_snapshot(model_dir: Path, cache_dir: Path) -> Path:
+    """Base + speech adapter merged in bf16 and saved once, keyed by the snapshot's hash.
+
+    4-bit weights cannot take a LoRA merge, so the merge must happen before quantization.
+    """
+    from peft import PeftModel
+    from transformers import Phi4MultimodalForCausalLM
+
+    dest = cache_dir / f"merged-speech-{_snapshot_key(model_dir)}"
+    if (dest / "config.json").is_file():
+        return dest
+    log.info(
+        "merging %s/%s into the base weights (cached at %s)", model_dir, SPEECH_ADAPTER_DIR, dest
+    )
+    base = Phi4MultimodalForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    merged = PeftModel.from_pretrained(base, model_dir / SPEECH_ADAPTER_DIR).merge_and_unload()
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "preprocessor_config.json",
+        "generation_config.json",
+    ):
+        if (model_dir / name).is_file():
+            shutil.copy(model_dir / name, tmp / name)
+    tmp.rename(dest)
+    return dest
+
+
+def _base_model(path: Path, cfg: TrainConfig, device_map: Any) -> Any:
+    from transformers import Phi4MultimodalForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(cfg),
+        "attn_implementation": cfg.attn_implementation,
+    }
+    if cfg.quantization == "nf4":
+        if not torch.cuda.is_available():
+            raise ConfigError("quantization: nf4 needs a CUDA GPU (bitsandbytes 4-bit)")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=NF4_SKIP_MODULES,
+        )
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = Phi4MultimodalForCausalLM.from_pretrained(path, **kwargs)
+    # The audio encoder's relative-position bias is additive: keep it off flash-attention.
+    audio = model.model.embed_tokens_extend.audio_embed.encoder
+    if (
+        hasattr(audio.config, "_attn_implementation")
+        and cfg.attn_implementation == "flash_attention_2"
+    ):
+        audio.config._attn_implementation = "sdpa"
+    return model
+
+
+def _adapter_config(model_dir: Path) -> dict[str, Any]:
+    return json.loads((model_dir / SPEECH_ADAPTER_DIR / "adapter_config.json").read_text())
+
+
+def load_model(
+    cfg: TrainConfig,
+    model_dir: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    trainable: bool = True,
+    device_map: Any = None,
+) -> Loaded:
+    """Base model with the configured adapters attached (LoRA trainable if ``trainable``)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    model_dir = Path(model_dir).resolve()
+    check_snapshot(model_dir)
+    shipped = _adapter_config(model_dir)
+    tokenizer, fe = load_processors(model_dir, cfg)
+
+    if cfg.adapter == "continue_speech":
+        for key, theirs in (("r", shipped["r"]), ("alpha", shipped["lora_alpha"])):
+            if getattr(cfg.lora, key) != theirs:
+                raise ConfigError(
+                    f"lora.{key}: config says {getattr(cfg.lora, key)}, the shipped adapter "
+                    f"{model_dir / SPEECH_ADAPTER_DIR} has {theirs} (continue_speech keeps its shape)"
+                )
+        if cfg.control_tokens == "special":
+            raise ConfigError("control_tokens: special needs adapter: merge_speech")
+        base = _base_model(model_dir, cfg, device_map)
+        model = PeftModel.from_pretrained(
+            base, model_dir / SPEECH_ADAPTER_DIR, adapter_name=TRAIN_ADAPTER, is_trainable=trainable
+        )
+        if trainable:
+            for module in model.modules():
+                if hasattr(module, "lora_dropout") and TRAIN_ADAPTER in module.lora_dropout:
+                    drop = module.lora_dropout[TRAIN_ADAPTER]
+                    if isinstance(drop, torch.nn.Dropout):
+                        drop.p = cfg.lora.dropout
+    else:
+        if cfg.quantization == "nf4":
+            cache = Path(cache_dir) if cache_dir else model_dir.parent / ".pronlora-cache"
+            base = _base_model(merged_snapshot(model_dir, cache), cfg, device_map)
+        else:
+            base = _base_model(model_dir, cfg, device_map)
+            base = PeftModel.from_pretrained(
+                base, model_dir / SPEECH_ADAPTER_DIR
+            ).merge_and_unload()
+        extra: dict[str, Any] = {}
+        if cfg.control_tokens == "special":
+            ids = [tokenizer.convert_tokens_to_ids(CONTROL_TOKENS[t]) for t in TASKS]
+            if max(ids) >= base.config.vocab_size:
+                raise ConfigError(
+                    f"control_tokens: new token ids {ids} exceed the model's vocab_size "
+                    f"{base.config.vocab_size}"
+                )
+            extra["trainable_token_indices"] = {"embed_tokens": ids}
+        lora = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=shipped.get("target_modules", ADAPTER_TARGET_REGEX),
+            task_type="CAUSAL_LM",
+            **extra,
+        )
+        if cfg.quantization == "nf4" and trainable:
+            from peft import prepare_model_for_kbit_training
+
+            base = prepare_model_for_kbit_training(
+                base, use_gradient_checkpointing=cfg.gradient_checkpointing
+            )
+        model = get_peft_model(base, lora, adapter_name=TRAIN_ADAPTER)
+    if cfg.strategy == "unfreeze" and trainable:
+        for name in AUDIO_MODULES:
+            for p in model.get_submodule(_peft_path(model, name)).parameters():
+                p.requires_grad_(True)
+    if not trainable:
+        model.eval()
+    return Loaded(model, tokenizer, fe)
+
+
+def _peft_path(model: Any, name: str) -> str:
+    """Module path of ``name`` (relative to the CausalLM) inside a PeftModel wrapper."""
+    return f"base_model.model.{name}" if hasattr(model, "base_model") else name
+
+
+def unfrozen_state(model: Any) -> dict[str, torch.Tensor]:
+    """Weights of the unfrozen audio modules, keyed relative to the CausalLM."""
+    out = {}
+    for name in AUDIO_MODULES:
+        module = model.get_submodule(_peft_path(model, name))
+        for key, value in module.state_dict().items():
+            out[f"{name}.{key}"] = value.detach().cpu().contiguous()
+    return out
+
+
+def load_unfrozen_state(model: Any, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(path)
+    for name in AUDIO_MODULES:
+        prefix = f"{name}."
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if not sub:
+            raise ConfigError(f"{path}: no weights for {name}")
+        model.get_submodule(_peft_path(model, name)).load_state_dict(sub)

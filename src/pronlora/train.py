@@ -1,0 +1,276 @@
+"""The training stage: a named config, prepared instances and a snapshot -> LoRA checkpoints.
+
+Uses the transformers ``Trainer`` rather than TRL's ``SFTTrainer``: our collator already does
+what SFTTrainer adds (chat formatting, completion-only labels, audio feature extraction), and
+SFTTrainer's dataset preparation would have to be switched off for audio rows anyway; the
+Trainer gives the rest (AdamW, schedules, exact mid-epoch resumption with RNG and data order).
+
+Run dir layout::
+
+    config.yaml  versions.json  run.json      resolved config and provenance
+    train_log.jsonl                           loss, lr, tokens/s, GPU memory per logging step
+    checkpoints/epoch-N/                      adapter (+ unfrozen.safetensors) per epoch
+    trainer/checkpoint-STEP/                  step checkpoints for resumption (newest kept)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from pronlora.atomic import read_jsonl, write_json, write_text
+from pronlora.collate import Collator
+from pronlora.config import ConfigError, TrainConfig, to_dict
+from pronlora.model.load import Loaded, load_model, load_unfrozen_state, unfrozen_state
+from pronlora.versions import versions
+
+log = logging.getLogger(__name__)
+
+# Exit status meaning "checkpoint saved after a signal; requeue me" (the sbatch template
+# turns it into `scontrol requeue`).
+EXIT_REQUEUE = 3
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+UNFROZEN_FILE = "unfrozen.safetensors"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+
+def load_split(prepared: Path, split: str) -> list[dict[str, Any]]:
+    path = prepared / f"{split}.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"--prepared {prepared}: no {split}.jsonl (run jobs/prep.py first)")
+    rows = read_jsonl(path)
+    if not rows:
+        raise ConfigError(f"{path}: no instances")
+    return rows
+
+
+def _complete_checkpoints(trainer_dir: Path) -> list[Path]:
+    """Step checkpoints whose trainer state was written (the Trainer writes it last)."""
+    found = []
+    for d in trainer_dir.glob("checkpoint-*"):
+        if (d / "trainer_state.json").is_file() and (d / "adapter_model.safetensors").is_file():
+            found.append(d)
+    return sorted(found, key=lambda d: int(d.name.split("-")[1]))
+
+
+def _save_epoch(
+    model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any], unfreeze: bool
+) -> None:
+    """Write one epoch checkpoint into a temporary dir and rename it into place."""
+    from safetensors.torch import save_file
+
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if unfreeze:
+        save_file(unfrozen_state(model), str(tmp / UNFROZEN_FILE))
+    write_json(tmp / "meta.json", meta)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def build_trainer(
+    cfg: TrainConfig, loaded: Loaded, rows: list[dict[str, Any]], run_dir: Path
+) -> Any:
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    stop = {"signal": None}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
+        stop["signal"] = signum
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+
+    class StopOnSignal(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if stop["signal"] is not None:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    class SaveEpoch(TrainerCallback):
+        def on_epoch_end(self, args, state, control, model=None, **kw):
+            epoch = round(state.epoch or 0)
+            if stop["signal"] is not None or abs((state.epoch or 0) - epoch) > 1e-6 or epoch < 1:
+                return control
+            dest = run_dir / "checkpoints" / f"epoch-{epoch}"
+            meta = {"epoch": epoch, "global_step": state.global_step, "config": cfg.name}
+            _save_epoch(model, loaded.tokenizer, dest, meta, cfg.strategy == "unfreeze")
+            log.info("saved %s", dest)
+            return control
+
+    class PronloraTrainer(Trainer):
+        _tokens = 0
+        _t0 = time.perf_counter()
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self._tokens += int(inputs["attention_mask"].sum())
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if not torch.isfinite(loss).all():
+                last = _complete_checkpoints(run_dir / "trainer")
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at step {self.state.global_step + 1}; stopping. "
+                    f"Last good checkpoint: {last[-1] if last else 'none'}"
+                )
+            return loss
+
+        def log(self, logs, start_time=None):
+            now = time.perf_counter()
+            logs["tokens_per_s"] = round(self._tokens / max(now - self._t0, 1e-9), 1)
+            self._tokens, self._t0 = 0, now
+            if cuda:
+                logs["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            super().log(logs, start_time)
+            entry = {"step": self.state.global_step, "epoch": self.state.epoch, **logs}
+            with open(run_dir / "train_log.jsonl", "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+
+        def _save(self, output_dir=None, state_dict=None):
+            super()._save(output_dir, state_dict)
+            if cfg.strategy == "unfreeze":
+                from safetensors.torch import save_file
+
+                save_file(unfrozen_state(self.model), str(Path(output_dir) / UNFROZEN_FILE))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            path = Path(resume_from_checkpoint) / UNFROZEN_FILE
+            if cfg.strategy == "unfreeze":
+                load_unfrozen_state(self.model, path)
+
+    args = TrainingArguments(
+        output_dir=str(run_dir / "trainer"),
+        per_device_train_batch_size=cfg.micro_batch,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=False,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.keep_step_checkpoints,
+        bf16=cfg.dtype == "bf16" and cuda,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        dataloader_num_workers=cfg.dataloader_workers,
+        remove_unused_columns=False,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=not cuda,
+    )
+    collator = Collator(loaded.tokenizer, loaded.feature_extractor, max_length=cfg.max_length)
+    trainer = PronloraTrainer(
+        model=loaded.model,
+        args=args,
+        train_dataset=_Rows(rows),
+        data_collator=collator,
+        callbacks=[StopOnSignal(), SaveEpoch()],
+    )
+    trainer.stop_state = stop
+    return trainer
+
+
+def _check_same_run(run_dir: Path, resolved: dict[str, Any], model: Path, prepared: Path) -> None:
+    saved_path = run_dir / "run.json"
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    diffs = [k for k in resolved if saved["config"].get(k) != resolved[k]]
+    if diffs or saved["model"] != str(model) or saved["prepared"] != str(prepared):
+        what = ", ".join(diffs) or "model/prepared path"
+        raise ConfigError(
+            f"--run-dir {run_dir} holds a run with a different setup ({what} differ); "
+            "use a new run dir"
+        )
+
+
+def train(
+    cfg: TrainConfig, prepared: str | Path, model_dir: str | Path, run_dir: str | Path
+) -> int:
+    """Train (or resume) into ``run_dir``; returns 0 when done, EXIT_REQUEUE after a signal."""
+    prepared, model_dir, run_dir = (Path(p).resolve() for p in (prepared, model_dir, run_dir))
+    rows = load_split(prepared, "train")
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    resolved = to_dict(cfg)
+    _check_same_run(run_dir, resolved, model_dir, prepared)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=True))
+    write_json(run_dir / "versions.json", versions())
+    write_json(
+        run_dir / "run.json",
+        {
+            "config": resolved,
+            "model": str(model_dir),
+            "prepared": str(prepared),
+            "data_content_hash": manifest.get("content_hash"),
+            "synthetic_data": manifest.get("synthetic"),
+        },
+    )
+
+    torch.manual_seed(cfg.seed)
+    loaded = load_model(cfg, model_dir, cache_dir=run_dir.parent / ".pronlora-cache")
+    trainable = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
+    log.info(
+        "config %s: %d trainable parameters, %d training instances, effective batch %d",
+        cfg.name,
+        trainable,
+        len(rows),
+        cfg.effective_batch,
+    )
+    trainer = build_trainer(cfg, loaded, rows, run_dir)
+    done = _complete_checkpoints(run_dir / "trainer")
+    resume = str(done[-1]) if done else None
+    if resume:
+        log.info("resuming from %s", resume)
+    steps_per_epoch = math.ceil(len(rows) / cfg.micro_batch / cfg.grad_accum)
+    log.info("%d optimizer steps per epoch", steps_per_epoch)
+    trainer.train(resume_from_checkpoint=resume)
+    if trainer.stop_state["signal"] is not None:
+        log.warning(
+            "stopped by signal after step %d; exit %d to requeue",
+            trainer.state.global_step,
+            EXIT_REQUEUE,
+        )
+        return EXIT_REQUEUE
+    write_json(
+        run_dir / "checkpoints" / "done.json",
+        {
+            "global_step": trainer.state.global_step,
+            "epochs": sorted(p.name for p in (run_dir / "checkpoints").glob("epoch-*")),
+        },
+    )
+    return 0
