@@ -66,7 +66,7 @@ class Collator:
         prompt_ids = self._ids(before) + [self.audio_id] * n_audio + self._ids(after)
         if not self.with_labels:
             return prompt_ids, []
-        answer_ids = self._ids(row["target"]) + [self.end_id]
+        answer_ids = [*self._ids(row["target"]), self.end_id]
         ids = prompt_ids + answer_ids
         labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
         return ids, labels

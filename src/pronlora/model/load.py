@@ -180,7 +180,8 @@ def load_model(
             if getattr(cfg.lora, key) != theirs:
                 raise ConfigError(
                     f"lora.{key}: config says {getattr(cfg.lora, key)}, the shipped adapter "
-                    f"{model_dir / SPEECH_ADAPTER_DIR} has {theirs} (continue_speech keeps its shape)"
+                    f"{model_dir / SPEECH_ADAPTER_DIR} has {theirs} "
+                    "(continue_speech keeps its shape)"
                 )
         if cfg.control_tokens == "special":
             raise ConfigError("control_tokens: special needs adapter: merge_speech")
