@@ -67,3 +67,20 @@ def write_hf_parquet(corpus: Path, out: Path) -> Path:
         (out / "data").mkdir(parents=True, exist_ok=True)
         ds.to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pronlora.model.random_checkpoint import make_random_checkpoint
+
+    return make_random_checkpoint("tiny", tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def demo_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pronlora.data.prep import prepare
+    from pronlora.data.synthetic import make_demo_corpus
+
+    root = tmp_path_factory.mktemp("demo")
+    corpus = make_demo_corpus(root / "corpus", utterances=12, seed=1)
+    return prepare("kaldi", corpus, root / "prepared").out

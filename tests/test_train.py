@@ -1,0 +1,221 @@
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pronlora.atomic import read_jsonl
+from pronlora.collate import IGNORE_INDEX, Collator, SequenceTooLongError
+from pronlora.config import ConfigError, load_config
+from pronlora.model.load import AUDIO_MODULES, load_model
+from pronlora.model.random_checkpoint import ADAPTER_TARGET_REGEX
+from pronlora.train import EXIT_REQUEUE, NonFiniteLossError, build_trainer, train
+
+
+def test_collator_labels_cover_exactly_the_answer(tiny_model: Path, demo_prepared: Path) -> None:
+    loaded = load_model(load_config("smoke"), tiny_model)
+    tok = loaded.tokenizer
+    rows = read_jsonl(demo_prepared / "train.jsonl")[:3]
+    batch = Collator(tok, loaded.feature_extractor)(rows)
+    audio_id = tok.convert_tokens_to_ids("<|audio|>")
+    end_id = tok.convert_tokens_to_ids("<|end|>")
+    for i, row in enumerate(rows):
+        ids = batch["input_ids"][i].tolist()
+        labels = batch["labels"][i].tolist()
+        mask = batch["attention_mask"][i].tolist()
+        n = sum(mask)
+        assert mask == [1] * n + [0] * (len(ids) - n)
+        # audio tokens: exactly the count the feature extractor reports, ~12.5 per second
+        n_audio = ids.count(audio_id)
+        assert n_audio == int(batch["audio_embed_sizes"][i])
+        assert abs(n_audio - row["duration_s"] * 12.5) <= 2
+        answer = [*tok(row["target"], add_special_tokens=False)["input_ids"], end_id]
+        start = n - len(answer)
+        assert ids[start:n] == answer
+        assert labels[start:n] == answer
+        assert all(x == IGNORE_INDEX for x in labels[:start] + labels[n:])
+        assert tok.decode(ids[start - 1 : start]) == "<|assistant|>"
+        assert tok.decode(labels[start:n]) == row["target"] + "<|end|>"
+
+
+def test_collator_refuses_overlong_instances(tiny_model: Path, demo_prepared: Path) -> None:
+    loaded = load_model(load_config("smoke"), tiny_model)
+    rows = read_jsonl(demo_prepared / "train.jsonl")[:2]
+    with pytest.raises(SequenceTooLongError, match=rows[0]["id"]):
+        Collator(loaded.tokenizer, loaded.feature_extractor, max_length=50)(rows)
+
+
+def _lora_param_count(model: torch.nn.Module, r: int) -> int:
+    pattern = re.compile(ADAPTER_TARGET_REGEX)
+    total = 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and pattern.fullmatch(name):
+            total += r * (mod.in_features + mod.out_features)
+    return total
+
+
+@pytest.mark.parametrize("adapter", ["merge_speech", "continue_speech"])
+@pytest.mark.parametrize("strategy", ["lora", "unfreeze"])
+def test_configs_train_what_they_claim(tiny_model: Path, adapter: str, strategy: str) -> None:
+    from transformers import Phi4MultimodalForCausalLM
+
+    r = 8 if adapter == "continue_speech" else 4
+    cfg = load_config(
+        "smoke",
+        [f"adapter={adapter}", f"strategy={strategy}", f"lora.r={r}", f"lora.alpha={2 * r}"],
+    )
+    model = load_model(cfg, tiny_model).model
+    plain = Phi4MultimodalForCausalLM.from_pretrained(tiny_model)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    expected = _lora_param_count(plain, r)
+    audio = {
+        f"base_model.model.{m}.{k}": v
+        for m in AUDIO_MODULES
+        for k, v in plain.get_submodule(m).named_parameters()
+    }
+    if strategy == "unfreeze":
+        expected += sum(v.numel() for v in audio.values())
+    assert sum(p.numel() for p in trainable.values()) == expected
+    for name in trainable:
+        assert ".lora_A." in name or ".lora_B." in name or name in audio, name
+    shipped = load_file(str(tiny_model / "speech-lora" / "adapter_model.safetensors"))
+    qkv = "model.layers.0.self_attn.qkv_proj"
+    if adapter == "continue_speech":
+        ours = dict(model.named_parameters())
+        b = ours[f"base_model.model.{qkv}.lora_B.default.weight"]
+        assert torch.equal(b, shipped[f"base_model.model.{qkv}.lora_B.weight"])
+    else:
+        base_w = model.get_submodule(f"base_model.model.{qkv}").base_layer.weight
+        assert not torch.allclose(base_w, plain.get_submodule(qkv).weight)  # speech merged
+        fresh_b = model.get_submodule(f"base_model.model.{qkv}").lora_B["default"].weight
+        assert torch.count_nonzero(fresh_b) == 0
+
+
+def test_config_errors_name_the_key(tiny_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key.*lora.rank"):
+        load_config("paper_r64", ["lora.rank=8"])
+    with pytest.raises(ConfigError, match=r"micro_batch: must be >= 1"):
+        load_config("paper_r64", ["micro_batch=0"])
+    with pytest.raises(ConfigError, match="quantization: 'nf8' is not one of"):
+        load_config("paper_r64", ["quantization=nf8"])
+    with pytest.raises(ConfigError, match="dtype: nf4 quantization computes in bf16"):
+        load_config("smoke", ["quantization=nf4"])
+    with pytest.raises(ConfigError, match="no config named 'paper_r65'"):
+        load_config("paper_r65")
+    with pytest.raises(ConfigError, match="lora.r: config says 64, the shipped adapter"):
+        load_model(load_config("smoke", ["adapter=continue_speech", "lora.r=64"]), tiny_model)
+    with pytest.raises(ConfigError, match="control_tokens: special needs adapter: merge_speech"):
+        cfg = load_config(
+            "smoke",
+            ["adapter=continue_speech", "lora.r=8", "lora.alpha=16", "control_tokens=special"],
+        )
+        load_model(cfg, tiny_model)
+    with pytest.raises(ConfigError, match=f"--model {tmp_path}: not a Phi-4-multimodal snapshot"):
+        load_model(load_config("smoke"), tmp_path)
+    with pytest.raises(ConfigError, match="no train.jsonl"):
+        train(load_config("smoke"), tmp_path, tiny_model, tmp_path / "run")
+
+
+def test_loss_falls_when_overfitting(tiny_model: Path, demo_prepared: Path, tmp_path: Path) -> None:
+    prepared = tmp_path / "few"
+    prepared.mkdir()
+    rows = read_jsonl(demo_prepared / "train.jsonl")[:4]
+    (prepared / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (prepared / "manifest.json").write_text("{}")
+    cfg = load_config(
+        "smoke",
+        [
+            "max_steps=40",
+            "micro_batch=4",
+            "grad_accum=1",
+            "lr=0.01",
+            "lora.dropout=0.0",
+            "lora.r=32",
+            "lora.alpha=32",
+        ],
+    )
+    assert train(cfg, prepared, tiny_model, tmp_path / "run") == 0
+    losses = [e["loss"] for e in read_jsonl(tmp_path / "run" / "train_log.jsonl") if "loss" in e]
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.75, losses  # nats
+
+
+def _adapter(run: Path, epoch: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / f"epoch-{epoch}" / "adapter_model.safetensors"))
+
+
+def test_signal_mid_epoch_then_resume_equals_uninterrupted(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    from transformers import TrainerCallback
+
+    cfg = load_config("smoke", ["save_steps=100", "strategy=unfreeze"])
+    assert train(cfg, demo_prepared, tiny_model, tmp_path / "straight") == 0
+
+    import pronlora.train as train_mod
+
+    class SignalAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    real_build = train_mod.build_trainer
+
+    def build_with_signal(*a, **kw):
+        trainer = real_build(*a, **kw)
+        trainer.add_callback(SignalAtStep3())
+        return trainer
+
+    run = tmp_path / "interrupted"
+    train_mod.build_trainer = build_with_signal
+    try:
+        assert train(cfg, demo_prepared, tiny_model, run) == EXIT_REQUEUE
+    finally:
+        train_mod.build_trainer = real_build
+    assert (run / "trainer" / "checkpoint-3" / "trainer_state.json").is_file()
+    assert not (run / "checkpoints" / "epoch-1").exists()  # mid-epoch 1 (3 of 4 steps)
+    partial = run / "trainer" / "checkpoint-99"  # a save cut off by a kill: must be ignored
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"")
+    assert train(cfg, demo_prepared, tiny_model, run) == 0
+    for epoch in (1, 2):
+        a, b = _adapter(tmp_path / "straight", epoch), _adapter(run, epoch)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (epoch, k)
+    ua = load_file(str(tmp_path / "straight" / "checkpoints" / "epoch-2" / "unfrozen.safetensors"))
+    ub = load_file(str(run / "checkpoints" / "epoch-2" / "unfrozen.safetensors"))
+    assert all(torch.equal(ua[k], ub[k]) for k in ua)
+
+
+def test_rerun_with_a_different_config_is_refused(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    cfg = load_config("smoke", ["max_steps=1"])
+    assert train(cfg, demo_prepared, tiny_model, tmp_path / "run") == 0
+    with pytest.raises(ConfigError, match="different setup.*lr"):
+        train(
+            load_config("smoke", ["max_steps=1", "lr=0.5"]),
+            demo_prepared,
+            tiny_model,
+            tmp_path / "run",
+        )
+
+
+def test_non_finite_loss_stops_with_a_clear_message(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    cfg = load_config("smoke")
+    loaded = load_model(cfg, tiny_model)
+    with torch.no_grad():
+        for name, p in loaded.model.named_parameters():
+            if "lora_A" in name:
+                p.fill_(float("nan"))
+    rows = read_jsonl(demo_prepared / "train.jsonl")
+    (tmp_path / "run").mkdir()
+    trainer = build_trainer(cfg, loaded, rows, tmp_path / "run")
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 1"):
+        trainer.train()
