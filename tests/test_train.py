@@ -158,8 +158,8 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(
     import pronlora.train as train_mod
 
     class SignalAtStep3(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 3:
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == 2:  # the signal lands during step 3
                 os.kill(os.getpid(), signal.SIGUSR1)
 
     real_build = train_mod.build_trainer
