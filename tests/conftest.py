@@ -84,3 +84,15 @@ def demo_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     corpus = make_demo_corpus(root / "corpus", utterances=12, seed=1)
     return prepare("kaldi", corpus, root / "prepared").out
+
+
+@pytest.fixture(scope="session")
+def trained_run(
+    tiny_model: Path, demo_prepared: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    from pronlora.config import load_config
+    from pronlora.train import train
+
+    run = tmp_path_factory.mktemp("run") / "smoke"
+    assert train(load_config("smoke", ["epochs=1"]), demo_prepared, tiny_model, run) == 0
+    return run

@@ -31,6 +31,15 @@ class LoraSpec:
 
 
 @dataclass(frozen=True)
+class InferSpec:
+    batch_size: int = 32
+    max_new_tokens_apa: int = 48
+    max_new_tokens_mdd: int = 256
+    # Merge the trained LoRA into bf16 base weights before decoding (not possible under nf4).
+    merge_adapter: bool = True
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     name: str
     # continue_speech: keep training the shipped speech adapter from its weights.
@@ -60,6 +69,7 @@ class TrainConfig:
     max_steps: int = -1
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
     dataloader_workers: int = 2
+    infer: InferSpec = field(default_factory=InferSpec)
 
     @property
     def effective_batch(self) -> int:
@@ -124,6 +134,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key in _POSITIVE:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
+    for key in ("batch_size", "max_new_tokens_apa", "max_new_tokens_mdd"):
+        if getattr(cfg.infer, key) < 1:
+            raise ConfigError(f"infer.{key}: must be >= 1, got {getattr(cfg.infer, key)}")
     if not cfg.lr > 0:
         raise ConfigError(f"lr: must be > 0, got {cfg.lr}")
     if not 0 <= cfg.warmup_ratio < 1:

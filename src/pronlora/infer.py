@@ -1,0 +1,309 @@
+"""The inference stage: one shard of a split -> ``predictions/<checkpoint>/shard-I-of-N.jsonl``.
+
+The model is loaded exactly as training built it (same quantization, the same speech-adapter
+merge), then the checkpoint's trained weights are put into that structure; ``base`` keeps the
+untrained adapter (the paper's "no training" row: the shipped model with its speech adapter).
+Shards are assigned by a hash of the instance id, so the split is exact and stable whatever the
+order of the file. Output is appended one line per instance and flushed per batch: a rerun
+skips what is written and drops a last line cut off by a kill.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pronlora.atomic import jsonl_line, write_json
+from pronlora.collate import Collator, approx_prompt_tokens
+from pronlora.config import ConfigError, TrainConfig, load_config, to_dict
+from pronlora.model.load import Loaded, load_model, load_unfrozen_state, torch_dtype
+from pronlora.parse import parse_answer
+from pronlora.protocol import END_TOKEN, ENDOFTEXT_TOKEN, Task
+from pronlora.train import UNFROZEN_FILE, load_split
+from pronlora.versions import versions
+
+log = logging.getLogger(__name__)
+
+BASE = "base"
+
+
+def shard_of(instance_id: str, num_shards: int) -> int:
+    digest = hashlib.sha256(instance_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % num_shards
+
+
+def array_task(checkpoints: list[str], num_shards: int, task_id: int) -> tuple[str, int]:
+    """Slurm array index -> (checkpoint, shard) for a grid of checkpoints x shards."""
+    total = len(checkpoints) * num_shards
+    if not 0 <= task_id < total:
+        raise ConfigError(
+            f"SLURM_ARRAY_TASK_ID={task_id} outside 0..{total - 1} "
+            f"({len(checkpoints)} checkpoint(s) x {num_shards} shard(s))"
+        )
+    return checkpoints[task_id // num_shards], task_id % num_shards
+
+
+def shard_paths(run_dir: Path, checkpoint: str, shard: int, num_shards: int) -> tuple[Path, Path]:
+    d = run_dir / "predictions" / checkpoint
+    stem = f"shard-{shard}-of-{num_shards}"
+    return d / f"{stem}.jsonl", d / f"{stem}.done.json"
+
+
+def read_written(path: Path) -> dict[str, dict[str, Any]]:
+    """Lines already written; a last line cut off by a kill is removed from the file."""
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        log.warning("%s: dropping a truncated last line (%d bytes)", path, len(data) - keep)
+        with open(path, "r+b") as fh:
+            fh.truncate(keep)
+    done: dict[str, dict[str, Any]] = {}
+    for n, line in enumerate(data[:keep].decode("utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{path}:{n}: corrupt prediction line (not the last line)") from None
+        done[row["id"]] = row
+    return done
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    cfg: TrainConfig
+    model_dir: Path
+
+
+def resolve_run(run_dir: Path, config: str | None, model: str | None) -> RunSpec:
+    """Config and model of a run dir (from its run.json), or given for an inference-only run."""
+    run_json = run_dir / "run.json"
+    if run_json.is_file():
+        saved = json.loads(run_json.read_text())
+        if config is not None or model is not None:
+            log.info("%s has run.json; --config/--model are ignored", run_dir)
+        from pronlora.config import TrainConfig, _build, validate
+
+        return RunSpec(validate(_build(TrainConfig, saved["config"])), Path(saved["model"]))
+    if config is None or model is None:
+        raise ConfigError(
+            f"--run-dir {run_dir} has no run.json (no training ran there); "
+            "give --config and --model to evaluate the base model"
+        )
+    cfg = load_config(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(
+        run_json,
+        {
+            "config": to_dict(cfg),
+            "model": str(Path(model).resolve()),
+            "prepared": None,
+            "inference_only": True,
+        },
+    )
+    write_json(run_dir / "versions.json", versions())
+    return RunSpec(cfg, Path(model).resolve())
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_for_inference(spec: RunSpec, checkpoint_dir: Path | None) -> Loaded:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    cfg = spec.cfg
+    dev = device()
+    loaded = load_model(
+        cfg,
+        spec.model_dir,
+        trainable=False,
+        device_map={"": dev.index or 0} if dev.type == "cuda" else None,
+        cache_dir=spec.model_dir.parent / ".pronlora-cache",
+    )
+    model = loaded.model
+    if checkpoint_dir is not None:
+        state = load_file(str(checkpoint_dir / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(model, state, adapter_name="default")
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ConfigError(
+                f"{checkpoint_dir}: adapter keys do not fit the model: {unexpected[:3]}"
+            )
+        if cfg.strategy == "unfreeze":
+            load_unfrozen_state(model, checkpoint_dir / UNFROZEN_FILE)
+    if cfg.infer.merge_adapter and cfg.quantization == "bf16":
+        model = model.merge_and_unload()
+    if dev.type != "cuda":
+        model = model.to(dev)
+    model.eval()
+    return Loaded(model, loaded.tokenizer, loaded.feature_extractor)
+
+
+def _batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """Same-task batches of similar length, longest first (fail fast on memory)."""
+    out = []
+    for task in sorted({r["task"] for r in rows}):
+        group = sorted(
+            (r for r in rows if r["task"] == task), key=approx_prompt_tokens, reverse=True
+        )
+        out += [group[i : i + size] for i in range(0, len(group), size)]
+    return out
+
+
+@torch.inference_mode()
+def generate(
+    loaded: Loaded, cfg: TrainConfig, batch_rows: list[dict[str, Any]]
+) -> list[tuple[str, int]]:
+    """Greedy answers (text up to ``<|end|>``) and their token counts."""
+    tok = loaded.tokenizer
+    collator = Collator(
+        tok,
+        loaded.feature_extractor,
+        max_length=cfg.max_length,
+        with_labels=False,
+        padding_side="left",
+    )
+    batch = collator(batch_rows)
+    dev = device()
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    batch["audio_input_features"] = batch["audio_input_features"].to(torch_dtype(cfg))
+    task = Task(batch_rows[0]["task"])
+    stop = [tok.convert_tokens_to_ids(END_TOKEN), tok.convert_tokens_to_ids(ENDOFTEXT_TOKEN)]
+    out = loaded.model.generate(
+        **batch,
+        max_new_tokens=cfg.infer.max_new_tokens_apa
+        if task is Task.APA
+        else cfg.infer.max_new_tokens_mdd,
+        do_sample=False,
+        eos_token_id=stop,
+        pad_token_id=tok.pad_token_id,
+    )
+    new = out[:, batch["input_ids"].shape[1] :].tolist()
+    answers = []
+    for ids in new:
+        cut = next((i for i, t in enumerate(ids) if t in stop), len(ids))
+        answers.append((tok.decode(ids[:cut], skip_special_tokens=False).strip(), cut))
+    return answers
+
+
+def run_shard(
+    run_dir: str | Path,
+    checkpoint: str,
+    prepared: str | Path,
+    split: str = "test",
+    shard: int = 0,
+    num_shards: int = 1,
+    config: str | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    run_dir, prepared = Path(run_dir).resolve(), Path(prepared).resolve()
+    if not 0 <= shard < num_shards:
+        raise ConfigError(f"--shard {shard} outside 0..{num_shards - 1}")
+    out_path, done_path = shard_paths(run_dir, checkpoint, shard, num_shards)
+    rows = [r for r in load_split(prepared, split) if shard_of(r["id"], num_shards) == shard]
+    ids = {r["id"] for r in rows}
+    written = read_written(out_path)
+    stray = sorted(set(written) - ids)
+    if stray:
+        raise ConfigError(f"{out_path}: holds ids that are not in this shard: {stray[:5]}")
+    todo = [r for r in rows if r["id"] not in written]
+    if not todo and done_path.is_file():
+        log.info("%s is complete (%d instances); nothing to do", out_path, len(rows))
+        return json.loads(done_path.read_text())
+    spec = resolve_run(run_dir, config, model)
+    ckpt_dir = None
+    if checkpoint != BASE:
+        ckpt_dir = run_dir / "checkpoints" / checkpoint
+        if not (ckpt_dir / "meta.json").is_file():
+            raise ConfigError(f"--checkpoint {checkpoint}: {ckpt_dir} is missing or incomplete")
+    log.info(
+        "shard %d/%d of %s (%s): %d instances, %d already written",
+        shard,
+        num_shards,
+        split,
+        checkpoint,
+        len(rows),
+        len(written),
+    )
+    t0 = time.perf_counter()
+    n_tokens = n_new = 0
+    if todo:
+        loaded = load_for_inference(spec, ckpt_dir)
+        t0 = time.perf_counter()
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(out_path, "a", encoding="utf-8") as fh:
+            for batch_rows in _batches(todo, spec.cfg.infer.batch_size):
+                answers = generate(loaded, spec.cfg, batch_rows)
+                lines = []
+                for row, (text, n) in zip(batch_rows, answers, strict=True):
+                    parsed, error = parse_answer(row["task"], text)
+                    record = {
+                        "id": row["id"],
+                        "utt_id": row["utt_id"],
+                        "task": row["task"],
+                        "output": text,
+                        "parsed": parsed,
+                        "parse_error": error,
+                    }
+                    lines.append(jsonl_line(record))
+                    n_tokens += n
+                fh.write("".join(lines))
+                fh.flush()
+                os.fsync(fh.fileno())
+                n_new += len(lines)
+                elapsed = time.perf_counter() - t0
+                log.info(
+                    "%d/%d instances, %.2f inst/s, %.1f generated tok/s",
+                    len(written) + n_new,
+                    len(rows),
+                    n_new / elapsed,
+                    n_tokens / elapsed,
+                )
+    seconds = time.perf_counter() - t0
+    final = read_written(out_path)
+    missing = ids - set(final)
+    if missing:
+        raise RuntimeError(f"{out_path}: {len(missing)} ids missing after the run")
+    counts = Counter(r["task"] for r in final.values())
+    failures = Counter(r["task"] for r in final.values() if r["parse_error"])
+    summary = {
+        "checkpoint": checkpoint,
+        "split": split,
+        "shard": shard,
+        "num_shards": num_shards,
+        "instances": len(final),
+        "by_task": {
+            t: {
+                "n": counts[t],
+                "parse_failures": failures[t],
+                "parse_failure_rate": round(failures[t] / counts[t], 4),
+            }
+            for t in sorted(counts)
+        },
+        "generated_this_run": len(todo),
+        "seconds": round(seconds, 2),
+        "instances_per_s": round(len(todo) / seconds, 3) if todo and seconds else None,
+        "tokens_per_s": round(n_tokens / seconds, 1) if todo and seconds else None,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+    write_json(done_path, summary)
+    for t, v in summary["by_task"].items():
+        log.info(
+            "%s parse failures: %d/%d (%.1f%%)",
+            t,
+            v["parse_failures"],
+            v["n"],
+            100 * v["parse_failure_rate"],
+        )
+    return summary

@@ -1,0 +1,146 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pronlora.atomic import read_jsonl
+from pronlora.config import ConfigError
+from pronlora.infer import BASE, array_task, shard_of, shard_paths
+
+from .conftest import REPO
+
+
+def _run(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "infer.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _lines(path: Path) -> list[str]:
+    return sorted(path.read_text().splitlines())
+
+
+def test_shard_assignment_is_a_stable_partition() -> None:
+    ids = [f"{i:09d}-{t}" for i in range(500) for t in ("APA", "MDD")]
+    shards = [shard_of(i, 4) for i in ids]
+    assert shards == [shard_of(i, 4) for i in reversed(ids)][::-1]
+    assert set(shards) == {0, 1, 2, 3}
+    assert min(shards.count(s) for s in range(4)) > 150
+
+
+def test_array_task_grid() -> None:
+    grid = ["base", "epoch-1", "epoch-2"]
+    assert [array_task(grid, 2, t) for t in range(6)] == [
+        ("base", 0),
+        ("base", 1),
+        ("epoch-1", 0),
+        ("epoch-1", 1),
+        ("epoch-2", 0),
+        ("epoch-2", 1),
+    ]
+    with pytest.raises(ConfigError, match="SLURM_ARRAY_TASK_ID=6 outside 0..5"):
+        array_task(grid, 2, 6)
+
+
+def test_two_shards_cover_every_test_id_once(trained_run: Path, demo_prepared: Path) -> None:
+    for task_id in (0, 1):  # as a Slurm array: the shard comes from SLURM_ARRAY_TASK_ID
+        proc = _run(
+            [
+                "--run-dir",
+                str(trained_run),
+                "--checkpoint",
+                "epoch-1",
+                "--prepared",
+                str(demo_prepared),
+                "--num-shards",
+                "2",
+            ],
+            env={"SLURM_ARRAY_TASK_ID": str(task_id)},
+        )
+        assert proc.returncode == 0, proc.stderr
+    rows = []
+    for shard in (0, 1):
+        out, done = shard_paths(trained_run, "epoch-1", shard, 2)
+        part = read_jsonl(out)
+        assert json.loads(done.read_text())["instances"] == len(part)
+        assert all(shard_of(r["id"], 2) == shard for r in part)
+        rows += part
+    ids = [r["id"] for r in rows]
+    expected = {r["id"] for r in read_jsonl(demo_prepared / "test.jsonl")}
+    assert len(ids) == len(set(ids)) and set(ids) == expected
+    for r in rows:
+        assert set(r) == {"id", "utt_id", "task", "output", "parsed", "parse_error"}
+        assert (r["parsed"] is None) <= (r["parse_error"] is not None)
+
+
+def test_killed_shard_resumes_to_the_same_lines(trained_run: Path, demo_prepared: Path) -> None:
+    args = ["--checkpoint", "epoch-1", "--prepared", str(demo_prepared), "--shard", "0"]
+    full = _run(["--run-dir", str(trained_run), *args])
+    assert full.returncode == 0, full.stderr
+    reference, _ = shard_paths(trained_run, "epoch-1", 0, 1)
+    lines = reference.read_text().splitlines(keepends=True)
+    assert len(lines) >= 4
+    # what a kill leaves: a few finished lines, a half-written one, no completion marker
+    killed = trained_run.parent / "killed"
+    killed.mkdir()
+    for name in ("run.json", "config.yaml"):
+        (killed / name).write_bytes((trained_run / name).read_bytes())
+    (killed / "checkpoints").symlink_to(trained_run / "checkpoints")
+    out, done = shard_paths(killed, "epoch-1", 0, 1)
+    out.parent.mkdir(parents=True)
+    out.write_text("".join(lines[:5]) + lines[5][: len(lines[5]) // 2])
+    proc = _run(["--run-dir", str(killed), *args])
+    assert proc.returncode == 0, proc.stderr
+    assert "dropping a truncated last line" in proc.stderr
+    assert _lines(out) == _lines(reference)
+    assert done.is_file()
+    again = _run(["--run-dir", str(killed), *args])
+    assert "nothing to do" in again.stderr and _lines(out) == _lines(reference)
+
+
+def test_base_checkpoint_needs_config_for_a_fresh_run_dir(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    args = [
+        "--run-dir",
+        str(tmp_path / "base"),
+        "--checkpoint",
+        BASE,
+        "--prepared",
+        str(demo_prepared),
+    ]
+    proc = _run(args)
+    assert proc.returncode == 2 and "give --config and --model" in proc.stderr
+    proc = _run([*args, "--config", "smoke", "--model", str(tiny_model)])
+    assert proc.returncode == 0, proc.stderr
+    out, _ = shard_paths(tmp_path / "base", BASE, 0, 1)
+    assert len(read_jsonl(out)) == len(read_jsonl(demo_prepared / "test.jsonl"))
+
+
+def test_missing_checkpoint_is_named(trained_run: Path, demo_prepared: Path) -> None:
+    proc = _run(
+        ["--run-dir", str(trained_run), "--checkpoint", "epoch-7", "--prepared", str(demo_prepared)]
+    )
+    assert proc.returncode == 2
+    assert "epoch-7" in proc.stderr and "missing or incomplete" in proc.stderr
+
+
+def test_merged_adapter_generates_the_same_tokens(trained_run: Path, demo_prepared: Path) -> None:
+    from dataclasses import replace
+
+    from pronlora.infer import generate, load_for_inference, resolve_run
+
+    spec = resolve_run(trained_run, None, None)
+    rows = [r for r in read_jsonl(demo_prepared / "test.jsonl") if r["task"] == "MDD"][:3]
+    ckpt = trained_run / "checkpoints" / "epoch-1"
+    merged = load_for_inference(spec, ckpt)
+    plain_cfg = replace(spec.cfg, infer=replace(spec.cfg.infer, merge_adapter=False))
+    plain = load_for_inference(replace(spec, cfg=plain_cfg), ckpt)
+    assert not hasattr(merged.model, "peft_config") and hasattr(plain.model, "peft_config")
+    assert generate(merged, spec.cfg, rows) == generate(plain, plain_cfg, rows)
