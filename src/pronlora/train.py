@@ -128,10 +128,13 @@ def build_trainer(
 
     class PronloraTrainer(Trainer):
         _tokens = 0
+        tokens_total = 0  # non-padding tokens trained on, for throughput and benchmarks
         _t0 = time.perf_counter()
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            self._tokens += int(inputs["attention_mask"].sum())
+            n = int(inputs["attention_mask"].sum())
+            self._tokens += n
+            self.tokens_total += n
             loss = super().training_step(model, inputs, num_items_in_batch)
             if not torch.isfinite(loss).all():
                 last = _complete_checkpoints(run_dir / "trainer")

@@ -82,14 +82,17 @@ def full_config() -> dict[str, Any]:
     }
 
 
-TINY_BASE_VOCAB = 1000
-TINY_SPECIAL_IDS = {tok: TINY_BASE_VOCAB + i for i, tok in enumerate(REAL_SPECIAL_IDS)}
+# Byte-level BPE size for both sizes: with it the paper's prompts tokenize to about the lengths
+# the real tokenizer gives (APA prompt ~510 tokens, MDD prompt ~115), so benchmarks see
+# realistic sequence lengths (paper-protocol.md: APA 644 tokens with 51 audio, MDD 234).
+BASE_VOCAB = 1000
+TINY_SPECIAL_IDS = {tok: BASE_VOCAB + i for i, tok in enumerate(REAL_SPECIAL_IDS)}
 
 
 def tiny_config() -> dict[str, Any]:
     eos = [TINY_SPECIAL_IDS["<|endoftext|>"], TINY_SPECIAL_IDS["<|end|>"]]
     return {
-        "vocab_size": TINY_BASE_VOCAB + 64,
+        "vocab_size": BASE_VOCAB + 64,
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
@@ -154,10 +157,16 @@ def make_random_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
     config = Phi4MultimodalConfig(**make_cfg())
     config.architectures = ["Phi4MultimodalForCausalLM"]
     log.info("building %s model (random weights)", size)
-    with torch.device("cpu"):
-        model = Phi4MultimodalForCausalLM(config).to(dtype)
+    init_device = "cuda" if size == "full" and torch.cuda.is_available() else "cpu"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(init_device):
+            model = Phi4MultimodalForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
     model.save_pretrained(out, max_shard_size="5GB")
-    build_tokenizer(out, TINY_BASE_VOCAB if size == "tiny" else 4000, special_ids)
+    build_tokenizer(out, BASE_VOCAB, special_ids)
     Phi4MultimodalFeatureExtractor().save_pretrained(out)
 
     # The shipped speech adapter: r=320/alpha=640 at full size, random non-zero B so that

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Benchmark training and inference of named configs on a (random-weight) full-size snapshot.
+
+Writes bench/results/<gpu>-<date>.json and .md. Example (one H100):
+  python jobs/bench.py --model /tmp/full --make-checkpoint --config paper_r64,pretrained_r320 \
+      --quantization bf16,nf4 --what train,infer
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pronlora.atomic import write_json, write_text
+from pronlora.bench import bench_infer, bench_train, make_bench_data, markdown
+from pronlora.cli import run_job
+from pronlora.config import ConfigError, load_config
+from pronlora.versions import versions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument(
+        "--model", required=True, help="snapshot dir (made first with --make-checkpoint)"
+    )
+    ap.add_argument("--make-checkpoint", action="store_true", help="write a full-size random one")
+    ap.add_argument("--config", default="paper_r64")
+    ap.add_argument("--quantization", default="bf16,nf4")
+    ap.add_argument("--what", default="train,infer")
+    ap.add_argument("--train-steps", type=int, default=6)
+    ap.add_argument("--infer-per-task", type=int, default=128)
+    ap.add_argument("--utterances", type=int, default=256)
+    ap.add_argument("--set", action="append", default=[], help="config override key=value")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = ap.parse_args()
+    what = set(args.what.split(","))
+    if not what <= {"train", "infer"}:
+        raise ConfigError(f"--what: {args.what!r}; expected train and/or infer")
+    model = Path(args.model).resolve()
+    if args.make_checkpoint and not (model / "config.json").is_file():
+        from pronlora.model.random_checkpoint import make_random_checkpoint
+
+        make_random_checkpoint("full", model)
+    work = Path(tempfile.mkdtemp(prefix="pronlora-bench-"))
+    prepared = make_bench_data(
+        work / "prepared", REPO / "bench" / "mini_durations.json", args.utterances
+    )
+    runs = []
+    for name in args.config.split(","):
+        for quant in args.quantization.split(","):
+            overrides = [f"quantization={quant}", *args.set]
+            cfg = load_config(name, overrides)
+            entry = {"setup": f"{name} {quant}", "config": name, "overrides": overrides}
+            if "train" in what:
+                entry["train"] = bench_train(
+                    cfg, model, prepared, work / "runs" / name / quant, args.train_steps
+                )
+                print(json.dumps(entry["train"]), flush=True)
+            if "infer" in what:
+                entry["infer"] = bench_infer(cfg, model, prepared, args.infer_per_task)
+                print(json.dumps(entry["infer"]), flush=True)
+            runs.append(entry)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    date = dt.date.today().isoformat()
+    results = {
+        "device": device,
+        "date": date,
+        "versions": versions(),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "runs": runs,
+    }
+    out = Path(args.out)
+    stem = f"{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}-{date}"
+    write_json(out / f"{stem}.json", results)
+    write_text(out / f"{stem}.md", markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    run_job(main, (ConfigError,))

@@ -1,0 +1,246 @@
+"""Training and inference benchmarks on realistic inputs (issue: performance on one GPU).
+
+Inputs follow the real length distribution: clip durations drawn from the SpeechOcean762 mini
+set (``bench/mini_durations.json``), the paper's prompts, answers of realistic length. Each
+setup runs the project's own code path (``build_trainer`` for training, ``generate`` for
+inference); projections scale the measured rates to the paper's workload: 3 epochs of
+2,500 APA + 2,500 MDD training instances and 2,500 + 2,500 test generations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from pronlora.atomic import write_jsonl
+from pronlora.config import TrainConfig
+from pronlora.phones import CMU_PHONES
+from pronlora.protocol import (
+    SAMPLE_RATE,
+    TASKS,
+    Task,
+    format_apa_answer,
+    format_mdd_answer,
+    user_content,
+)
+
+log = logging.getLogger(__name__)
+
+PAPER_TRAIN_PER_TASK = 2500
+PAPER_TEST_PER_TASK = 2500
+PAPER_EPOCHS = 3
+PHONES_PER_S = 4.1  # 2,907 canonical phones in 707.7 s of the mini set
+PHONES_PER_WORD = 3.2
+
+
+def make_bench_data(out: Path, durations_file: Path, n_utts: int, seed: int = 0) -> Path:
+    """A prepared dir (train.jsonl = test.jsonl) of noise clips with real-length prompts/answers."""
+    rng = random.Random(seed)
+    durations = json.loads(durations_file.read_text())["durations_s"]
+    phones = sorted(CMU_PHONES)
+    rows = []
+    for i in range(n_utts):
+        dur = rng.choice(durations)
+        utt = f"bench{i:05d}"
+        wav = out / "audio" / f"{utt}.wav"
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        noise = np.random.default_rng(seed + i).normal(0, 0.05, int(dur * SAMPLE_RATE))
+        sf.write(str(wav), noise.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+        n_ph = max(2, round(dur * PHONES_PER_S))
+        seq = [rng.choice(phones) for _ in range(n_ph)]
+        words = " ".join("WORD" for _ in range(max(1, round(n_ph / PHONES_PER_WORD))))
+        targets = {
+            Task.APA: format_apa_answer(
+                {k: rng.randint(3, 10) for k in ("accuracy", "fluency", "prosodic", "total")}
+            ),
+            Task.MDD: format_mdd_answer(words, " ".join(seq)),
+        }
+        for task in TASKS:
+            rows.append(
+                {
+                    "id": f"{utt}-{task.value}",
+                    "utt_id": utt,
+                    "task": task.value,
+                    "split": "test",
+                    "audio": str(wav.resolve()),
+                    "duration_s": dur,
+                    "prompt": user_content(task),
+                    "target": targets[task],
+                }
+            )
+    write_jsonl(out / "train.jsonl", rows)
+    write_jsonl(out / "test.jsonl", rows)
+    (out / "manifest.json").write_text(json.dumps({"bench": True}))
+    return out
+
+
+def _peak_gb() -> float:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else 0.0
+
+
+def bench_train(
+    cfg: TrainConfig, model_dir: Path, prepared: Path, run_dir: Path, steps: int, warmup: int = 2
+) -> dict[str, Any]:
+    """Per-task optimizer steps at the config's micro-batch (grad. accumulation 1)."""
+    from transformers import TrainerCallback
+
+    from pronlora.model.load import load_model
+    from pronlora.train import build_trainer, load_split
+
+    rows_all = load_split(prepared, "train")
+    cfg = replace(
+        cfg,
+        grad_accum=1,
+        max_steps=warmup + steps,
+        save_steps=10**6,
+        logging_steps=10**6,
+        dataloader_workers=2,
+    )
+    torch.manual_seed(cfg.seed)
+    loaded = load_model(cfg, model_dir, cache_dir=model_dir.parent / ".pronlora-cache")
+    result: dict[str, Any] = {
+        "trainable_params": sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
+    }
+    for task in TASKS:
+        rows = [r for r in rows_all if r["task"] == task.value]
+        times: list[float] = []
+        tokens: list[int] = []
+        holder: dict[str, Any] = {}
+
+        class Timer(TrainerCallback):
+            t = 0.0
+
+            def on_step_begin(self, args, state, control, **kw):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                Timer.t = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - Timer.t)
+                tokens.append(holder["trainer"].tokens_total)
+
+        run = run_dir / task.value
+        run.mkdir(parents=True, exist_ok=True)
+        trainer = build_trainer(cfg, loaded, rows, run)
+        trainer.add_callback(Timer())
+        holder["trainer"] = trainer
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        trainer.train()
+        timed = times[warmup:]
+        step_s = sum(timed) / len(timed)
+        tok_per_step = (tokens[-1] - tokens[warmup - 1]) / len(timed)
+        result[task.value] = {
+            "step_s": round(step_s, 4),
+            "tokens_per_step": round(tok_per_step, 1),
+            "tokens_per_instance": round(tok_per_step / cfg.micro_batch, 1),
+            "tokens_per_s": round(tok_per_step / step_s, 1),
+            "peak_gb": _peak_gb(),
+        }
+    per_epoch = sum(
+        PAPER_TRAIN_PER_TASK / cfg.micro_batch * result[t.value]["step_s"] for t in TASKS
+    )
+    result["projected_3_epochs_min"] = round(PAPER_EPOCHS * per_epoch / 60, 2)
+    result["peak_gb"] = max(result[t.value]["peak_gb"] for t in TASKS)
+    del loaded
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return result
+
+
+# Random weights never emit <|end|>, so every generation runs to its cap: cap at the length of
+# real answers (APA ~25 tokens, MDD ~50) so the benchmark decodes what a trained model would.
+BENCH_NEW_TOKENS = {"max_new_tokens_apa": 30, "max_new_tokens_mdd": 64}
+
+
+def bench_infer(cfg: TrainConfig, model_dir: Path, prepared: Path, per_task: int) -> dict[str, Any]:
+    from pronlora.infer import RunSpec, _batches, generate, load_for_inference
+
+    cfg = replace(cfg, infer=replace(cfg.infer, **BENCH_NEW_TOKENS))
+    from pronlora.train import load_split
+
+    rows_all = load_split(prepared, "test")
+    loaded = load_for_inference(RunSpec(cfg, model_dir), None)
+    result: dict[str, Any] = {"batch_size": cfg.infer.batch_size, **BENCH_NEW_TOKENS}
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    for task in TASKS:
+        rows = [r for r in rows_all if r["task"] == task.value][:per_task]
+        batches = _batches(rows, cfg.infer.batch_size)
+        generate(loaded, cfg, batches[0])  # warm-up
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        n_tok = 0
+        for b in batches:
+            n_tok += sum(n for _, n in generate(loaded, cfg, b))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        secs = time.perf_counter() - t0
+        result[task.value] = {
+            "instances": len(rows),
+            "seconds": round(secs, 2),
+            "instances_per_s": round(len(rows) / secs, 2),
+            "generated_tokens_per_s": round(n_tok / secs, 1),
+        }
+    result["projected_test_set_s"] = round(
+        sum(PAPER_TEST_PER_TASK / result[t.value]["instances_per_s"] for t in TASKS), 1
+    )
+    result["peak_gb"] = _peak_gb()
+    del loaded
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return result
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"# Benchmark: {results['device']} ({results['date']})",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        "Random-weight full-size checkpoint: speeds and memory are real, outputs meaningless.",
+        "",
+    ]
+    train = [r for r in results["runs"] if "train" in r]
+    if train:
+        lines += [
+            "## Training (micro-batch per config, AdamW step included)",
+            "",
+            "| setup | APA tok/s | MDD tok/s | APA step s | MDD step s | peak GB | "
+            "3 epochs (min) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in train:
+            t = r["train"]
+            lines.append(
+                f"| {r['setup']} | {t['APA']['tokens_per_s']:,.0f} | "
+                f"{t['MDD']['tokens_per_s']:,.0f} | {t['APA']['step_s']} | "
+                f"{t['MDD']['step_s']} | {t['peak_gb']} | {t['projected_3_epochs_min']} |"
+            )
+        lines.append("")
+    infer = [r for r in results["runs"] if "infer" in r]
+    if infer:
+        lines += [
+            "## Inference (greedy, stop at <|end|>)",
+            "",
+            "| setup | batch | APA inst/s | MDD inst/s | MDD gen tok/s | peak GB | test set (s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in infer:
+            t = r["infer"]
+            lines.append(
+                f"| {r['setup']} | {t['batch_size']} | {t['APA']['instances_per_s']} | "
+                f"{t['MDD']['instances_per_s']} | {t['MDD']['generated_tokens_per_s']} | "
+                f"{t['peak_gb']} | {t['projected_test_set_s']} |"
+            )
+    return "\n".join(lines) + "\n"
