@@ -87,12 +87,36 @@ def _peak_gb() -> float:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else 0.0
 
 
+def _step_timer(trainer: Any) -> Any:
+    """Callback recording each optimizer step's wall time and the trainer's token count."""
+    from transformers import TrainerCallback
+
+    def sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.tokens: list[int] = []
+            self.t0 = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            sync()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            sync()
+            self.times.append(time.perf_counter() - self.t0)
+            self.tokens.append(trainer.tokens_total)
+
+    return StepTimer()
+
+
 def bench_train(
     cfg: TrainConfig, model_dir: Path, prepared: Path, run_dir: Path, steps: int, warmup: int = 2
 ) -> dict[str, Any]:
     """Per-task optimizer steps at the config's micro-batch (grad. accumulation 1)."""
-    from transformers import TrainerCallback
-
     from pronlora.model.load import load_model
     from pronlora.train import build_trainer, load_split
 
@@ -112,32 +136,15 @@ def bench_train(
     }
     for task in TASKS:
         rows = [r for r in rows_all if r["task"] == task.value]
-        times: list[float] = []
-        tokens: list[int] = []
-        holder: dict[str, Any] = {}
-
-        class Timer(TrainerCallback):
-            t = 0.0
-
-            def on_step_begin(self, args, state, control, **kw):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                Timer.t = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kw):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - Timer.t)
-                tokens.append(holder["trainer"].tokens_total)
-
         run = run_dir / task.value
         run.mkdir(parents=True, exist_ok=True)
         trainer = build_trainer(cfg, loaded, rows, run)
-        trainer.add_callback(Timer())
-        holder["trainer"] = trainer
+        timer = _step_timer(trainer)
+        trainer.add_callback(timer)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         trainer.train()
+        times, tokens = timer.times, timer.tokens
         timed = times[warmup:]
         step_s = sum(timed) / len(timed)
         tok_per_step = (tokens[-1] - tokens[warmup - 1]) / len(timed)
