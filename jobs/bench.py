@@ -30,9 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument(
-        "--model", required=True, help="snapshot dir (see --make-checkpoint)"
-    )
+    ap.add_argument("--model", required=True, help="snapshot dir (see --make-checkpoint)")
     ap.add_argument("--make-checkpoint", action="store_true", help="write a full-size random one")
     ap.add_argument("--config", default="paper_r64")
     ap.add_argument("--quantization", default="bf16,nf4")

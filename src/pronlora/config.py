@@ -37,6 +37,8 @@ class InferSpec:
     max_new_tokens_mdd: int = 256
     # Merge the trained LoRA into bf16 base weights before decoding (not possible under nf4).
     merge_adapter: bool = True
+    # static: preallocated KV cache with compiled decoding steps (CUDA only).
+    cache: Literal["dynamic", "static"] = "dynamic"
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,13 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     max_length: int = 2048
     seed: int = 42
-    gradient_checkpointing: bool = False
+    # auto: on for nf4 (fits 16-24 GB cards), off for bf16 (speed).
+    gradient_checkpointing: Literal["auto", True, False] = "auto"
+    # Performance levers (issue: one H100); each has a test against the plain path.
+    label_only_loss: bool = True  # vocabulary projection only where labels are
+    group_by_length: bool = True  # micro-batches of similar length (see sampler.py)
+    pad_to_multiple_of: int = 64  # text width rounded up: fewer distinct shapes
+    kbit_prepare: bool = False  # PEFT's prepare_model_for_kbit_training (fp32 upcasts)
     save_steps: int = 50
     keep_step_checkpoints: int = 2
     logging_steps: int = 5
@@ -74,6 +82,12 @@ class TrainConfig:
     @property
     def effective_batch(self) -> int:
         return self.micro_batch * self.grad_accum
+
+    @property
+    def use_gradient_checkpointing(self) -> bool:
+        if self.gradient_checkpointing == "auto":
+            return self.quantization == "nf4"
+        return bool(self.gradient_checkpointing)
 
 
 _POSITIVE = (
@@ -137,6 +151,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key in ("batch_size", "max_new_tokens_apa", "max_new_tokens_mdd"):
         if getattr(cfg.infer, key) < 1:
             raise ConfigError(f"infer.{key}: must be >= 1, got {getattr(cfg.infer, key)}")
+    if cfg.pad_to_multiple_of < 0:
+        raise ConfigError(f"pad_to_multiple_of: must be >= 0, got {cfg.pad_to_multiple_of}")
     if not cfg.lr > 0:
         raise ConfigError(f"lr: must be > 0, got {cfg.lr}")
     if not 0 <= cfg.warmup_ratio < 1:

@@ -28,9 +28,11 @@ import torch
 import yaml
 
 from pronlora.atomic import read_jsonl, write_json, write_text
-from pronlora.collate import Collator
+from pronlora.collate import Collator, approx_tokens
 from pronlora.config import ConfigError, TrainConfig, to_dict
+from pronlora.loss import label_only_loss
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, unfrozen_state
+from pronlora.sampler import LengthGroupedSampler
 from pronlora.versions import versions
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,27 @@ def build_trainer(
                 )
             return loss
 
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not cfg.label_only_loss or return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss_sum, n = label_only_loss(model, inputs)
+            # Same normalisation as the model's own loss: by the label count of the whole
+            # accumulated batch when the Trainer provides it (so accumulation is exact).
+            denom = num_items_in_batch if num_items_in_batch is not None else n
+            return (
+                loss_sum / denom.to(loss_sum.device) if torch.is_tensor(denom) else loss_sum / denom
+            )
+
+        def _get_train_sampler(self, train_dataset=None):
+            if not cfg.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            return LengthGroupedSampler(
+                [approx_tokens(r) for r in rows],
+                cfg.micro_batch,
+                mega_batch=cfg.micro_batch * cfg.grad_accum * 4,
+                seed=cfg.seed,
+            )
+
         def log(self, logs, start_time=None):
             now = time.perf_counter()
             logs["tokens_per_s"] = round(self._tokens / max(now - self._t0, 1e-9), 1)
@@ -187,7 +210,7 @@ def build_trainer(
         seed=cfg.seed,
         data_seed=cfg.seed,
         optim="adamw_torch_fused" if cuda else "adamw_torch",
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing=cfg.use_gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         dataloader_num_workers=cfg.dataloader_workers,
         remove_unused_columns=False,
@@ -195,7 +218,12 @@ def build_trainer(
         disable_tqdm=True,
         use_cpu=not cuda,
     )
-    collator = Collator(loaded.tokenizer, loaded.feature_extractor, max_length=cfg.max_length)
+    collator = Collator(
+        loaded.tokenizer,
+        loaded.feature_extractor,
+        max_length=cfg.max_length,
+        pad_to_multiple_of=cfg.pad_to_multiple_of,
+    )
     trainer = PronloraTrainer(
         model=loaded.model,
         args=args,

@@ -221,11 +221,11 @@ def load_model(
             task_type="CAUSAL_LM",
             **extra,
         )
-        if cfg.quantization == "nf4" and trainable:
+        if cfg.quantization == "nf4" and trainable and cfg.kbit_prepare:
             from peft import prepare_model_for_kbit_training
 
             base = prepare_model_for_kbit_training(
-                base, use_gradient_checkpointing=cfg.gradient_checkpointing
+                base, use_gradient_checkpointing=cfg.use_gradient_checkpointing
             )
         model = get_peft_model(base, lora, adapter_name=TRAIN_ADAPTER)
     if cfg.strategy == "unfreeze" and trainable:
