@@ -15,17 +15,32 @@ import re
 import shlex
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import torch
 
 from pronlora.atomic import write_json, write_text
-from pronlora.bench import bench_infer, bench_train, make_bench_data, markdown
+from pronlora.bench import (
+    VARIANTS,
+    bench_infer,
+    bench_train,
+    make_bench_data,
+    markdown,
+)
 from pronlora.cli import run_job
 from pronlora.config import ConfigError, load_config
 from pronlora.versions import versions
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _train(cfg, model, prepared, run_dir, args):
+    return bench_train(cfg, model, prepared, run_dir, args.train_steps)
+
+
+def _infer(cfg, model, prepared, run_dir, args):
+    return bench_infer(cfg, model, prepared, args.infer_per_task)
 
 
 def main() -> int:
@@ -38,8 +53,10 @@ def main() -> int:
     ap.add_argument("--train-steps", type=int, default=6)
     ap.add_argument("--infer-per-task", type=int, default=128)
     ap.add_argument("--utterances", type=int, default=256)
+    ap.add_argument("--variants", default="naive,pronlora", help=f"of {', '.join(VARIANTS)}")
     ap.add_argument("--set", action="append", default=[], help="config override key=value")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--tag", default="", help="suffix for the results file names")
     args = ap.parse_args()
     what = set(args.what.split(","))
     if not what <= {"train", "infer"}:
@@ -56,18 +73,25 @@ def main() -> int:
     runs = []
     for name in args.config.split(","):
         for quant in args.quantization.split(","):
-            overrides = [f"quantization={quant}", *args.set]
-            cfg = load_config(name, overrides)
-            entry = {"setup": f"{name} {quant}", "config": name, "overrides": overrides}
-            if "train" in what:
-                entry["train"] = bench_train(
-                    cfg, model, prepared, work / "runs" / name / quant, args.train_steps
-                )
-                print(json.dumps(entry["train"]), flush=True)
-            if "infer" in what:
-                entry["infer"] = bench_infer(cfg, model, prepared, args.infer_per_task)
-                print(json.dumps(entry["infer"]), flush=True)
-            runs.append(entry)
+            for variant in args.variants.split(","):
+                if variant not in VARIANTS:
+                    raise ConfigError(f"--variants: unknown {variant!r}; known {list(VARIANTS)}")
+                overrides = [f"quantization={quant}", *VARIANTS[variant][quant], *args.set]
+                cfg = load_config(name, overrides)
+                setup = f"{name} {quant} {variant}"
+                entry = {"setup": setup, "config": name, "variant": variant, "overrides": overrides}
+                for stage, fn in (("train", _train), ("infer", _infer)):
+                    if stage not in what:
+                        continue
+                    try:
+                        entry[stage] = fn(cfg, model, prepared, work / "runs" / setup, args)
+                    except Exception as exc:  # record it: one failure must not void the rest
+                        traceback.print_exc()
+                        entry[stage] = {"error": f"{type(exc).__name__}: {exc}"}
+                    print(setup, stage, json.dumps(entry[stage]), flush=True)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                runs.append(entry)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     date = dt.date.today().isoformat()
     results = {
@@ -78,7 +102,7 @@ def main() -> int:
         "runs": runs,
     }
     out = Path(args.out)
-    stem = f"{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}-{date}"
+    stem = f"{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}-{date}{args.tag}"
     write_json(out / f"{stem}.json", results)
     write_text(out / f"{stem}.md", markdown(results))
     print(markdown(results))

@@ -180,8 +180,12 @@ def generate(
     batch["audio_input_features"] = batch["audio_input_features"].to(torch_dtype(cfg))
     task = Task(batch_rows[0]["task"])
     stop = [tok.convert_tokens_to_ids(END_TOKEN), tok.convert_tokens_to_ids(ENDOFTEXT_TOKEN)]
+    extra = {}
+    if cfg.infer.cache == "static" and dev.type == "cuda":
+        extra["cache_implementation"] = "static"
     out = loaded.model.generate(
         **batch,
+        **extra,
         max_new_tokens=cfg.infer.max_new_tokens_apa
         if task is Task.APA
         else cfg.infer.max_new_tokens_mdd,
