@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from pronlora.atomic import read_jsonl
@@ -75,3 +76,34 @@ def test_length_grouped_sampler_is_a_seeded_permutation_of_similar_lengths() -> 
     micro = [first[i : i + 8] for i in range(0, 96, 8)]
     mixed = sum(len({lengths[i] for i in m}) > 1 for m in micro)
     assert mixed <= 96 // 32  # at most one mixed micro-batch per mega-batch
+
+
+def test_audio_features_per_clip_handle_lengths_the_batched_extractor_fails_on(
+    tiny_model: Path,
+) -> None:
+    import numpy as np
+
+    loaded = load_model(load_config("smoke"), tiny_model)
+    fe = loaded.feature_extractor
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(0, 0.1, n).astype(np.float32) for n in (37600, 37760, 38080, 38112)]
+    with pytest.raises(RuntimeError, match="must match the size"):  # the upstream bug we avoid
+        fe(clips, sampling_rate=16000, return_tensors="pt")
+    collator = Collator(loaded.tokenizer, fe)
+    feats = collator.audio_features(clips)
+    for i, clip in enumerate(clips):
+        alone = fe(clip, sampling_rate=16000, return_tensors="pt")
+        n = alone["audio_input_features"].shape[1]
+        torch.testing.assert_close(
+            feats["audio_input_features"][i, :n], alone["audio_input_features"][0]
+        )
+        assert not feats["audio_input_features"][i, n:].any()
+        assert feats["audio_attention_mask"][i].sum() == n
+        assert feats["audio_embed_sizes"][i] == alone["audio_embed_sizes"][0]
+    ok = fe(clips[:2], sampling_rate=16000, return_tensors="pt")  # a pair the batch path handles
+    torch.testing.assert_close(
+        collator.audio_features(clips[:2])["audio_input_features"],
+        ok["audio_input_features"],
+        rtol=1e-4,
+        atol=1e-3,
+    )

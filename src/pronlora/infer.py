@@ -16,6 +16,8 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,34 +163,53 @@ def _batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]
     return out
 
 
-@torch.inference_mode()
-def generate(
-    loaded: Loaded, cfg: TrainConfig, batch_rows: list[dict[str, Any]]
-) -> list[tuple[str, int]]:
-    """Greedy answers (text up to ``<|end|>``) and their token counts."""
-    tok = loaded.tokenizer
-    collator = Collator(
-        tok,
+def generation_collator(loaded: Loaded, cfg: TrainConfig) -> Collator:
+    return Collator(
+        loaded.tokenizer,
         loaded.feature_extractor,
         max_length=cfg.max_length,
         with_labels=False,
         padding_side="left",
     )
-    batch = collator(batch_rows)
+
+
+def prefetched(
+    batches: list[list[dict[str, Any]]], collate: Collator, depth: int = 2
+) -> Iterator[tuple[list[dict[str, Any]], dict[str, torch.Tensor]]]:
+    """Collate (audio decoding, log-mel features) the next batches while the GPU decodes."""
+    with ThreadPoolExecutor(max_workers=depth) as pool:
+        pending = [pool.submit(collate, b) for b in batches[:depth]]
+        for i, rows in enumerate(batches):
+            batch = pending[i].result()
+            if i + depth < len(batches):
+                pending.append(pool.submit(collate, batches[i + depth]))
+            yield rows, batch
+
+
+@torch.inference_mode()
+def generate(
+    loaded: Loaded,
+    cfg: TrainConfig,
+    batch_rows: list[dict[str, Any]],
+    batch: dict[str, torch.Tensor] | None = None,
+) -> list[tuple[str, int]]:
+    """Greedy answers (text up to ``<|end|>``) and their token counts."""
+    tok = loaded.tokenizer
+    if batch is None:
+        batch = generation_collator(loaded, cfg)(batch_rows)
     dev = device()
-    batch = {k: v.to(dev) for k, v in batch.items()}
+    batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
     batch["audio_input_features"] = batch["audio_input_features"].to(torch_dtype(cfg))
     task = Task(batch_rows[0]["task"])
     stop = [tok.convert_tokens_to_ids(END_TOKEN), tok.convert_tokens_to_ids(ENDOFTEXT_TOKEN)]
     extra = {}
     if cfg.infer.cache == "static" and dev.type == "cuda":
         extra["cache_implementation"] = "static"
+    limit = cfg.infer.max_new_tokens_apa if task is Task.APA else cfg.infer.max_new_tokens_mdd
     out = loaded.model.generate(
         **batch,
         **extra,
-        max_new_tokens=cfg.infer.max_new_tokens_apa
-        if task is Task.APA
-        else cfg.infer.max_new_tokens_mdd,
+        max_new_tokens=limit,
         do_sample=False,
         eos_token_id=stop,
         pad_token_id=tok.pad_token_id,
@@ -247,8 +268,10 @@ def run_shard(
         t0 = time.perf_counter()
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with open(out_path, "a", encoding="utf-8") as fh:
-            for batch_rows in _batches(todo, spec.cfg.infer.batch_size):
-                answers = generate(loaded, spec.cfg, batch_rows)
+            batches = _batches(todo, spec.cfg.infer.batch_size)
+            collate = generation_collator(loaded, spec.cfg)
+            for batch_rows, batch in prefetched(batches, collate):
+                answers = generate(loaded, spec.cfg, batch_rows, batch)
                 lines = []
                 for row, (text, n) in zip(batch_rows, answers, strict=True):
                     parsed, error = parse_answer(row["task"], text)
