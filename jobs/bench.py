@@ -45,7 +45,7 @@ def _infer(cfg, model, prepared, run_dir, args):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", required=True, help="snapshot dir (see --make-checkpoint)")
+    ap.add_argument("--model", help="snapshot dir (see --make-checkpoint)")
     ap.add_argument("--make-checkpoint", action="store_true", help="write a full-size random one")
     ap.add_argument("--config", default="paper_r64")
     ap.add_argument("--quantization", default="bf16,nf4")
@@ -57,7 +57,14 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="config override key=value")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--tag", default="", help="suffix for the results file names")
+    ap.add_argument("--render", help="re-render the markdown of an existing results JSON")
     args = ap.parse_args()
+    if args.render:
+        path = Path(args.render)
+        write_text(path.with_suffix(".md"), markdown(json.loads(path.read_text())))
+        return 0
+    if not args.model:
+        raise ConfigError("--model is required (unless --render)")
     what = set(args.what.split(","))
     if not what <= {"train", "infer"}:
         raise ConfigError(f"--what: {args.what!r}; expected train and/or infer")
