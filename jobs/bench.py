@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 import traceback
@@ -112,6 +113,7 @@ def main() -> int:
     stem = f"{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}-{date}{args.tag}"
     write_json(out / f"{stem}.json", results)
     write_text(out / f"{stem}.md", markdown(results))
+    shutil.rmtree(work, ignore_errors=True)
     print(markdown(results))
     return 0
 
