@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Stage 4: score every run's predictions and write Table 3, plots and report.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pronlora.cli import run_job
+from pronlora.collect import CoverageError, collect
+from pronlora.report import write_outputs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--prepared", required=True, help="output dir of jobs/prep.py")
+    ap.add_argument("--runs", nargs="+", required=True, help="run dirs with predictions/")
+    ap.add_argument("--out", required=True)
+    ap.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="collect checkpoints with missing ids, marked partial",
+    )
+    args = ap.parse_args()
+    prepared = Path(args.prepared)
+    entries = collect(prepared, [Path(r) for r in args.runs], args.allow_partial)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    paths = write_outputs(entries, Path(args.out), synthetic=bool(manifest.get("synthetic")))
+    print(paths["table"].read_text())
+    print(f"report: {paths['report'].resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_job(main, (CoverageError, FileNotFoundError))

@@ -1,0 +1,264 @@
+"""The collector stage: prediction files of many runs -> one metrics entry per checkpoint.
+
+Finds every ``predictions/<checkpoint>/`` under the given run dirs, checks that each test id
+appears exactly once per checkpoint, and scores it with ``pronlora.metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pronlora.atomic import read_jsonl
+from pronlora.metrics import (
+    MDDCounts,
+    corpus_rate,
+    correlation,
+    edit_counts,
+    normalise_words,
+    phone_match_prf,
+    recognised_phones,
+)
+from pronlora.parse import parse_answer
+from pronlora.phones import transcript_phones
+from pronlora.protocol import APA_ASPECTS, MDD_FIELDS, SCORE_RANGE, Task
+
+METRIC_KEYS = (
+    *(f"{a}_pcc" for a in APA_ASPECTS),
+    *(f"{a}_pcc_p" for a in APA_ASPECTS),
+    *(f"{a}_spearman" for a in APA_ASPECTS),
+    *(f"{a}_mse" for a in APA_ASPECTS),
+    "wer",
+    "per",
+    "mdd_precision",
+    "mdd_recall",
+    "mdd_f1",
+    "mdd_far",
+    "mdd_frr",
+    "mdd_der",
+    "phone_match_precision",
+    "phone_match_recall",
+    "phone_match_f1",
+    "per_acc_pcc_human",
+    "per_acc_pcc_pred",
+    "n_apa",
+    "n_mdd",
+    "apa_parse_failures",
+    "mdd_parse_failures",
+)
+
+
+class CoverageError(ValueError):
+    pass
+
+
+@dataclass
+class Entry:
+    run: str
+    label: str
+    checkpoint: str
+    epoch: int
+    strategy: str
+    partial: bool
+    metrics: dict[str, float]
+    provenance: dict[str, Any]
+    confusion: Counter = field(default_factory=Counter, repr=False)
+    apa_pairs: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict, repr=False)
+    per_vs_acc: list[tuple[float, float, float]] = field(default_factory=list, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "label": self.label,
+            "checkpoint": self.checkpoint,
+            "epoch": self.epoch,
+            "strategy": self.strategy,
+            "partial": self.partial,
+            **{k: _clean(self.metrics[k]) for k in METRIC_KEYS},
+            "provenance": self.provenance,
+        }
+
+
+def _clean(value: float) -> float | int | None:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def epoch_of(checkpoint: str) -> int:
+    m = re.fullmatch(r"epoch-(\d+)", checkpoint)
+    return int(m.group(1)) if m else 0
+
+
+def read_predictions(
+    pred_dir: Path, expected: set[str], allow_partial: bool
+) -> tuple[dict[str, dict], bool]:
+    """All shard lines of one checkpoint, checked for coverage; returns (by id, partial)."""
+    seen: dict[str, dict] = {}
+    duplicates: list[str] = []
+    for path in sorted(pred_dir.glob("shard-*.jsonl")):
+        for row in read_jsonl(path):
+            if row["id"] in seen:
+                duplicates.append(row["id"])
+            seen[row["id"]] = row
+    unknown = sorted(set(seen) - expected)
+    missing = sorted(expected - set(seen))
+    problems = []
+    if duplicates:
+        problems.append(f"duplicate ids: {', '.join(sorted(set(duplicates)))}")
+    if unknown:
+        problems.append(f"ids not in the test set: {', '.join(unknown)}")
+    if missing and not allow_partial:
+        problems.append(f"{len(missing)} missing ids: {', '.join(missing)}")
+    if problems:
+        raise CoverageError(
+            f"{pred_dir}: "
+            + "; ".join(problems)
+            + ("" if allow_partial else " (use --allow-partial to collect anyway)")
+        )
+    return seen, bool(missing)
+
+
+def apa_fallback(train_rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Training-set mean per aspect: the no-information prediction used for failed answers."""
+    apa = [r["scores"] for r in train_rows if r["task"] == Task.APA]
+    if not apa:
+        return {a: sum(SCORE_RANGE) / 2 for a in APA_ASPECTS}
+    return {a: float(np.mean([s[a] for s in apa])) for a in APA_ASPECTS}
+
+
+def score_checkpoint(
+    test: dict[str, dict], preds: dict[str, dict], fallback: dict[str, float]
+) -> tuple[dict[str, float], Counter, dict, list]:
+    metrics: dict[str, float] = {}
+    apa_rows = [r for r in test.values() if r["task"] == Task.APA and r["id"] in preds]
+    mdd_rows = [r for r in test.values() if r["task"] == Task.MDD and r["id"] in preds]
+    pred_acc: dict[str, float] = {}
+    apa_failures = 0
+    apa_pairs: dict[str, tuple[list[float], list[float]]] = {a: ([], []) for a in APA_ASPECTS}
+    for row in apa_rows:
+        p = preds[row["id"]]
+        parsed, error = parse_answer(Task.APA, p.get("output", ""))
+        failed = error is not None
+        apa_failures += failed
+        for a in APA_ASPECTS:
+            value = fallback[a] if failed else float(parsed[a])
+            apa_pairs[a][0].append(value)
+            apa_pairs[a][1].append(float(row["scores"][a]))
+        pred_acc[row["utt_id"]] = fallback["accuracy"] if failed else float(parsed["accuracy"])
+    for a in APA_ASPECTS:
+        c = correlation(*apa_pairs[a])
+        metrics.update(
+            {
+                f"{a}_pcc": c["pcc"],
+                f"{a}_pcc_p": c["pcc_p"],
+                f"{a}_spearman": c["spearman"],
+                f"{a}_mse": c["mse"],
+            }
+        )
+
+    mdd_failures = 0
+    word_pairs, phone_pairs = [], []
+    counts = MDDCounts()
+    per_vs_acc = []
+    for row in mdd_rows:
+        parsed, error = parse_answer(Task.MDD, preds[row["id"]].get("output", ""))
+        if error is not None:
+            mdd_failures += 1
+            parsed = {MDD_FIELDS[0]: "", MDD_FIELDS[1]: ""}
+        ref_words = normalise_words(row["text"]).split()
+        word_pairs.append((ref_words, normalise_words(parsed[MDD_FIELDS[0]]).split()))
+        perceived = transcript_phones(row["perceived_phones"])
+        recognised = recognised_phones(parsed[MDD_FIELDS[1]])
+        phone_pairs.append((perceived, recognised))
+        counts.add(row["canonical_phones"], row["perceived_phones"], recognised)
+        utt_per = edit_counts(perceived, recognised).rate
+        human_acc = float(row["scores"]["accuracy"])
+        per_vs_acc.append((utt_per, human_acc, pred_acc.get(row["utt_id"], math.nan)))
+    metrics["wer"] = corpus_rate(word_pairs).rate
+    metrics["per"] = corpus_rate(phone_pairs).rate
+    metrics.update({f"mdd_{k}": v for k, v in counts.rates().items()})
+    metrics.update({f"phone_match_{k}": v for k, v in phone_match_prf(phone_pairs).items()})
+    finite = [(u, h, p) for u, h, p in per_vs_acc if not math.isnan(u)]
+    metrics["per_acc_pcc_human"] = correlation(
+        [u for u, _, _ in finite], [h for _, h, _ in finite]
+    )["pcc"]
+    with_pred = [(u, p) for u, _, p in finite if not math.isnan(p)]
+    metrics["per_acc_pcc_pred"] = correlation([u for u, _ in with_pred], [p for _, p in with_pred])[
+        "pcc"
+    ]
+    metrics.update(
+        n_apa=len(apa_rows),
+        n_mdd=len(mdd_rows),
+        apa_parse_failures=apa_failures,
+        mdd_parse_failures=mdd_failures,
+    )
+    return metrics, counts.confusion, apa_pairs, per_vs_acc
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def run_label(run_dir: Path) -> tuple[str, str, dict[str, Any]]:
+    """(label, strategy, provenance); a run dir without run.json is labelled by its name."""
+    run = _read_json(run_dir / "run.json")
+    versions = _read_json(run_dir / "versions.json")
+    if run is None:
+        return run_dir.name, "unknown", {"config": None, "note": "no run.json: labelled by folder"}
+    cfg = run["config"]
+    model = Path(run["model"])
+    random_weights = (model / "pronlora_random_checkpoint.json").is_file()
+    prov = {
+        "config": cfg,
+        "model": str(model),
+        "random_weights": random_weights,
+        "data_content_hash": run.get("data_content_hash"),
+        "versions": versions,
+    }
+    return f"{run_dir.name} ({cfg.get('name')})", cfg.get("strategy", "unknown"), prov
+
+
+def collect(prepared: Path, runs: list[Path], allow_partial: bool = False) -> list[Entry]:
+    test_rows = read_jsonl(prepared / "test.jsonl")
+    test = {r["id"]: r for r in test_rows}
+    train_path = prepared / "train.jsonl"
+    fallback = apa_fallback(read_jsonl(train_path) if train_path.is_file() else [])
+    entries = []
+    for run_dir in runs:
+        run_dir = run_dir.resolve()
+        pred_root = run_dir / "predictions"
+        if not pred_root.is_dir():
+            raise CoverageError(f"{run_dir}: no predictions/ folder (run jobs/infer.py first)")
+        label, strategy, prov = run_label(run_dir)
+        for pred_dir in sorted(p for p in pred_root.iterdir() if p.is_dir()):
+            preds, partial = read_predictions(pred_dir, set(test), allow_partial)
+            metrics, confusion, apa_pairs, per_vs_acc = score_checkpoint(test, preds, fallback)
+            meta = _read_json(run_dir / "checkpoints" / pred_dir.name / "meta.json")
+            entries.append(
+                Entry(
+                    run=run_dir.name,
+                    label=label,
+                    checkpoint=pred_dir.name,
+                    epoch=epoch_of(pred_dir.name),
+                    strategy=strategy,
+                    partial=partial,
+                    metrics=metrics,
+                    provenance={**prov, "checkpoint_meta": meta, "apa_fallback": fallback},
+                    confusion=confusion,
+                    apa_pairs=apa_pairs,
+                    per_vs_acc=per_vs_acc,
+                )
+            )
+    entries.sort(key=lambda e: (e.run, e.epoch, e.checkpoint))
+    return entries

@@ -1,0 +1,338 @@
+"""Collector outputs: metrics.json, Table 3 (md/tex/csv), plots and report.md.
+
+Everything is a pure function of the collected entries, written in a fixed order with fixed
+formatting and no timestamps, so rerunning over the same inputs gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from pronlora.atomic import write_bytes, write_json, write_text
+from pronlora.collect import METRIC_KEYS, Entry
+from pronlora.paper import FIG5_PER_ACC_PCC, TABLE3
+from pronlora.protocol import APA_ASPECTS
+
+# Table 3 columns: (header, metrics key, higher is better)
+COLUMNS: list[tuple[str, str, bool]] = [
+    ("Acc", "accuracy_pcc", True),
+    ("Flu", "fluency_pcc", True),
+    ("Pros", "prosodic_pcc", True),
+    ("Total", "total_pcc", True),
+    ("WER", "wer", False),
+    ("PER", "per", False),
+    ("F1", "mdd_f1", True),
+    ("P", "mdd_precision", True),
+    ("R", "mdd_recall", True),
+]
+NOT_SIGNIFICANT = "†"  # Pearson p >= 0.05
+BEST = "*"
+
+
+def layers_label(e: Entry) -> str:
+    if e.epoch == 0:
+        return "no training"
+    return {"lora": "LoRA", "unfreeze": "Unfreeze"}.get(e.strategy, e.strategy)
+
+
+def _fmt(value: float | None) -> str:
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.3f}"
+    )
+
+
+def _best(entries: list[Entry]) -> dict[str, float]:
+    best = {}
+    for _, key, higher in COLUMNS:
+        values = [e.metrics[key] for e in entries if not math.isnan(e.metrics[key])]
+        if values:
+            best[key] = max(values) if higher else min(values)
+    return best
+
+
+def _cells(e: Entry, best: dict[str, float]) -> list[str]:
+    cells = []
+    for _, key, _ in COLUMNS:
+        v = e.metrics[key]
+        text = _fmt(v)
+        if key.endswith("_pcc"):
+            p = e.metrics[f"{key}_p"]
+            if not math.isnan(p) and p >= 0.05:
+                text += NOT_SIGNIFICANT
+        if key in best and not math.isnan(v) and v == best[key]:
+            text += BEST
+        cells.append(text)
+    return cells
+
+
+def table3_markdown(entries: list[Entry]) -> str:
+    best = _best(entries)
+    head = (
+        "| run | layers | ep | " + " | ".join(c for c, _, _ in COLUMNS) + " | parse fail APA/MDD |"
+    )
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
+    for e in entries:
+        partial = " (partial)" if e.partial else ""
+        fails = (
+            f"{e.metrics['apa_parse_failures']}/{e.metrics['n_apa']}, "
+            f"{e.metrics['mdd_parse_failures']}/{e.metrics['n_mdd']}"
+        )
+        lines.append(
+            f"| {e.label}{partial} | {layers_label(e)} | {e.epoch} | "
+            + " | ".join(_cells(e, best))
+            + f" | {fails} |"
+        )
+    for row in TABLE3:
+        lines.append(
+            f"| paper (reference) | {row[0]} | {row[1]} | "
+            + " | ".join(f"{v:g}" for v in row[2:])
+            + " | |"
+        )
+    lines += [
+        "",
+        f"APA columns: Pearson r with human scores ({NOT_SIGNIFICANT} p >= 0.05); "
+        "WER/PER: corpus-level edit rates; F1/P/R: hierarchical MDD protocol. "
+        f"{BEST} best of our rows. Failed answers count as wrong (see report.md).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+
+def table3_latex(entries: list[Entry]) -> str:
+    best = _best(entries)
+    cols = "lll" + "r" * len(COLUMNS)
+    out = [
+        r"\begin{tabular}{" + cols + "}",
+        r"\toprule",
+        "Run & Layers & Ep & " + " & ".join(c for c, _, _ in COLUMNS) + r" \\",
+        r"\midrule",
+    ]
+    for e in entries:
+        cells = []
+        for text in _cells(e, best):
+            bold = text.endswith(BEST)
+            text = text.rstrip(BEST).replace(NOT_SIGNIFICANT, r"$^\dagger$")
+            cells.append(r"\textbf{" + text + "}" if bold else text)
+        out.append(
+            f"{_tex_escape(e.label)} & {layers_label(e)} & {e.epoch} & "
+            + " & ".join(cells)
+            + r" \\"
+        )
+    out.append(r"\midrule")
+    for row in TABLE3:
+        out.append(
+            f"Paper & {row[0]} & {row[1]} & " + " & ".join(f"{v:g}" for v in row[2:]) + r" \\"
+        )
+    out += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(out)
+
+
+def table3_csv(entries: list[Entry]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["run", "checkpoint", "layers", "epoch", "partial", *METRIC_KEYS])
+    for e in entries:
+        w.writerow(
+            [
+                e.run,
+                e.checkpoint,
+                layers_label(e),
+                e.epoch,
+                e.partial,
+                *(
+                    ""
+                    if isinstance(e.metrics[k], float) and math.isnan(e.metrics[k])
+                    else repr(e.metrics[k])
+                    for k in METRIC_KEYS
+                ),
+            ]
+        )
+    return buf.getvalue()
+
+
+# --- plots -----------------------------------------------------------------------------------
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def plots(entries: list[Entry], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    last = {}
+    for e in entries:  # the latest epoch of each run
+        if e.run not in last or e.epoch >= last[e.run].epoch:
+            last[e.run] = e
+
+    for run, e in sorted(last.items()):
+        fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+        for ax, aspect in zip(axes, APA_ASPECTS, strict=True):
+            pred, human = e.apa_pairs[aspect]
+            ax.scatter(human, pred, s=10, alpha=0.6)
+            ax.plot([0, 10], [0, 10], color="grey", lw=0.8)
+            ax.set(
+                xlim=(-0.5, 10.5),
+                ylim=(-0.5, 10.5),
+                xlabel="human",
+                ylabel="predicted",
+                title=f"{aspect}  r={_fmt(e.metrics[f'{aspect}_pcc'])}",
+            )
+        fig.suptitle(f"{e.label} {e.checkpoint}: predicted vs human scores")
+        fig.tight_layout()
+        name = f"scores_{run}.png"
+        write_bytes(out / name, _png(fig))
+        plt.close(fig)
+        written.append(name)
+
+        fig, ax = plt.subplots(figsize=(5, 4))
+        per = [u for u, _, _ in e.per_vs_acc]
+        ax.scatter(per, [h for _, h, _ in e.per_vs_acc], s=10, label="human accuracy")
+        ax.scatter(
+            per, [p for _, _, p in e.per_vs_acc], s=10, marker="x", label="predicted accuracy"
+        )
+        ax.set(
+            xlabel="utterance PER",
+            ylabel="accuracy",
+            title=f"PER vs accuracy (r human {_fmt(e.metrics['per_acc_pcc_human'])}, "
+            f"pred {_fmt(e.metrics['per_acc_pcc_pred'])}; paper {FIG5_PER_ACC_PCC['human']}, "
+            f"{FIG5_PER_ACC_PCC['pred']})",
+        )
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"per_vs_accuracy_{run}.png"
+        write_bytes(out / name, _png(fig))
+        plt.close(fig)
+        written.append(name)
+
+        pairs = e.confusion
+        canon = sorted({c for c, _ in pairs})
+        recog = sorted({r for _, r in pairs})
+        import numpy as np
+
+        grid = np.zeros((len(canon), len(recog)))
+        for (c, r), n in pairs.items():
+            grid[canon.index(c), recog.index(r)] = n
+        grid = grid / np.maximum(grid.sum(axis=1, keepdims=True), 1)
+        fig, ax = plt.subplots(figsize=(max(6, len(recog) * 0.25), max(5, len(canon) * 0.25)))
+        im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+        ax.set_xticks(range(len(recog)), recog, rotation=90, fontsize=5)
+        ax.set_yticks(range(len(canon)), canon, fontsize=6)
+        ax.set(
+            xlabel="recognised",
+            ylabel="canonical",
+            title=f"{e.label} {e.checkpoint}: canonical -> recognised (row-normalised)",
+        )
+        ax.title.set_fontsize(8)
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        name = f"confusion_{run}.png"
+        write_bytes(out / name, _png(fig))
+        plt.close(fig)
+        written.append(name)
+
+    runs = sorted({e.run for e in entries})
+    fig, axes = plt.subplots(3, 3, figsize=(12, 9))
+    for ax, (header, key, _) in zip(axes.flat, COLUMNS, strict=True):
+        for run in runs:
+            pts = sorted((e.epoch, e.metrics[key]) for e in entries if e.run == run)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=run)
+        ax.set(title=header, xlabel="epoch")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Metrics per epoch (epoch 0 = no training)")
+    fig.tight_layout()
+    write_bytes(out / "epochs.png", _png(fig))
+    plt.close(fig)
+    written.append("epochs.png")
+    return written
+
+
+# --- report ----------------------------------------------------------------------------------
+def report_markdown(entries: list[Entry], plot_files: list[str], synthetic: bool) -> str:
+    random_weights = any(e.provenance.get("random_weights") for e in entries)
+    lines = ["# pronlora evaluation report", ""]
+    if random_weights or synthetic:
+        lines += [
+            "> **Meaningless numbers**: "
+            + ("random-weight model " if random_weights else "")
+            + ("on a synthetic corpus " if synthetic else "")
+            + "- this report exercises the pipeline; it says nothing about the method.",
+            "",
+        ]
+    lines += [
+        "## Table 3",
+        "",
+        table3_markdown(entries).rstrip(),
+        "",
+        "## Rules",
+        "",
+        "- APA: Pearson r (two-sided p), Spearman, MSE per aspect. A failed answer (not "
+        "parsable, a score missing or outside 0-10) is scored with the training-set mean "
+        "of that aspect (a no-information prediction): it counts as wrong, never as "
+        "missing; the failure counts are in the last column.",
+        "- WER: corpus-level (S+D+I)/N over words, upper-cased, punctuation removed "
+        "(apostrophes inside words kept). PER: corpus-level edit rate of the recognised "
+        "phones (stress digits and `*` stripped, `<DEL>` removed) against the perceived "
+        "phones. A failed MDD answer is an empty transcript.",
+        "- MDD (hierarchical): recognised phones aligned to canonical ones (Levenshtein); "
+        "a recognised insertion joins the preceding canonical position. P = TR/(TR+FR), "
+        "R = TR/(TR+FA), FAR = FA/(FA+TR), FRR = FR/(FR+TA), DER = DE/(CD+DE). The "
+        "paper does not define its P/R/F1; `phone_match_*` in metrics.json is a "
+        "sequence-match alternative (hits over recognised / perceived lengths).",
+        "",
+    ]
+    if plot_files:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plot_files] + [""]
+    lines += ["## Runs", ""]
+    seen = set()
+    for e in entries:
+        if e.run in seen:
+            continue
+        seen.add(e.run)
+        prov = e.provenance
+        cfg = prov.get("config") or {}
+        versions = prov.get("versions") or {}
+        lines += [
+            f"### {e.label}",
+            "",
+            f"- config: `{cfg.get('name', 'unknown')}` (adapter {cfg.get('adapter')}, "
+            f"strategy {cfg.get('strategy')}, quantization {cfg.get('quantization')}, "
+            f"LoRA {cfg.get('lora')})",
+            f"- model: `{prov.get('model')}`"
+            + (" (random weights)" if prov.get("random_weights") else ""),
+            f"- data content hash: `{prov.get('data_content_hash')}`",
+            "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()) if v),
+            "- checkpoints: "
+            + ", ".join(
+                f"{x.checkpoint}{' (partial)' if x.partial else ''}"
+                for x in entries
+                if x.run == e.run
+            ),
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(entries: list[Entry], out: Path, synthetic: bool) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", [e.as_json() for e in entries])
+    write_text(out / "table3.md", table3_markdown(entries))
+    write_text(out / "table3.tex", table3_latex(entries))
+    write_text(out / "table3.csv", table3_csv(entries))
+    plot_files = plots(entries, out) if entries else []
+    write_text(out / "report.md", report_markdown(entries, plot_files, synthetic))
+    return {"report": out / "report.md", "table": out / "table3.md"}

@@ -1,0 +1,166 @@
+"""The collector on prediction files built from the real mini test set with known perturbations."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from pronlora.atomic import read_jsonl, write_jsonl
+from pronlora.collect import CoverageError, apa_fallback, collect
+from pronlora.data.prep import prepare
+from pronlora.phones import transcript_phones
+from pronlora.protocol import format_mdd_answer
+from pronlora.report import write_outputs
+
+from .conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def mini_prepared(mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare("kaldi", mini, tmp_path_factory.mktemp("mini") / "prepared").out
+
+
+def _write_run(run: Path, rows: list[dict], checkpoint: str = "epoch-1", shards: int = 1) -> None:
+    for s in range(shards):
+        part = [r for i, r in enumerate(rows) if i % shards == s]
+        write_jsonl(run / "predictions" / checkpoint / f"shard-{s}-of-{shards}.jsonl", part)
+
+
+def _pred(row: dict, output: str) -> dict:
+    return {
+        "id": row["id"],
+        "utt_id": row["utt_id"],
+        "task": row["task"],
+        "output": output,
+        "parsed": None,
+        "parse_error": None,
+    }
+
+
+def test_reference_answers_score_perfectly(mini_prepared: Path, tmp_path: Path) -> None:
+    test = read_jsonl(mini_prepared / "test.jsonl")
+    _write_run(tmp_path / "oracle", [_pred(r, r["target"]) for r in test], shards=2)
+    [e] = collect(mini_prepared, [tmp_path / "oracle"])
+    m = e.metrics
+    for a in ("accuracy", "fluency", "prosodic", "total"):
+        assert m[f"{a}_pcc"] == pytest.approx(1.0) and m[f"{a}_mse"] == 0
+    assert m["wer"] == 0 and m["per"] == 0
+    assert m["mdd_precision"] == 1 and m["mdd_recall"] == 1 and m["mdd_der"] == 0
+    assert m["mdd_far"] == 0 and m["mdd_frr"] == 0
+    assert (m["n_apa"], m["n_mdd"], m["apa_parse_failures"], m["mdd_parse_failures"]) == (
+        60,
+        60,
+        0,
+        0,
+    )
+    assert e.label == "oracle"  # no run.json: labelled by folder
+
+
+def test_known_perturbations_give_the_implied_numbers(mini_prepared: Path, tmp_path: Path) -> None:
+    test = read_jsonl(mini_prepared / "test.jsonl")
+    mdd = [r for r in test if r["task"] == "MDD"]
+    apa = [r for r in test if r["task"] == "APA"]
+    n_phones = sum(len(transcript_phones(r["perceived_phones"])) for r in mdd)
+    n_words = sum(len(r["text"].split()) for r in mdd)
+    preds = []
+    flipped = 0
+    for i, r in enumerate(mdd):
+        phones = transcript_phones(r["perceived_phones"])
+        words = r["text"].split()
+        if i < 10 and r["perceived_phones"][0] == r["canonical_phones"][0]:
+            phones[0] = "ZH" if phones[0] != "ZH" else "SH"  # a correct phone heard as wrong: FR
+            flipped += 1
+        if i < 5:
+            words[-1] = "XYZZY"  # one word substitution
+        preds.append(_pred(r, format_mdd_answer(" ".join(words), " ".join(phones))))
+    garbage = 7
+    for i, r in enumerate(apa):
+        preds.append(_pred(r, "I cannot rate this." if i < garbage else r["target"]))
+    _write_run(tmp_path / "perturbed", preds)
+    [e] = collect(mini_prepared, [tmp_path / "perturbed"])
+    m = e.metrics
+    assert m["per"] == pytest.approx(flipped / n_phones)
+    assert m["wer"] == pytest.approx(5 / n_words)
+    c = e.provenance
+    assert m["mdd_recall"] == 1.0
+    tr = sum(
+        r["perceived_phones"][k] != r["canonical_phones"][k]
+        for r in mdd
+        for k in range(len(r["canonical_phones"]))
+    )
+    assert m["mdd_precision"] == pytest.approx(tr / (tr + flipped))
+    assert m["apa_parse_failures"] == garbage and m["mdd_parse_failures"] == 0
+    fallback = apa_fallback(read_jsonl(mini_prepared / "train.jsonl"))
+    assert c["apa_fallback"] == fallback
+    pred = [fallback["accuracy"]] * garbage + [r["scores"]["accuracy"] for r in apa[garbage:]]
+    human = [r["scores"]["accuracy"] for r in apa]
+    assert m["accuracy_pcc"] == pytest.approx(stats.pearsonr(pred, human)[0])
+    assert m["accuracy_mse"] == pytest.approx(float(np.mean((np.array(pred) - human) ** 2)))
+
+
+def test_coverage_errors_list_the_offending_ids(mini_prepared: Path, tmp_path: Path) -> None:
+    test = read_jsonl(mini_prepared / "test.jsonl")
+    rows = [_pred(r, r["target"]) for r in test]
+    missing, dup = rows[3]["id"], rows[10]["id"]
+    _write_run(tmp_path / "bad", [r for r in rows if r["id"] != missing] + [rows[10]])
+    with pytest.raises(CoverageError, match=f"duplicate ids: {dup}.*1 missing ids: {missing}"):
+        collect(mini_prepared, [tmp_path / "bad"])
+    _write_run(tmp_path / "gap", [r for r in rows if r["id"] != missing])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "collect.py"),
+            "--prepared",
+            str(mini_prepared),
+            "--runs",
+            str(tmp_path / "gap"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and missing in proc.stderr and "--allow-partial" in proc.stderr
+    [e] = collect(mini_prepared, [tmp_path / "gap"], allow_partial=True)
+    assert e.partial and e.metrics["n_apa"] + e.metrics["n_mdd"] == len(rows) - 1
+
+
+def test_outputs_round_trip_and_are_byte_identical(mini_prepared: Path, tmp_path: Path) -> None:
+    test = read_jsonl(mini_prepared / "test.jsonl")
+    _write_run(tmp_path / "run", [_pred(r, r["target"]) for r in test], checkpoint="epoch-1")
+    noisy = [_pred(r, r["target"].replace("'accuracy': ", "'accuracy': 1")) for r in test]
+    _write_run(tmp_path / "run", noisy, checkpoint="base")
+    entries = collect(mini_prepared, [tmp_path / "run"])
+    assert [e.checkpoint for e in entries] == ["base", "epoch-1"]
+    write_outputs(entries, tmp_path / "a", synthetic=False)
+    write_outputs(collect(mini_prepared, [tmp_path / "run"]), tmp_path / "b", synthetic=False)
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert {
+        "metrics.json",
+        "table3.md",
+        "table3.tex",
+        "table3.csv",
+        "report.md",
+        "epochs.png",
+        "scores_run.png",
+        "confusion_run.png",
+        "per_vs_accuracy_run.png",
+    } <= set(files)
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    with open(tmp_path / "a" / "table3.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == len(metrics) == 2
+    for row, m in zip(table, metrics, strict=True):
+        assert row["checkpoint"] == m["checkpoint"]
+        for key, value in m.items():
+            if key in row and key not in ("run", "checkpoint", "epoch", "partial"):
+                assert (float(row[key]) if row[key] else None) == value, key
+    md = (tmp_path / "a" / "table3.md").read_text()
+    assert "| run | no training | 0 |" in md and "paper (reference)" in md
