@@ -96,7 +96,11 @@ def _save_epoch(
 
 
 def build_trainer(
-    cfg: TrainConfig, loaded: Loaded, rows: list[dict[str, Any]], run_dir: Path
+    cfg: TrainConfig,
+    loaded: Loaded,
+    rows: list[dict[str, Any]],
+    run_dir: Path,
+    stop_signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
 ) -> Any:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -107,7 +111,7 @@ def build_trainer(
         log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
         stop["signal"] = signum
 
-    for sig in STOP_SIGNALS:
+    for sig in stop_signals:
         signal.signal(sig, on_signal)
 
     class StopOnSignal(TrainerCallback):
@@ -250,9 +254,17 @@ def _check_same_run(run_dir: Path, resolved: dict[str, Any], model: Path, prepar
 
 
 def train(
-    cfg: TrainConfig, prepared: str | Path, model_dir: str | Path, run_dir: str | Path
+    cfg: TrainConfig,
+    prepared: str | Path,
+    model_dir: str | Path,
+    run_dir: str | Path,
+    stop_signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
 ) -> int:
-    """Train (or resume) into ``run_dir``; returns 0 when done, EXIT_REQUEUE after a signal."""
+    """Train (or resume) into ``run_dir``; returns 0 when done, EXIT_REQUEUE after a signal.
+
+    ``stop_signals`` are the signals that make it save and stop; a launcher that handles
+    signals itself (submitit) passes fewer.
+    """
     prepared, model_dir, run_dir = (Path(p).resolve() for p in (prepared, model_dir, run_dir))
     rows = load_split(prepared, "train")
     manifest = json.loads((prepared / "manifest.json").read_text())
@@ -282,7 +294,7 @@ def train(
         len(rows),
         cfg.effective_batch,
     )
-    trainer = build_trainer(cfg, loaded, rows, run_dir)
+    trainer = build_trainer(cfg, loaded, rows, run_dir, stop_signals)
     done = _complete_checkpoints(run_dir / "trainer")
     resume = str(done[-1]) if done else None
     if resume:
