@@ -8,6 +8,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PRONLORA_ROOT=${PRONLORA_ROOT:-$(dirname "$here")}
+# shellcheck source=lib/common.sh
 source "$here/lib/common.sh"
 
 usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }

@@ -4,6 +4,7 @@
 # (and TERM on preemption or `scontrol requeue`); we pass it on to the trainer, which saves a
 # step checkpoint and exits 3; we then requeue the job, and the rerun resumes from that checkpoint.
 set -uo pipefail
+# shellcheck source=common.sh
 source "${PRONLORA_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/lib/common.sh"
 require_gpu
 require_var PRONLORA_TRAIN_CONFIG

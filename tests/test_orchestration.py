@@ -1,0 +1,123 @@
+"""Static checks of the Slurm scripts, the submitit plan and the container definition."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+SBATCH = sorted((REPO / "slurm").glob("*.sbatch"))
+SHELL = [*SBATCH, REPO / "slurm" / "pipeline.sh", *sorted((REPO / "slurm" / "lib").glob("*.sh")),
+         REPO / "env.sh", REPO / "demo.sh", REPO / "tools" / "install.sh",
+         REPO / "containers" / "build.sh", REPO / ".ci" / "slurm.sh", REPO / "tests" / "run.sh"]
+
+
+def test_expected_scripts_exist() -> None:
+    names = {p.name for p in SBATCH}
+    assert {"prep.sbatch", "train_paper_r64.sbatch", "train_pretrained_r320.sbatch",
+            "train.sbatch", "infer.sbatch", "collect.sbatch"} <= names
+
+
+@pytest.mark.parametrize("script", SBATCH, ids=lambda p: p.name)
+def test_sbatch_lines_are_literal_and_site_free(script: Path) -> None:
+    lines = [line for line in script.read_text().splitlines() if line.startswith("#SBATCH")]
+    assert lines, "no #SBATCH lines"
+    for line in lines:
+        assert "$" not in line and "`" not in line, f"{script.name}: not literal: {line}"
+        # site settings (partition, account, QOS, GPUs, memory) come from env.sh, never here
+        assert not re.search(r"--(partition|account|qos|gres|gpus|mem)\b", line), line
+    text = script.read_text()
+    assert "slurm/lib/" in text, "every sbatch script loads env.sh through slurm/lib"
+
+
+def test_training_wrappers_are_thin() -> None:
+    for name in ("train_paper_r64.sbatch", "train_pretrained_r320.sbatch"):
+        text = (REPO / "slurm" / name).read_text()
+        body = [line for line in text.splitlines() if line and not line.startswith("#")]
+        assert len(body) == 2, body  # set the config, source the template
+        assert "--requeue" in text and "--signal=B:USR1@" in text
+
+
+@pytest.mark.parametrize("script", SHELL, ids=lambda p: p.name)
+def test_shell_scripts_parse_and_pass_shellcheck(script: Path) -> None:
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    if shutil.which("shellcheck") is None:
+        if os.environ.get("CI"):
+            pytest.fail("shellcheck is not installed (.ci/slurm.sh install provides it)")
+        pytest.skip("shellcheck not installed")
+    proc = subprocess.run(["shellcheck", "-x", "-P", "SCRIPTDIR", str(script)],
+                          capture_output=True, text=True, cwd=script.parent)
+    assert proc.returncode == 0, proc.stdout
+
+
+def _submit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "jobs" / "submit.py"), *args],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def test_submit_dry_run_prints_the_plan(tmp_path: Path) -> None:
+    proc = _submit("--config", "smoke", "--shards", "3", "--epochs", "2", "--dry-run",
+                   "--run-dir", str(tmp_path / "run"), env={"PRONLORA_GRES": "gpu:a100:1"})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"run dir: {tmp_path / 'run'}" in out
+    assert re.search(r"train: .*'gres': 'gpu:a100:1'.* after prep", out)
+    assert re.search(r"infer: .* array of 6 after train", out)  # (base, epoch-2) x 3 shards
+    assert "collect:" in out and "dry run: nothing submitted" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_submit_refuses_a_bad_config_before_submitting(tmp_path: Path) -> None:
+    proc = _submit("--config", "smoke", "--set", "lora.rank=4", "--dry-run")
+    assert proc.returncode == 2 and "unknown key(s) lora.rank" in proc.stderr
+    proc = _submit("--config", "smoke", "--epochs", "5", "--dry-run")
+    assert proc.returncode == 2 and "--epochs: [5]" in proc.stderr
+
+
+def test_pipeline_refuses_bad_arguments_before_submitting() -> None:
+    proc = subprocess.run([str(REPO / "slurm" / "pipeline.sh"), "--config", "smoke",
+                           "--set", "epochs=0"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "epochs: must be >= 1" in proc.stderr
+    proc = subprocess.run([str(REPO / "slurm" / "pipeline.sh"), "--config", "smoke",
+                           "--epochs", "9"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--epochs: 9 is not an epoch of smoke" in proc.stderr
+
+
+def test_env_sh_defaults_and_overrides() -> None:
+    def settings(env: dict) -> dict:
+        out = subprocess.run(["bash", "-c", f"source {REPO / 'env.sh'} && env"],
+                             capture_output=True, text=True, env=env, check=True).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    base = {"PATH": os.environ["PATH"]}
+    s = settings(base)
+    assert s["PRONLORA_GRES"] == "gpu:1" and s["PRONLORA_ROOT"] == str(REPO)
+    s = settings({**base, "PRONLORA_GRES": "", "PRONLORA_PARTITION": "gpu-a100"})
+    assert s["PRONLORA_GRES"] == "" and s["SBATCH_PARTITION"] == "gpu-a100"
+
+
+def test_container_definition_is_pinned() -> None:
+    text = (REPO / "containers" / "pronlora.def").read_text()
+    sections = re.findall(r"^%(\w+)", text, re.M)
+    assert {"files", "post", "test", "environment"} <= set(sections)
+    assert re.search(r"^Bootstrap: docker$", text, re.M)
+    assert re.search(r"^From: nvcr\.io/nvidia/pytorch:[\w.-]+@sha256:[0-9a-f]{64}$", text, re.M)
+    post = text.split("%post", 1)[1].split("\n%", 1)[0]
+    installs = [line for line in post.splitlines() if "pip install" in line]
+    assert installs
+    for line in installs:
+        pkgs = line.split("pip install", 1)[1].split()
+        names = [p for p in pkgs if not p.startswith("-") and not p.startswith("/")]
+        pinned = "-c" in pkgs or all("==" in p or p in ("flash-attn",) and "--no-binary" in pkgs
+                                     for p in names)
+        assert pinned, f"unpinned install: {line.strip()}"
+    assert "flash-attn==" in post and "FLASH_ATTENTION_FORCE_BUILD=TRUE" in post
+    assert "TORCH_CUDA_ARCH_LIST" in post and "deepspeed==" in post
+    assert "requirements.lock" in post
+    test = text.split("%test", 1)[1]
+    assert "torch.cuda.is_available()" in test and "flash_attn" in test
