@@ -12,15 +12,29 @@ import pytest
 from .conftest import REPO
 
 SBATCH = sorted((REPO / "slurm").glob("*.sbatch"))
-SHELL = [*SBATCH, REPO / "slurm" / "pipeline.sh", *sorted((REPO / "slurm" / "lib").glob("*.sh")),
-         REPO / "env.sh", REPO / "demo.sh", REPO / "tools" / "install.sh",
-         REPO / "containers" / "build.sh", REPO / ".ci" / "slurm.sh", REPO / "tests" / "run.sh"]
+SHELL = [
+    *SBATCH,
+    REPO / "slurm" / "pipeline.sh",
+    *sorted((REPO / "slurm" / "lib").glob("*.sh")),
+    REPO / "env.sh",
+    REPO / "demo.sh",
+    REPO / "tools" / "install.sh",
+    REPO / "containers" / "build.sh",
+    REPO / ".ci" / "slurm.sh",
+    REPO / "tests" / "run.sh",
+]
 
 
 def test_expected_scripts_exist() -> None:
     names = {p.name for p in SBATCH}
-    assert {"prep.sbatch", "train_paper_r64.sbatch", "train_pretrained_r320.sbatch",
-            "train.sbatch", "infer.sbatch", "collect.sbatch"} <= names
+    assert {
+        "prep.sbatch",
+        "train_paper_r64.sbatch",
+        "train_pretrained_r320.sbatch",
+        "train.sbatch",
+        "infer.sbatch",
+        "collect.sbatch",
+    } <= names
 
 
 @pytest.mark.parametrize("script", SBATCH, ids=lambda p: p.name)
@@ -50,19 +64,37 @@ def test_shell_scripts_parse_and_pass_shellcheck(script: Path) -> None:
         if os.environ.get("CI"):
             pytest.fail("shellcheck is not installed (.ci/slurm.sh install provides it)")
         pytest.skip("shellcheck not installed")
-    proc = subprocess.run(["shellcheck", "-x", "-P", "SCRIPTDIR", str(script)],
-                          capture_output=True, text=True, cwd=script.parent)
+    proc = subprocess.run(
+        ["shellcheck", "-x", "-P", "SCRIPTDIR", str(script)],
+        capture_output=True,
+        text=True,
+        cwd=script.parent,
+    )
     assert proc.returncode == 0, proc.stdout
 
 
 def _submit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "jobs" / "submit.py"), *args],
-                          capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "submit.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_submit_dry_run_prints_the_plan(tmp_path: Path) -> None:
-    proc = _submit("--config", "smoke", "--shards", "3", "--epochs", "2", "--dry-run",
-                   "--run-dir", str(tmp_path / "run"), env={"PRONLORA_GRES": "gpu:a100:1"})
+    proc = _submit(
+        "--config",
+        "smoke",
+        "--shards",
+        "3",
+        "--epochs",
+        "2",
+        "--dry-run",
+        "--run-dir",
+        str(tmp_path / "run"),
+        env={"PRONLORA_GRES": "gpu:a100:1"},
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert f"run dir: {tmp_path / 'run'}" in out
@@ -80,18 +112,29 @@ def test_submit_refuses_a_bad_config_before_submitting(tmp_path: Path) -> None:
 
 
 def test_pipeline_refuses_bad_arguments_before_submitting() -> None:
-    proc = subprocess.run([str(REPO / "slurm" / "pipeline.sh"), "--config", "smoke",
-                           "--set", "epochs=0"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(REPO / "slurm" / "pipeline.sh"), "--config", "smoke", "--set", "epochs=0"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "epochs: must be >= 1" in proc.stderr
-    proc = subprocess.run([str(REPO / "slurm" / "pipeline.sh"), "--config", "smoke",
-                           "--epochs", "9"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(REPO / "slurm" / "pipeline.sh"), "--config", "smoke", "--epochs", "9"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "--epochs: 9 is not an epoch of smoke" in proc.stderr
 
 
 def test_env_sh_defaults_and_overrides() -> None:
     def settings(env: dict) -> dict:
-        out = subprocess.run(["bash", "-c", f"source {REPO / 'env.sh'} && env"],
-                             capture_output=True, text=True, env=env, check=True).stdout
+        out = subprocess.run(
+            ["bash", "-c", f"source {REPO / 'env.sh'} && env"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
     base = {"PATH": os.environ["PATH"]}
@@ -113,8 +156,9 @@ def test_container_definition_is_pinned() -> None:
     for line in installs:
         pkgs = line.split("pip install", 1)[1].split()
         names = [p for p in pkgs if not p.startswith("-") and not p.startswith("/")]
-        pinned = "-c" in pkgs or all("==" in p or p in ("flash-attn",) and "--no-binary" in pkgs
-                                     for p in names)
+        pinned = "-c" in pkgs or all(
+            "==" in p or (p in ("flash-attn",) and "--no-binary" in pkgs) for p in names
+        )
         assert pinned, f"unpinned install: {line.strip()}"
     assert "flash-attn==" in post and "FLASH_ATTENTION_FORCE_BUILD=TRUE" in post
     assert "TORCH_CUDA_ARCH_LIST" in post and "deepspeed==" in post

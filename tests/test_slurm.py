@@ -1,0 +1,160 @@
+"""End to end on a real Slurm (started by .ci/run): slurm/pipeline.sh with a requeue mid-training,
+and jobs/submit.py --executor slurm. Skipped unless PRONLORA_SLURM_TESTS=1."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pronlora.atomic import read_jsonl
+from pronlora.config import load_config
+from pronlora.data.synthetic import make_demo_corpus
+from pronlora.train import train
+
+from .conftest import REPO
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(
+        os.environ.get("PRONLORA_SLURM_TESTS") != "1",
+        reason="needs the Slurm daemons that .ci/run starts (PRONLORA_SLURM_TESTS=1)",
+    ),
+]
+OVERRIDES = ["epochs=3", "micro_batch=2", "grad_accum=1", "save_steps=2"]
+
+
+def _job_state(job_id: str) -> str:
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True
+    ).stdout
+    m = re.search(r"JobState=(\S+)", out)
+    return m.group(1) if m else "GONE"
+
+
+def _wait(job_ids: list[str], timeout: float = 600) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        states = [_job_state(j) for j in job_ids]
+        if all(s in ("COMPLETED", "GONE") for s in states):
+            return
+        bad = [
+            s
+            for s in states
+            if s in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+        ]
+        assert not bad, f"jobs {job_ids} ended {states}"
+        time.sleep(1)
+    raise AssertionError(f"jobs {job_ids} still {[_job_state(j) for j in job_ids]}")
+
+
+@pytest.fixture(scope="module")
+def site(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    subprocess.run(["sinfo"], check=True, capture_output=True)
+    root = tmp_path_factory.mktemp("site")
+    corpus = make_demo_corpus(root / "corpus", utterances=36, seed=5)
+    env = {
+        "PRONLORA_GRES": "",
+        "PRONLORA_MEM": "",
+        "PRONLORA_CPUS_PER_TASK": "1",
+        "PRONLORA_PYTHON": sys.executable,
+        "PRONLORA_DATA": str(corpus),
+        "PRONLORA_PREPARED": str(root / "prepared"),
+        "PRONLORA_MODEL": str(tiny_model),
+        "PRONLORA_RUNS": str(root / "runs"),
+        "PRONLORA_SIGNAL_GRACE_S": "60",
+    }
+    return env
+
+
+def _report_ok(run_dir: Path, prepared: Path, checkpoints: list[str]) -> None:
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert sorted(m["checkpoint"] for m in metrics) == sorted(checkpoints)
+    n_apa = sum(r["task"] == "APA" for r in read_jsonl(prepared / "test.jsonl"))
+    assert all(m["n_apa"] == n_apa and not m["partial"] for m in metrics)
+    assert "random-weight model" in (run_dir / "report" / "report.md").read_text()
+
+
+def test_pipeline_survives_a_requeue_mid_training(site: dict[str, str], tmp_path: Path) -> None:
+    env = {**os.environ, **site}
+    sets = [a for o in OVERRIDES for a in ("--set", o)]
+    out = subprocess.run(
+        [
+            str(REPO / "slurm" / "pipeline.sh"),
+            "--config",
+            "smoke",
+            "--shards",
+            "2",
+            "--run-dir",
+            str(tmp_path / "run"),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    ids = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    run_dir = Path(ids["run_dir"])
+    train_job = ids["train_job"]
+    infer_job = ids["infer_job"].split()[0]
+
+    # requeue once training has taken a few steps
+    log = run_dir / "train_log.jsonl"
+    end = time.time() + 300
+    while time.time() < end:
+        if log.is_file() and any(e.get("step", 0) >= 4 for e in read_jsonl(log)):
+            break
+        assert _job_state(train_job) in ("PENDING", "RUNNING"), _job_state(train_job)
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "requeue", train_job], check=True)
+    end = time.time() + 120
+    while _job_state(train_job) != "PENDING" and time.time() < end:
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "update", f"JobId={train_job}", "StartTime=now"], check=True)
+    _wait([train_job, infer_job, ids["collect_job"]])
+
+    train_out = "\n".join(p.read_text() for p in (run_dir / "logs").glob("pronlora-train-*.out"))
+    assert "received SIGTERM" in train_out and "resuming from" in train_out, train_out[-3000:]
+    _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-1", "epoch-2", "epoch-3"])
+
+    reference = tmp_path / "uninterrupted"
+    cfg = load_config("smoke", OVERRIDES)
+    assert train(cfg, site["PRONLORA_PREPARED"], site["PRONLORA_MODEL"], reference) == 0
+    for epoch in (1, 2, 3):
+        name = f"checkpoints/epoch-{epoch}/adapter_model.safetensors"
+        a, b = load_file(str(reference / name)), load_file(str(run_dir / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), epoch
+
+
+def test_submitit_chain_on_slurm(site: dict[str, str], tmp_path: Path) -> None:
+    env = {**os.environ, **site}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "submit.py"),
+            "--config",
+            "smoke",
+            "--executor",
+            "slurm",
+            "--shards",
+            "2",
+            "--epochs",
+            "2",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    jobs = json.loads(proc.stdout[proc.stdout.index("\n{\n") :])
+    _wait([jobs["train"], jobs["infer"].split("_")[0], jobs["collect"]])
+    _report_ok(tmp_path / "run", Path(site["PRONLORA_PREPARED"]), ["base", "epoch-2"])
