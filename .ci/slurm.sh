@@ -17,6 +17,8 @@ install)
     command -v shellcheck >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null
     ;;
 up)
+    "$0" down  # a clean start: no daemons or jobs left from an earlier run
+    rm -rf "$state"
     mkdir -p "$conf_dir" "$state/ctld" "$state/d" /var/log/slurm-ci
     cat > "$conf_dir/slurm.conf" <<CONF
 ClusterName=pronlora-ci
@@ -64,6 +66,10 @@ down)
     scancel --user=root 2>/dev/null || true
     pkill -x slurmd 2>/dev/null || true
     pkill -x slurmctld 2>/dev/null || true
+    for _ in $(seq 20); do
+        pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break
+        sleep 0.5
+    done
     ;;
 *)
     echo "usage: $0 install|up|down" >&2

@@ -107,3 +107,28 @@ def test_audio_features_per_clip_handle_lengths_the_batched_extractor_fails_on(
         rtol=1e-4,
         atol=1e-3,
     )
+
+
+def test_lora_input_cast_off_gives_the_same_loss_under_bf16_autocast(
+    tiny_model: Path, demo_prepared: Path
+) -> None:
+    from pronlora.model.load import set_lora_input_cast
+
+    loaded = load_model(load_config("smoke", ["lora.dropout=0.0"]), tiny_model)
+    model = loaded.model
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    batch = Collator(loaded.tokenizer, loaded.feature_extractor)(
+        read_jsonl(demo_prepared / "train.jsonl")[:2]
+    )
+    assert set_lora_input_cast(model, enabled=True) > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = label_only_loss(model, batch)[0]
+    set_lora_input_cast(model, enabled=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = label_only_loss(model, batch)[0]
+    torch.testing.assert_close(fast, plain, rtol=2e-3, atol=1e-3)
+    default = load_model(load_config("smoke"), tiny_model).model
+    assert not any(getattr(m, "cast_input_dtype_enabled", False) for m in default.modules())

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # checkpointing for QLoRA, unmerged adapter and batch 64 for generation.
 NAIVE_OVERRIDES = {
     "bf16": [
+        "lora_input_cast=true",
         "label_only_loss=false",
         "group_by_length=false",
         "pad_to_multiple_of=0",
@@ -48,6 +49,7 @@ NAIVE_OVERRIDES = {
         "infer.batch_size=64",
     ],
     "nf4": [
+        "lora_input_cast=true",
         "label_only_loss=false",
         "group_by_length=false",
         "pad_to_multiple_of=0",

@@ -71,6 +71,9 @@ class TrainConfig:
     group_by_length: bool = True  # micro-batches of similar length (see sampler.py)
     pad_to_multiple_of: int = 64  # text width rounded up: fewer distinct shapes
     kbit_prepare: bool = False  # PEFT's prepare_model_for_kbit_training (fp32 upcasts)
+    # PEFT casts every LoRA input to the fp32 adapter dtype, a full copy of each activation
+    # that bf16 autocast then casts back for the matmul: off, the matmuls see the same values.
+    lora_input_cast: bool = False
     save_steps: int = 50
     keep_step_checkpoints: int = 2
     logging_steps: int = 5

@@ -232,9 +232,24 @@ def load_model(
         for name in AUDIO_MODULES:
             for p in model.get_submodule(_peft_path(model, name)).parameters():
                 p.requires_grad_(True)
+    if trainable and not cfg.lora_input_cast:
+        set_lora_input_cast(model, enabled=False)
     if not trainable:
         model.eval()
     return Loaded(model, tokenizer, fe)
+
+
+def set_lora_input_cast(model: Any, enabled: bool) -> int:
+    """Switch PEFT's cast of LoRA inputs to the adapter dtype; returns the layers touched.
+
+    Only safe under autocast (training): without it a bf16 input would meet fp32 LoRA weights.
+    """
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = enabled
+            n += 1
+    return n
 
 
 def _peft_path(model: Any, name: str) -> str:
