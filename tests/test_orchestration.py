@@ -112,16 +112,18 @@ def test_submit_refuses_a_bad_config_before_submitting(tmp_path: Path) -> None:
 
 
 def test_pipeline_refuses_bad_arguments_before_submitting() -> None:
+    # the config is validated by the project's Python before anything reaches sbatch
+    env = {**os.environ, "PRONLORA_PYTHON": sys.executable}
+    pipeline = str(REPO / "slurm" / "pipeline.sh")
     proc = subprocess.run(
-        [str(REPO / "slurm" / "pipeline.sh"), "--config", "smoke", "--set", "epochs=0"],
+        [pipeline, "--config", "smoke", "--set", "epochs=0"],
         capture_output=True,
         text=True,
+        env=env,
     )
-    assert proc.returncode != 0 and "epochs: must be >= 1" in proc.stderr
+    assert proc.returncode != 0 and "epochs: must be >= 1" in proc.stderr, proc.stderr
     proc = subprocess.run(
-        [str(REPO / "slurm" / "pipeline.sh"), "--config", "smoke", "--epochs", "9"],
-        capture_output=True,
-        text=True,
+        [pipeline, "--config", "smoke", "--epochs", "9"], capture_output=True, text=True, env=env
     )
     assert proc.returncode == 2 and "--epochs: 9 is not an epoch of smoke" in proc.stderr
 

@@ -153,7 +153,10 @@ def build_trainer(
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not cfg.label_only_loss or return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss_sum, n = label_only_loss(model, inputs)
+            # We call the inner model, bypassing the forward that accelerate wrapped in
+            # autocast, so enter the same mixed-precision context explicitly.
+            with self.accelerator.autocast():
+                loss_sum, n = label_only_loss(model, inputs)
             # Same normalisation as the model's own loss: by the label count of the whole
             # accumulated batch when the Trainer provides it (so accumulation is exact).
             denom = num_items_in_batch if num_items_in_batch is not None else n
