@@ -16,18 +16,20 @@ import torch.nn.functional as F
 from pronlora.collate import IGNORE_INDEX
 
 
-def causal_lm(model: Any) -> Any:
-    """The Phi4MultimodalForCausalLM inside a PeftModel (LoRA layers stay injected)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def label_only_loss(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token cross-entropy over labelled positions, and their count."""
-    lm = causal_lm(model)
+    """Summed next-token cross-entropy over labelled positions, and their count.
+
+    Goes through the model's own (possibly DDP- and autocast-wrapped) forward and asks it for
+    logits only at the sequence positions that predict a label in some row of the batch
+    (``logits_to_keep`` as an index tensor); rows are then masked to their own labels.
+    """
     labels = inputs["labels"]
     features = {k: v for k, v in inputs.items() if k != "labels"}
-    hidden = lm.model(**features, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    logits = lm.lm_head(hidden[:, :-1][mask]).float()
-    return F.cross_entropy(logits, targets[mask], reduction="sum"), mask.sum()
+    positions = torch.nonzero(mask.any(dim=0)).squeeze(1)  # predicting positions t (label t+1)
+    logits = model(**features, use_cache=False, logits_to_keep=positions).logits
+    kept_targets = targets[:, positions]
+    kept_mask = mask[:, positions]
+    flat = logits[kept_mask].float()
+    return F.cross_entropy(flat, kept_targets[kept_mask], reduction="sum"), kept_mask.sum()

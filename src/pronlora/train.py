@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import time
@@ -126,6 +127,8 @@ def build_trainer(
             epoch = round(state.epoch or 0)
             if stop["signal"] is not None or abs((state.epoch or 0) - epoch) > 1e-6 or epoch < 1:
                 return control
+            if not state.is_world_process_zero:  # replicas hold the same weights
+                return control
             dest = run_dir / "checkpoints" / f"epoch-{epoch}"
             meta = {"epoch": epoch, "global_step": state.global_step, "config": cfg.name}
             _save_epoch(model, loaded.tokenizer, dest, meta, cfg.strategy == "unfreeze")
@@ -153,16 +156,18 @@ def build_trainer(
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not cfg.label_only_loss or return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            # We call the inner model, bypassing the forward that accelerate wrapped in
-            # autocast, so enter the same mixed-precision context explicitly.
-            with self.accelerator.autocast():
-                loss_sum, n = label_only_loss(model, inputs)
+            loss_sum, n = label_only_loss(model, inputs)
             # Same normalisation as the model's own loss: by the label count of the whole
             # accumulated batch when the Trainer provides it (so accumulation is exact).
             denom = num_items_in_batch if num_items_in_batch is not None else n
-            return (
-                loss_sum / denom.to(loss_sum.device) if torch.is_tensor(denom) else loss_sum / denom
-            )
+            if torch.is_tensor(denom):
+                denom = denom.to(loss_sum.device)
+            loss = loss_sum / denom
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # denom counts every rank's labels and DDP averages gradients over ranks:
+                # scale back up, as the Trainer does for a model's own loss.
+                loss = loss * self.accelerator.num_processes
+            return loss
 
         def _get_train_sampler(self, train_dataset=None):
             if not cfg.group_by_length:
@@ -181,6 +186,8 @@ def build_trainer(
             if cuda:
                 logs["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             super().log(logs, start_time)
+            if not self.is_world_process_zero():
+                return
             entry = {"step": self.state.global_step, "epoch": self.state.epoch, **logs}
             with open(run_dir / "train_log.jsonl", "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
@@ -201,7 +208,7 @@ def build_trainer(
     args = TrainingArguments(
         output_dir=str(run_dir / "trainer"),
         per_device_train_batch_size=cfg.micro_batch,
-        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_accumulation_steps=accumulation_steps(cfg, world_size()),
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.lr_scheduler,
@@ -242,6 +249,43 @@ def build_trainer(
     return trainer
 
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def accumulation_steps(cfg: TrainConfig, world: int) -> int:
+    """Gradient accumulation that keeps the effective batch whatever the process count."""
+    per_step = cfg.micro_batch * world
+    if cfg.effective_batch % per_step:
+        raise ConfigError(
+            f"micro_batch: {cfg.micro_batch} x {world} processes does not divide the effective "
+            f"batch {cfg.effective_batch} (micro_batch x grad_accum); pick a micro_batch that does"
+        )
+    return cfg.effective_batch // per_step
+
+
+def verify_replicas(model: Any) -> str | None:
+    """Under data parallelism, check every rank ends with the same trainable weights."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    total = torch.zeros(1, dtype=torch.float64)
+    for p in model.parameters():
+        if p.requires_grad:
+            total += p.detach().double().cpu().abs().sum() + p.detach().double().cpu().sum()
+    gathered = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, total)
+    values = [float(g) for g in gathered]
+    if len(set(values)) != 1:
+        raise RuntimeError(f"data-parallel replicas diverged: weight checksums {values}")
+    return f"adapter weights identical on all {len(values)} ranks (checksum {values[0]!r})"
+
+
 def _check_same_run(run_dir: Path, resolved: dict[str, Any], model: Path, prepared: Path) -> None:
     saved_path = run_dir / "run.json"
     if not saved_path.is_file():
@@ -274,18 +318,19 @@ def train(
     resolved = to_dict(cfg)
     _check_same_run(run_dir, resolved, model_dir, prepared)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=True))
-    write_json(run_dir / "versions.json", versions())
-    write_json(
-        run_dir / "run.json",
-        {
-            "config": resolved,
-            "model": str(model_dir),
-            "prepared": str(prepared),
-            "data_content_hash": manifest.get("content_hash"),
-            "synthetic_data": manifest.get("synthetic"),
-        },
-    )
+    if is_main_process():
+        write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=True))
+        write_json(run_dir / "versions.json", versions())
+        write_json(
+            run_dir / "run.json",
+            {
+                "config": resolved,
+                "model": str(model_dir),
+                "prepared": str(prepared),
+                "data_content_hash": manifest.get("content_hash"),
+                "synthetic_data": manifest.get("synthetic"),
+            },
+        )
 
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg, model_dir, cache_dir=run_dir.parent / ".pronlora-cache")
@@ -302,7 +347,7 @@ def train(
     resume = str(done[-1]) if done else None
     if resume:
         log.info("resuming from %s", resume)
-    steps_per_epoch = math.ceil(len(rows) / cfg.micro_batch / cfg.grad_accum)
+    steps_per_epoch = math.ceil(len(rows) / cfg.effective_batch)
     log.info("%d optimizer steps per epoch", steps_per_epoch)
     trainer.train(resume_from_checkpoint=resume)
     if trainer.stop_state["signal"] is not None:
@@ -312,11 +357,15 @@ def train(
             EXIT_REQUEUE,
         )
         return EXIT_REQUEUE
-    write_json(
-        run_dir / "checkpoints" / "done.json",
-        {
-            "global_step": trainer.state.global_step,
-            "epochs": sorted(p.name for p in (run_dir / "checkpoints").glob("epoch-*")),
-        },
-    )
+    agreed = verify_replicas(trainer.model)
+    if agreed:
+        log.info(agreed)
+    if is_main_process():
+        write_json(
+            run_dir / "checkpoints" / "done.json",
+            {
+                "global_step": trainer.state.global_step,
+                "epochs": sorted(p.name for p in (run_dir / "checkpoints").glob("epoch-*")),
+            },
+        )
     return 0
