@@ -209,10 +209,15 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
             node = node.setdefault(k, {})
         node[keys[-1]] = value
     data.setdefault("name", path.stem)
+    return from_dict(data, str(path))
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A resolved config read back (a run dir's run.json), checked like a YAML file."""
     try:
         return validate(_build(TrainConfig, data))
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

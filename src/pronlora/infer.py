@@ -26,7 +26,7 @@ import torch
 
 from pronlora.atomic import jsonl_line, write_json
 from pronlora.collate import Collator, approx_prompt_tokens
-from pronlora.config import ConfigError, TrainConfig, load_config, to_dict
+from pronlora.config import ConfigError, TrainConfig, from_dict, load_config, to_dict
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, torch_dtype
 from pronlora.parse import parse_answer
 from pronlora.protocol import END_TOKEN, ENDOFTEXT_TOKEN, Task
@@ -93,9 +93,7 @@ def resolve_run(run_dir: Path, config: str | None, model: str | None) -> RunSpec
         saved = json.loads(run_json.read_text())
         if config is not None or model is not None:
             log.info("%s has run.json; --config/--model are ignored", run_dir)
-        from pronlora.config import TrainConfig, _build, validate
-
-        return RunSpec(validate(_build(TrainConfig, saved["config"])), Path(saved["model"]))
+        return RunSpec(from_dict(saved["config"], str(run_json)), Path(saved["model"]))
     if config is None or model is None:
         raise ConfigError(
             f"--run-dir {run_dir} has no run.json (no training ran there); "
