@@ -18,4 +18,3 @@ done
 $py jobs/collect.py --prepared "$out/prepared" --runs "$out/run" --out "$out/report"
 echo
 echo "DEMO ONLY: synthetic audio and a random-weight model; the numbers above mean nothing."
-echo "report: $(cd "$out/report" && pwd)/report.md"
