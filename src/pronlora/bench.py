@@ -201,7 +201,8 @@ def bench_train(
     )
     result["peak_gb"] = max(result[p]["peak_gb"] for p, _ in phases)
     del loaded
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return result
 
 
@@ -213,8 +214,8 @@ BENCH_NEW_TOKENS = {"max_new_tokens_apa": 30, "max_new_tokens_mdd": 64}
 def bench_infer(cfg: TrainConfig, model_dir: Path, prepared: Path, per_task: int) -> dict[str, Any]:
     from pronlora.infer import (
         RunSpec,
-        _batches,
         generate,
+        generation_batches,
         generation_collator,
         load_for_inference,
         prefetched,
@@ -230,7 +231,7 @@ def bench_infer(cfg: TrainConfig, model_dir: Path, prepared: Path, per_task: int
         torch.cuda.reset_peak_memory_stats()
     for task in TASKS:
         rows = [r for r in rows_all if r["task"] == task.value][:per_task]
-        batches = _batches(rows, cfg.infer.batch_size)
+        batches = generation_batches(rows, cfg.infer.batch_size)
         t_warm = time.perf_counter()
         generate(loaded, cfg, batches[0])  # warm-up: compilation, allocator, kernel plans
         warmup_s = time.perf_counter() - t_warm
@@ -258,7 +259,8 @@ def bench_infer(cfg: TrainConfig, model_dir: Path, prepared: Path, per_task: int
     )
     result["peak_gb"] = _peak_gb()
     del loaded
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return result
 
 

@@ -150,7 +150,7 @@ def load_for_inference(spec: RunSpec, checkpoint_dir: Path | None) -> Loaded:
     return Loaded(model, loaded.tokenizer, loaded.feature_extractor)
 
 
-def _batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+def generation_batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
     """Same-task batches of similar length, longest first (fail fast on memory)."""
     out = []
     for task in sorted({r["task"] for r in rows}):
@@ -266,7 +266,7 @@ def run_shard(
         t0 = time.perf_counter()
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with open(out_path, "a", encoding="utf-8") as fh:
-            batches = _batches(todo, spec.cfg.infer.batch_size)
+            batches = generation_batches(todo, spec.cfg.infer.batch_size)
             collate = generation_collator(loaded, spec.cfg)
             for batch_rows, batch in prefetched(batches, collate):
                 answers = generate(loaded, spec.cfg, batch_rows, batch)

@@ -255,11 +255,6 @@ def submit(plan: Plan, kind: str) -> dict[str, Any]:
             job_id = last.job_id.split("_")[0]
             ex.update_parameters(additional_parameters={"dependency": f"afterok:{job_id}"})
 
-    def wait() -> None:
-        if kind == "local" and last is not None:
-            results = last.results() if hasattr(last, "results") else [last.result()]
-            del results
-
     for stage in plan.stages:
         ex = _executor(kind, plan, stage)
         depend(ex)
@@ -284,15 +279,13 @@ def submit(plan: Plan, kind: str) -> dict[str, Any]:
             array = ex.map_array(task, [c for c, _ in pairs], [i for _, i in pairs])
             job = array[0]
             jobs["infer_array"] = [j.job_id for j in array]
-            if kind == "local":
-                for j in array:
-                    j.result()
         else:
             job = ex.submit(CollectStage(s["PRONLORA_PREPARED"], plan.run_dir))
         jobs[name] = job.job_id
         last = job
-        if name != "infer":
-            wait()
+        if kind == "local":  # no scheduler to hold the next stage: wait (raises on failure)
+            for j in array if name == "infer" else [job]:
+                j.result()
     jobs["run_dir"] = plan.run_dir
     jobs["report"] = str(Path(plan.run_dir) / "report" / "report.md")
     return jobs

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pronlora.atomic import write_bytes, write_json, write_text
 from pronlora.collect import METRIC_KEYS, Entry
 from pronlora.paper import FIG5_PER_ACC_PCC, TABLE3
@@ -222,8 +224,6 @@ def plots(entries: list[Entry], out: Path) -> list[str]:
         pairs = e.confusion
         canon = sorted({c for c, _ in pairs})
         recog = sorted({r for _, r in pairs})
-        import numpy as np
-
         grid = np.zeros((len(canon), len(recog)))
         for (c, r), n in pairs.items():
             grid[canon.index(c), recog.index(r)] = n
