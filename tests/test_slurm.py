@@ -38,6 +38,14 @@ def _job_state(job_id: str) -> str:
     return m.group(1) if m else "GONE"
 
 
+def _cpus_allocated() -> int:
+    out = subprocess.run(
+        ["scontrol", "show", "node", "localhost"], capture_output=True, text=True
+    ).stdout
+    m = re.search(r"CPUAlloc=(\d+)", out)
+    return int(m.group(1)) if m else 0
+
+
 def _wait(job_ids: list[str], timeout: float = 600) -> None:
     end = time.time() + timeout
     while time.time() < end:
@@ -117,6 +125,12 @@ def test_pipeline_survives_a_requeue_mid_training(site: dict[str, str], tmp_path
     end = time.time() + 120
     while _job_state(train_job) != "PENDING" and time.time() < end:
         time.sleep(0.5)
+    # Slurm holds a requeued job ~2 min; release it early, but only once the old batch step has
+    # left the node (releasing sooner makes slurmd refuse the relaunch: credential revoked).
+    end = time.time() + 120
+    while _cpus_allocated() and time.time() < end:
+        time.sleep(0.5)
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={train_job}", "StartTime=now"], check=True)
     _wait([train_job, infer_job, ids["collect_job"]])
 
