@@ -2,6 +2,8 @@
 """Stage 2: fine-tune Phi-4-multimodal with a named config; rerun to resume.
 
 Exit status 3 means a stop signal arrived and a checkpoint was saved: requeue the job.
+Under torchrun the workers exit 0 instead (torchrun reports any other status as a failure)
+and --requeue-marker is the file that says so.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import argparse
 from pronlora.cli import run_job
 from pronlora.collate import SequenceTooLongError
 from pronlora.config import ConfigError, available, load_config
-from pronlora.train import NonFiniteLossError, train
+from pronlora.distributed import launched_by_torchrun
+from pronlora.train import EXIT_REQUEUE, NonFiniteLossError, train
 
 
 def main() -> int:
@@ -20,10 +23,22 @@ def main() -> int:
     ap.add_argument("--prepared", required=True, help="output dir of jobs/prep.py")
     ap.add_argument("--model", required=True, help="Phi-4-multimodal snapshot dir")
     ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--stop-file", help="save a checkpoint and stop when this file appears")
+    ap.add_argument("--requeue-marker", help="file written when stopping to be requeued")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. epochs=4)")
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
-    return train(cfg, args.prepared, args.model, args.run_dir)
+    rc = train(
+        cfg,
+        args.prepared,
+        args.model,
+        args.run_dir,
+        stop_file=args.stop_file,
+        requeue_marker=args.requeue_marker,
+    )
+    if rc == EXIT_REQUEUE and args.requeue_marker and launched_by_torchrun():
+        return 0
+    return rc
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
-"""Data-parallel training on CPU: two torchrun processes (gloo) on the tiny checkpoint."""
+"""Data-parallel training on CPU: torchrun processes over gloo on the tiny checkpoint.
 
+DDP, DeepSpeed ZeRO-2 and ZeRO-3 run through the same Trainer code path as on GPUs; the
+single-process run is the reference every engine and rank count must reproduce.
+"""
+
+import json
 import os
 import socket
 import subprocess
@@ -12,17 +17,66 @@ from safetensors.torch import load_file
 
 from pronlora.atomic import read_jsonl
 from pronlora.config import ConfigError, load_config
+from pronlora.distributed import resume_plan, write_checkpoint_parallel
 from pronlora.train import accumulation_steps, train
 
 from .conftest import REPO
 
 OVERRIDES = ["lora.dropout=0.0", "epochs=1"]
+ADAPTER = "checkpoints/epoch-1/adapter_model.safetensors"
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def torchrun(nproc: int, prepared: Path, model: Path, run: Path, *extra: str) -> str:
+    """jobs/train.py under torchrun; returns stderr (asserting success)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            f"--master_port={_free_port()}",
+            str(REPO / "jobs" / "train.py"),
+            "--config",
+            "smoke",
+            "--prepared",
+            str(prepared),
+            "--model",
+            str(model),
+            "--run-dir",
+            str(run),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stderr
+
+
+def losses(run: Path) -> list[float]:
+    return [e["loss"] for e in read_jsonl(run / "train_log.jsonl") if "loss" in e]
+
+
+def assert_same_adapter(a_run: Path, b_run: Path, atol: float) -> None:
+    a, b = load_file(str(a_run / ADAPTER)), load_file(str(b_run / ADAPTER))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model: Path, demo_prepared: Path, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("reference") / "one"
+    assert train(load_config("smoke", OVERRIDES), demo_prepared, tiny_model, run) == 0
+    return run
 
 
 def test_accumulation_keeps_the_effective_batch() -> None:
@@ -32,48 +86,93 @@ def test_accumulation_keeps_the_effective_batch() -> None:
         accumulation_steps(cfg, 16)
 
 
+@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3"])
 def test_two_ranks_end_identical_and_match_one_process(
-    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+    engine: str, tiny_model: Path, demo_prepared: Path, reference: Path, tmp_path: Path
 ) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            f"--master_port={_free_port()}",
-            str(REPO / "jobs" / "train.py"),
-            "--config",
-            "smoke",
-            "--prepared",
-            str(demo_prepared),
-            "--model",
-            str(tiny_model),
-            "--run-dir",
-            str(tmp_path / "ddp"),
-            *OVERRIDES,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "adapter weights identical on all 2 ranks" in proc.stderr
-    assert train(load_config("smoke", OVERRIDES), demo_prepared, tiny_model, tmp_path / "one") == 0
+    run = tmp_path / engine
+    log = torchrun(2, demo_prepared, tiny_model, run, *OVERRIDES, f"engine={engine}")
+    assert f"2 process(es), engine {engine}" in log
+    if engine != "zero3":  # ZeRO-3 ranks hold different partitions by design
+        assert "adapter weights identical on all 2 ranks" in log
     # same samples per optimizer step, same loss normalisation: the loss curves agree
-    losses = [
-        [e["loss"] for e in read_jsonl(tmp_path / run / "train_log.jsonl") if "loss" in e]
-        for run in ("ddp", "one")
-    ]
-    assert len(losses[0]) == len(losses[1]) >= 3
+    assert len(losses(run)) == len(losses(reference)) >= 3
     torch.testing.assert_close(
-        torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-3, atol=1e-4
+        torch.tensor(losses(run)), torch.tensor(losses(reference)), rtol=1e-5, atol=1e-5
     )
-    name = "checkpoints/epoch-1/adapter_model.safetensors"
-    a = load_file(str(tmp_path / "ddp" / name))
-    b = load_file(str(tmp_path / "one" / name))
-    assert a.keys() == b.keys()
-    for k in a:  # gloo's reduction order leaves float-level differences after Adam steps
-        torch.testing.assert_close(a[k], b[k], rtol=5e-2, atol=5e-4)
+    assert_same_adapter(run, reference, atol=1e-5)
+    saved = json.loads((run / "trainer" / "checkpoint-4" / "parallel.json").read_text())
+    assert saved == {"engine": engine, "world_size": 2}
+
+
+@pytest.mark.parametrize(("engine", "first", "then"), [("zero2", 2, 1), ("ddp", 1, 2)])
+def test_stop_file_then_resume_on_another_process_count(
+    engine: str,
+    first: int,
+    then: int,
+    tiny_model: Path,
+    demo_prepared: Path,
+    reference: Path,
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    stop, marker = run / "stop.request", run / "requeue.json"
+    stop.touch()  # present from the start: every rank stops after the first optimizer step
+    flags = ["--stop-file", str(stop), "--requeue-marker", str(marker)]
+    log = torchrun(first, demo_prepared, tiny_model, run, *flags, *OVERRIDES, f"engine={engine}")
+    assert "stop requested (stop file)" in log
+    assert json.loads(marker.read_text())["global_step"] == 1
+    assert [p.name for p in (run / "trainer").glob("checkpoint-*")] == ["checkpoint-1"]
+    assert not (run / "checkpoints" / "epoch-1").exists()
+    stop.unlink()
+    # engine left at auto: the resumed run follows the checkpoint's engine
+    log = torchrun(then, demo_prepared, tiny_model, run, *OVERRIDES)
+    assert f"{then} process(es), engine {engine}" in log
+    assert ("universal form" in log) == (engine == "zero2")
+    # optimizer state, schedule and data position carried over: the uninterrupted result
+    assert_same_adapter(run, reference, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(losses(run)[-3:]), torch.tensor(losses(reference)[-3:]), rtol=0, atol=1e-6
+    )
+
+
+def test_resume_refuses_an_engine_switch_and_a_zero3_rank_change(tmp_path: Path) -> None:
+    ckpt = tmp_path / "checkpoint-8"
+    ckpt.mkdir()
+    write_checkpoint_parallel(ckpt, "ddp", 2)
+    assert resume_plan(ckpt, "ddp", 4) is False  # full optimizer state on every rank
+    with pytest.raises(ValueError, match="engine 'ddp', this run uses 'zero2'.*engine=ddp"):
+        resume_plan(ckpt, "zero2", 2)
+    write_checkpoint_parallel(ckpt, "zero2", 2)
+    assert resume_plan(ckpt, "zero2", 2) is False
+    assert resume_plan(ckpt, "zero2", 8) is True  # through DeepSpeed's universal format
+    write_checkpoint_parallel(ckpt, "zero3", 2)
+    with pytest.raises(ValueError, match="same process count only"):
+        resume_plan(ckpt, "zero3", 4)
+
+
+def test_engine_combinations_are_checked_before_any_run() -> None:
+    with pytest.raises(ConfigError, match="zero3 .*not supported with nf4"):
+        load_config("paper_r64", ["quantization=nf4", "engine=zero3"])
+    with pytest.raises(ConfigError, match="zero3 partitions the unfrozen"):
+        load_config("paper_r64", ["strategy=unfreeze", "engine=zero3"])
+    with pytest.raises(ConfigError, match="engine: 'fsdp' is not one of"):
+        load_config("paper_r64", ["engine=fsdp"])
+    assert load_config("paper_r64", ["quantization=nf4", "engine=zero2"]).engine == "zero2"
+
+
+def _agree(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from pronlora.distributed import any_rank
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # only rank 1 was signalled; both must stop
+    Path(out, f"rank{rank}").write_text(str(any_rank(rank == 1, torch.device("cpu"))))
+    dist.destroy_process_group()
+
+
+def test_a_stop_request_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_agree, args=(_free_port(), str(tmp_path)), nprocs=2)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["True", "True"]

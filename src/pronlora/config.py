@@ -80,6 +80,10 @@ class TrainConfig:
     max_steps: int = -1
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
     dataloader_workers: int = 2
+    # Data-parallel engine (see distributed.py): auto = the engine of the checkpoint being
+    # resumed, else zero2 on several processes and plain training on one. Not part of the
+    # recipe's identity: a run may resume under another process count.
+    engine: Literal["auto", "ddp", "zero2", "zero3"] = "auto"
     infer: InferSpec = field(default_factory=InferSpec)
 
     @property
@@ -164,6 +168,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"lora: r and alpha must be >= 1 and dropout in [0, 1), got {cfg.lora}")
     if cfg.quantization == "nf4" and cfg.dtype != "bf16":
         raise ConfigError("dtype: nf4 quantization computes in bf16; set dtype: bf16")
+    if cfg.engine == "zero3" and cfg.quantization == "nf4":
+        raise ConfigError(
+            "engine: zero3 shards bf16 base weights and is not supported with nf4 "
+            "quantization; use engine: zero2 (or ddp) for QLoRA"
+        )
+    if cfg.engine == "zero3" and cfg.strategy == "unfreeze":
+        raise ConfigError(
+            "engine: zero3 partitions the unfrozen audio modules' weights; use engine: zero2 "
+            "(or ddp) with strategy: unfreeze"
+        )
     if cfg.attn_implementation == "flash_attention_2" and cfg.dtype != "bf16":
         raise ConfigError("attn_implementation: flash_attention_2 needs dtype: bf16")
     return cfg
@@ -218,6 +232,10 @@ def from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
         return validate(_build(TrainConfig, data))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+# Keys that change how a run executes but not what it trains (a resume may change them).
+EXECUTION_KEYS = ("engine", "dataloader_workers")
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -11,6 +11,12 @@ Run dir layout::
     train_log.jsonl                           loss, lr, tokens/s, GPU memory per logging step
     checkpoints/epoch-N/                      adapter (+ unfrozen.safetensors) per epoch
     trainer/checkpoint-STEP/                  step checkpoints for resumption (newest kept)
+
+Stopping: a stop signal (USR1/USR2/TERM) or the appearance of ``stop_file`` makes every rank
+finish the current optimizer step, save a step checkpoint and return EXIT_REQUEUE; under
+several processes the ranks agree on the stop (any rank's request stops all at the same
+step), and the main process writes ``requeue_marker`` for the batch script, since torchrun
+turns a worker's non-zero exit into a failure.
 """
 
 from __future__ import annotations
@@ -30,7 +36,21 @@ import yaml
 
 from pronlora.atomic import read_jsonl, write_json, write_text
 from pronlora.collate import Collator, approx_tokens
-from pronlora.config import ConfigError, TrainConfig, to_dict
+from pronlora.config import EXECUTION_KEYS, ConfigError, TrainConfig, to_dict
+from pronlora.distributed import (
+    DEEPSPEED_ENGINES,
+    any_rank,
+    barrier,
+    deepspeed_config,
+    ensure_universal,
+    is_complete,
+    is_main_process,
+    prepare_cpu_deepspeed,
+    resolve_engine,
+    resume_plan,
+    world_size,
+    write_checkpoint_parallel,
+)
 from pronlora.loss import label_only_loss
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, unfrozen_state
 from pronlora.sampler import LengthGroupedSampler
@@ -74,26 +94,28 @@ def _complete_checkpoints(trainer_dir: Path) -> list[Path]:
     """Step checkpoints whose trainer state was written (the Trainer writes it last)."""
     found = []
     for d in trainer_dir.glob("checkpoint-*"):
-        if (d / "trainer_state.json").is_file() and (d / "adapter_model.safetensors").is_file():
+        state, adapter = d / "trainer_state.json", d / "adapter_model.safetensors"
+        if state.is_file() and adapter.is_file() and is_complete(d):
             found.append(d)
     return sorted(found, key=lambda d: int(d.name.split("-")[1]))
 
 
-def _save_epoch(
-    model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any], unfreeze: bool
-) -> None:
-    """Write one epoch checkpoint into a temporary dir and rename it into place."""
-    from safetensors.torch import save_file
+def _save_epoch(trainer: Any, tokenizer: Any, dest: Path, meta: dict[str, Any]) -> None:
+    """Write one epoch checkpoint into a temporary dir and rename it into place.
 
+    Called on every rank: ``save_model`` gathers partitioned weights (ZeRO-3) and writes on
+    the main process only (adapter, plus unfrozen modules through ``_save``).
+    """
     tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if unfreeze:
-        save_file(unfrozen_state(model), str(tmp / UNFROZEN_FILE))
-    write_json(tmp / "meta.json", meta)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "meta.json", meta)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    barrier()
 
 
 def build_trainer(
@@ -102,11 +124,16 @@ def build_trainer(
     rows: list[dict[str, Any]],
     run_dir: Path,
     stop_signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
+    engine: str = "ddp",
+    load_universal: bool = False,
+    stop_file: Path | None = None,
 ) -> Any:
+    """The Trainer for one run; ``engine`` is resolved (see distributed.resolve_engine)."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     cuda = torch.cuda.is_available()
-    stop = {"signal": None}
+    deepspeed = engine in DEEPSPEED_ENGINES
+    stop: dict[str, Any] = {"signal": None}
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
@@ -117,21 +144,32 @@ def build_trainer(
 
     class StopOnSignal(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
-            if stop["signal"] is not None:
+            asked = stop["signal"] is not None or (stop_file is not None and stop_file.exists())
+            if any_rank(asked, args.device):  # one all-reduce per optimizer step
+                if stop["signal"] is None:
+                    stop["signal"] = "stop file" if asked else "another rank"
+                    log.warning("stop requested (%s): saving a checkpoint", stop["signal"])
                 control.should_save = True
                 control.should_training_stop = True
             return control
 
+        def on_save(self, args, state, control, **kw):
+            barrier()  # every rank's shard of this checkpoint is on disk
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                write_checkpoint_parallel(ckpt, engine, args.world_size)
+            return control
+
     class SaveEpoch(TrainerCallback):
+        trainer: Any = None
+
         def on_epoch_end(self, args, state, control, model=None, **kw):
             epoch = round(state.epoch or 0)
             if stop["signal"] is not None or abs((state.epoch or 0) - epoch) > 1e-6 or epoch < 1:
                 return control
-            if not state.is_world_process_zero:  # replicas hold the same weights
-                return control
             dest = run_dir / "checkpoints" / f"epoch-{epoch}"
             meta = {"epoch": epoch, "global_step": state.global_step, "config": cfg.name}
-            _save_epoch(model, loaded.tokenizer, dest, meta, cfg.strategy == "unfreeze")
+            _save_epoch(self.trainer, loaded.tokenizer, dest, meta)
             log.info("saved %s", dest)
             return control
 
@@ -205,6 +243,9 @@ def build_trainer(
             if cfg.strategy == "unfreeze":
                 load_unfrozen_state(self.model, path)
 
+    cpu_deepspeed = deepspeed and not cuda
+    if cpu_deepspeed:
+        prepare_cpu_deepspeed()
     args = TrainingArguments(
         output_dir=str(run_dir / "trainer"),
         per_device_train_batch_size=cfg.micro_batch,
@@ -225,12 +266,15 @@ def build_trainer(
         data_seed=cfg.seed,
         optim="adamw_torch_fused" if cuda else "adamw_torch",
         gradient_checkpointing=cfg.use_gradient_checkpointing,
+        ddp_find_unused_parameters=False,  # every trainable weight is used by every batch
         gradient_checkpointing_kwargs={"use_reentrant": False},
         dataloader_num_workers=cfg.dataloader_workers,
         remove_unused_columns=False,
         report_to=[],
         disable_tqdm=True,
-        use_cpu=not cuda,
+        use_cpu=not cuda and not deepspeed,
+        deepspeed=deepspeed_config(engine, load_universal) if deepspeed else None,
+        accelerator_config={"use_configured_state": cpu_deepspeed},
     )
     collator = Collator(
         loaded.tokenizer,
@@ -238,23 +282,17 @@ def build_trainer(
         max_length=cfg.max_length,
         pad_to_multiple_of=cfg.pad_to_multiple_of,
     )
+    save_epoch = SaveEpoch()
     trainer = PronloraTrainer(
         model=loaded.model,
         args=args,
         train_dataset=_Rows(rows),
         data_collator=collator,
-        callbacks=[StopOnSignal(), SaveEpoch()],
+        callbacks=[StopOnSignal(), save_epoch],
     )
+    save_epoch.trainer = trainer
     trainer.stop_state = stop
     return trainer
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def accumulation_steps(cfg: TrainConfig, world: int) -> int:
@@ -291,7 +329,9 @@ def _check_same_run(run_dir: Path, resolved: dict[str, Any], model: Path, prepar
     if not saved_path.is_file():
         return
     saved = json.loads(saved_path.read_text())
-    diffs = [k for k in resolved if saved["config"].get(k) != resolved[k]]
+    diffs = [
+        k for k in resolved if k not in EXECUTION_KEYS and saved["config"].get(k) != resolved[k]
+    ]
     if diffs or saved["model"] != str(model) or saved["prepared"] != str(prepared):
         what = ", ".join(diffs) or "model/prepared path"
         raise ConfigError(
@@ -300,17 +340,39 @@ def _check_same_run(run_dir: Path, resolved: dict[str, Any], model: Path, prepar
         )
 
 
+def _init_process_group() -> None:
+    """Start the process group before the Trainer does, so ranks can wait for each other."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if world_size() == 1 or dist.is_initialized():
+        return
+    if not torch.cuda.is_available():
+        # accelerate names CPU ranks "cpu:<i>", which torch.load rejects as a map_location
+        # when a resumed rank loads its optimizer state; plain "cpu" is the same device.
+        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(
+        "nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=1)
+    )
+
+
 def train(
     cfg: TrainConfig,
     prepared: str | Path,
     model_dir: str | Path,
     run_dir: str | Path,
     stop_signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
+    stop_file: str | Path | None = None,
+    requeue_marker: str | Path | None = None,
 ) -> int:
-    """Train (or resume) into ``run_dir``; returns 0 when done, EXIT_REQUEUE after a signal.
+    """Train (or resume) into ``run_dir``; returns 0 when done, EXIT_REQUEUE after a stop.
 
     ``stop_signals`` are the signals that make it save and stop; a launcher that handles
-    signals itself (submitit) passes fewer.
+    signals itself (submitit) passes fewer. ``stop_file``: stop when this file appears.
+    ``requeue_marker``: written (main process) when stopping with a checkpoint to resume from.
     """
     prepared, model_dir, run_dir = (Path(p).resolve() for p in (prepared, model_dir, run_dir))
     rows = load_split(prepared, "train")
@@ -331,33 +393,53 @@ def train(
                 "synthetic_data": manifest.get("synthetic"),
             },
         )
+    _init_process_group()
+    world = world_size()
+    done = _complete_checkpoints(run_dir / "trainer")
+    resume = done[-1] if done else None
+    engine = resolve_engine(cfg.engine, world, resume)
+    universal = False
+    if resume is not None:
+        try:
+            universal = resume_plan(resume, engine, world)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if universal and is_main_process():
+            ensure_universal(resume)
+        barrier()
 
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg, model_dir, cache_dir=run_dir.parent / ".pronlora-cache")
     trainable = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
     log.info(
-        "config %s: %d trainable parameters, %d training instances, effective batch %d",
+        "config %s: %d trainable parameters, %d training instances, effective batch %d "
+        "(%d process(es), engine %s)",
         cfg.name,
         trainable,
         len(rows),
         cfg.effective_batch,
+        world,
+        engine,
     )
-    trainer = build_trainer(cfg, loaded, rows, run_dir, stop_signals)
-    done = _complete_checkpoints(run_dir / "trainer")
-    resume = str(done[-1]) if done else None
+    stop_path = Path(stop_file) if stop_file else None
+    trainer = build_trainer(cfg, loaded, rows, run_dir, stop_signals, engine, universal, stop_path)
     if resume:
-        log.info("resuming from %s", resume)
+        log.info("resuming from %s%s", resume, " (universal form)" if universal else "")
     steps_per_epoch = math.ceil(len(rows) / cfg.effective_batch)
     log.info("%d optimizer steps per epoch", steps_per_epoch)
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.stop_state["signal"] is not None:
+        step = trainer.state.global_step
+        if requeue_marker and is_main_process():
+            write_json(
+                Path(requeue_marker),
+                {"global_step": step, "reason": str(trainer.stop_state["signal"])},
+            )
         log.warning(
-            "stopped by signal after step %d; exit %d to requeue",
-            trainer.state.global_step,
-            EXIT_REQUEUE,
+            "stopped after step %d with a checkpoint; exit %d to requeue", step, EXIT_REQUEUE
         )
         return EXIT_REQUEUE
-    agreed = verify_replicas(trainer.model)
+    agreed = verify_replicas(trainer.model) if engine != "zero3" else None
     if agreed:
         log.info(agreed)
     if is_main_process():
