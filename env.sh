@@ -11,9 +11,11 @@ _pronlora_here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 : "${PRONLORA_PARTITION=}"            # empty: the cluster's default partition
 : "${PRONLORA_ACCOUNT=}"
 : "${PRONLORA_QOS=}"
-: "${PRONLORA_GRES=gpu:1}"            # GPU request of train/infer jobs; empty on CPU-only nodes
-: "${PRONLORA_CPUS_PER_TASK=8}"
-: "${PRONLORA_MEM=64G}"
+: "${PRONLORA_NODES=1}"               # nodes of a training job (one torchrun per node)
+: "${PRONLORA_GPUS_PER_NODE=1}"       # GPUs per train/infer job node = processes per node
+: "${PRONLORA_GRES=gpu:$PRONLORA_GPUS_PER_NODE}"  # empty on CPU-only nodes (processes stay)
+: "${PRONLORA_CPUS_PER_TASK=8}"       # CPUs per GPU (per process); jobs ask for this x GPUs
+: "${PRONLORA_MEM=64G}"               # memory per node
 : "${PRONLORA_TIME_PREP=00:30:00}"
 : "${PRONLORA_TIME_TRAIN=08:00:00}"
 : "${PRONLORA_TIME_INFER=02:00:00}"
@@ -33,7 +35,8 @@ _pronlora_here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 : "${PRONLORA_RUNS=$PRONLORA_ROOT/work/runs}"
 : "${HF_HOME=$PRONLORA_ROOT/work/hf-cache}"
 
-export PRONLORA_ROOT PRONLORA_PARTITION PRONLORA_ACCOUNT PRONLORA_QOS PRONLORA_GRES \
+export PRONLORA_ROOT PRONLORA_PARTITION PRONLORA_ACCOUNT PRONLORA_QOS PRONLORA_NODES \
+    PRONLORA_GPUS_PER_NODE PRONLORA_GRES \
     PRONLORA_CPUS_PER_TASK PRONLORA_MEM PRONLORA_TIME_PREP PRONLORA_TIME_TRAIN \
     PRONLORA_TIME_INFER PRONLORA_TIME_COLLECT PRONLORA_SIGNAL_GRACE_S PRONLORA_CONTAINER \
     PRONLORA_BINDS PRONLORA_PYTHON PRONLORA_DATA PRONLORA_DATA_SOURCE PRONLORA_PREPARED \

@@ -2,23 +2,27 @@
 # Submit the whole chain prep -> train -> infer (array) -> collect with afterok dependencies.
 #
 #   slurm/pipeline.sh --config paper_r64 [--epochs 1,2,3] [--shards 4] [--run-dir DIR]
-#                     [--no-prep] [--set key=value ...]
+#                     [--nodes N] [--gpus-per-node G] [--no-prep] [--set key=value ...]
 #
-# Prints the job ids and the run dir as key=value lines. Site settings come from env.sh.
+# Prints the job ids and the run dir as key=value lines. Site settings come from env.sh
+# (--nodes/--gpus-per-node override PRONLORA_NODES/PRONLORA_GPUS_PER_NODE for this chain).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PRONLORA_ROOT=${PRONLORA_ROOT:-$(dirname "$here")}
 # shellcheck source=lib/common.sh
 source "$here/lib/common.sh"
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 config="" epochs="" shards=1 run_dir="" prep=1 overrides=()
+nodes=$PRONLORA_NODES gpus=$PRONLORA_GPUS_PER_NODE
 while [ $# -gt 0 ]; do
     case "$1" in
         --config) config=$2; shift 2 ;;
         --epochs) epochs=$2; shift 2 ;;
         --shards) shards=$2; shift 2 ;;
         --run-dir) run_dir=$2; shift 2 ;;
+        --nodes) nodes=$2; shift 2 ;;
+        --gpus-per-node) gpus=$2; shift 2 ;;
         --no-prep) prep=0; shift ;;
         --set) overrides+=("$2"); shift 2 ;;
         -h|--help) usage 0 ;;
@@ -26,15 +30,25 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$config" ] || { echo "error: --config is required" >&2; usage 2; }
-[[ "$shards" =~ ^[1-9][0-9]*$ ]] || { echo "error: --shards must be a positive integer" >&2; exit 2; }
+for pair in "shards:$shards" "nodes:$nodes" "gpus-per-node:$gpus"; do
+    [[ "${pair#*:}" =~ ^[1-9][0-9]*$ ]] || {
+        echo "error: --${pair%%:*} must be a positive integer, got '${pair#*:}'" >&2; exit 2; }
+done
+# The GPU request follows the count: gpu:4 -> gpu:G, gpu:a100:4 -> gpu:a100:G.
+[ -n "$PRONLORA_GRES" ] && PRONLORA_GRES="${PRONLORA_GRES%:*}:$gpus"
+export PRONLORA_GPUS_PER_NODE=$gpus
 
-# Validate the config (and overrides) before anything is queued; learn its epoch count.
+# Validate the config (and overrides) for this many processes before anything is queued
+# (the effective batch must split over them); learn its epoch count.
 n_epochs=$(run_py -c 'import sys
 from pronlora.config import ConfigError, load_config
+from pronlora.train import accumulation_steps
 try:
-    print(load_config(sys.argv[1], sys.argv[2:]).epochs)
+    cfg = load_config(sys.argv[2], sys.argv[3:])
+    accumulation_steps(cfg, int(sys.argv[1]))
+    print(cfg.epochs)
 except ConfigError as exc:
-    sys.exit(f"error: {exc}")' "$config" "${overrides[@]}")
+    sys.exit(f"error: {exc}")' "$((nodes * gpus))" "$config" "${overrides[@]}")
 if [ -z "$epochs" ]; then
     epochs=$(seq -s, 1 "$n_epochs")
 fi
@@ -56,7 +70,7 @@ export PRONLORA_RUN_DIR=$run_dir PRONLORA_TRAIN_CONFIG=$config PRONLORA_CHECKPOI
     PRONLORA_SHARDS=$shards PRONLORA_TRAIN_OVERRIDES="${overrides[*]:-}"
 
 common=(--parsable --chdir="$PRONLORA_ROOT")
-resources=(--cpus-per-task="$PRONLORA_CPUS_PER_TASK")
+resources=(--cpus-per-task="$((PRONLORA_CPUS_PER_TASK * gpus))")
 [ -n "$PRONLORA_MEM" ] && resources+=(--mem="$PRONLORA_MEM")
 gpu=()
 [ -n "$PRONLORA_GRES" ] && gpu=(--gres="$PRONLORA_GRES")
@@ -69,11 +83,12 @@ if [ "$prep" -eq 1 ]; then
 fi
 # shellcheck disable=SC2046  # after prints one option or nothing
 train_job=$(sbatch "${common[@]}" "${resources[@]}" "${gpu[@]}" $(after "$prep_job") \
+    --nodes="$nodes" --ntasks-per-node=1 \
     --time="$PRONLORA_TIME_TRAIN" --signal=B:USR1@"$PRONLORA_SIGNAL_GRACE_S" \
     --job-name="pronlora-train-$(basename "$config" .yaml)" \
     --output="$run_dir/logs/%x-%j.out" "$PRONLORA_ROOT/slurm/train.sbatch")
 infer_job=$(sbatch "${common[@]}" "${resources[@]}" "${gpu[@]}" --dependency=afterok:"$train_job" \
-    --time="$PRONLORA_TIME_INFER" --array=0-$(( n_ckpt * shards - 1 )) \
+    --time="$PRONLORA_TIME_INFER" --array=0-$(( (n_ckpt * shards + gpus - 1) / gpus - 1 )) \
     --output="$run_dir/logs/%x-%A_%a.out" "$PRONLORA_ROOT/slurm/infer.sbatch")
 collect_job=$(sbatch "${common[@]}" --dependency=afterok:"$infer_job" \
     --time="$PRONLORA_TIME_COLLECT" --output="$run_dir/logs/%x-%j.out" \
@@ -81,7 +96,7 @@ collect_job=$(sbatch "${common[@]}" --dependency=afterok:"$infer_job" \
 
 echo "run_dir=$run_dir"
 echo "prep_job=${prep_job:-none}"
-echo "train_job=$train_job"
-echo "infer_job=$infer_job (array of $n_ckpt checkpoint(s) x $shards shard(s): $checkpoints)"
+echo "train_job=$train_job ($nodes node(s) x $gpus process(es))"
+echo "infer_job=$infer_job ($n_ckpt checkpoint(s) x $shards shard(s) over $gpus GPU(s) per task: $checkpoints)"
 echo "collect_job=$collect_job"
 echo "report=$run_dir/report/report.md"

@@ -8,7 +8,7 @@ import pytest
 
 from pronlora.atomic import read_jsonl
 from pronlora.config import ConfigError
-from pronlora.infer import BASE, array_task, shard_of, shard_paths
+from pronlora.infer import BASE, shard_of, shard_paths, worker_items
 
 from .conftest import REPO
 
@@ -34,18 +34,18 @@ def test_shard_assignment_is_a_stable_partition() -> None:
     assert min(shards.count(s) for s in range(4)) > 150
 
 
-def test_array_task_grid() -> None:
+def test_workers_cover_the_grid_once_whatever_the_split() -> None:
     grid = ["base", "epoch-1", "epoch-2"]
-    assert [array_task(grid, 2, t) for t in range(6)] == [
-        ("base", 0),
-        ("base", 1),
-        ("epoch-1", 0),
-        ("epoch-1", 1),
-        ("epoch-2", 0),
-        ("epoch-2", 1),
-    ]
-    with pytest.raises(ConfigError, match="SLURM_ARRAY_TASK_ID=6 outside 0..5"):
-        array_task(grid, 2, 6)
+    everything = [(c, s) for c in grid for s in range(2)]
+    # one array task per item (the default), as in a 6-task array
+    assert [worker_items(grid, 2, t, 6) for t in range(6)] == [[item] for item in everything]
+    # 2 array tasks x 2 GPUs, and one 4-GPU job: every item exactly once
+    for workers in (4, 1, 5):
+        dealt = [i for w in range(workers) for i in worker_items(grid, 2, w, workers)]
+        assert sorted(dealt) == sorted(everything), workers
+    with pytest.raises(ConfigError, match="worker 6 outside 0..5"):
+        worker_items(grid, 2, 6, 6)
+    assert worker_items(grid, 2, 7, 8) == []  # a spare GPU
 
 
 def test_two_shards_cover_every_test_id_once(trained_run: Path, demo_prepared: Path) -> None:
@@ -77,6 +77,35 @@ def test_two_shards_cover_every_test_id_once(trained_run: Path, demo_prepared: P
     for r in rows:
         assert set(r) == {"id", "utt_id", "task", "output", "parsed", "parse_error"}
         assert (r["parsed"] is None) <= (r["parse_error"] is not None)
+
+
+def test_gpus_of_one_job_split_the_grid(trained_run: Path, demo_prepared: Path) -> None:
+    # one job with 2 GPUs, not an array: worker i takes grid items i, i+2, ...
+    outs = []
+    for worker in (0, 1):
+        proc = _run(
+            [
+                "--run-dir",
+                str(trained_run),
+                "--checkpoint",
+                "base,epoch-1",
+                "--prepared",
+                str(demo_prepared),
+                "--num-shards",
+                "2",
+                "--gpus-per-task",
+                "2",
+                "--local-worker",
+                str(worker),
+            ]
+        )
+        assert proc.returncode == 0, proc.stderr
+        outs.append(proc.stdout)
+    assert "shard 0/2 of base" in outs[0] and "shard 0/2 of epoch-1" in outs[0]
+    assert "shard 1/2 of base" in outs[1] and "shard 1/2 of epoch-1" in outs[1]
+    for ckpt in ("base", "epoch-1"):
+        for shard in (0, 1):
+            assert shard_paths(trained_run, ckpt, shard, 2)[1].is_file()
 
 
 def test_killed_shard_resumes_to_the_same_lines(trained_run: Path, demo_prepared: Path) -> None:

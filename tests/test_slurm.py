@@ -62,6 +62,43 @@ def _wait(job_ids: list[str], timeout: float = 600) -> None:
     raise AssertionError(f"jobs {job_ids} still {[_job_state(j) for j in job_ids]}")
 
 
+def _wait_for_step(run_dir: Path, job: str, step: int) -> None:
+    log = run_dir / "train_log.jsonl"
+    end = time.time() + 300
+    while time.time() < end:
+        if log.is_file() and any(e.get("step", 0) >= step for e in read_jsonl(log)):
+            return
+        assert _job_state(job) in ("PENDING", "RUNNING"), _job_state(job)
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} did not reach step {step}")
+
+
+def _release_requeued(job: str) -> None:
+    end = time.time() + 120
+    while _job_state(job) != "PENDING" and time.time() < end:
+        time.sleep(0.5)
+    # Slurm holds a requeued job ~2 min; release it early, but only once the old batch step has
+    # left the node (releasing sooner makes slurmd refuse the relaunch: credential revoked).
+    end = time.time() + 120
+    while _cpus_allocated() and time.time() < end:
+        time.sleep(0.5)
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+
+
+def _pipeline(site: dict[str, str], run_dir: Path, *args: str) -> dict[str, str]:
+    script = str(REPO / "slurm" / "pipeline.sh")
+    out = subprocess.run(
+        [script, "--config", "smoke", "--run-dir", str(run_dir), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **site},
+        check=True,
+    ).stdout
+    ids = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return {k: v.split()[0] for k, v in ids.items()}
+
+
 @pytest.fixture(scope="module")
 def site(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     subprocess.run(["sinfo"], check=True, capture_output=True)
@@ -90,48 +127,12 @@ def _report_ok(run_dir: Path, prepared: Path, checkpoints: list[str]) -> None:
 
 
 def test_pipeline_survives_a_requeue_mid_training(site: dict[str, str], tmp_path: Path) -> None:
-    env = {**os.environ, **site}
     sets = [a for o in OVERRIDES for a in ("--set", o)]
-    out = subprocess.run(
-        [
-            str(REPO / "slurm" / "pipeline.sh"),
-            "--config",
-            "smoke",
-            "--shards",
-            "2",
-            "--run-dir",
-            str(tmp_path / "run"),
-            *sets,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    ).stdout
-    ids = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    run_dir = Path(ids["run_dir"])
-    train_job = ids["train_job"]
-    infer_job = ids["infer_job"].split()[0]
-
-    # requeue once training has taken a few steps
-    log = run_dir / "train_log.jsonl"
-    end = time.time() + 300
-    while time.time() < end:
-        if log.is_file() and any(e.get("step", 0) >= 4 for e in read_jsonl(log)):
-            break
-        assert _job_state(train_job) in ("PENDING", "RUNNING"), _job_state(train_job)
-        time.sleep(0.2)
+    ids = _pipeline(site, tmp_path / "run", "--shards", "2", *sets)
+    run_dir, train_job, infer_job = Path(ids["run_dir"]), ids["train_job"], ids["infer_job"]
+    _wait_for_step(run_dir, train_job, 4)  # requeue once training has taken a few steps
     subprocess.run(["scontrol", "requeue", train_job], check=True)
-    end = time.time() + 120
-    while _job_state(train_job) != "PENDING" and time.time() < end:
-        time.sleep(0.5)
-    # Slurm holds a requeued job ~2 min; release it early, but only once the old batch step has
-    # left the node (releasing sooner makes slurmd refuse the relaunch: credential revoked).
-    end = time.time() + 120
-    while _cpus_allocated() and time.time() < end:
-        time.sleep(0.5)
-    time.sleep(2)
-    subprocess.run(["scontrol", "update", f"JobId={train_job}", "StartTime=now"], check=True)
+    _release_requeued(train_job)
     _wait([train_job, infer_job, ids["collect_job"]])
 
     train_out = "\n".join(p.read_text() for p in (run_dir / "logs").glob("pronlora-train-*.out"))
@@ -172,3 +173,35 @@ def test_submitit_chain_on_slurm(site: dict[str, str], tmp_path: Path) -> None:
     jobs = json.loads(proc.stdout[proc.stdout.index("\n{\n") :])
     _wait([jobs["train"], jobs["infer"].split("_")[0], jobs["collect"]])
     _report_ok(tmp_path / "run", Path(site["PRONLORA_PREPARED"]), ["base", "epoch-2"])
+
+
+def test_two_process_training_stops_on_the_time_limit_signal_and_resumes(
+    site: dict[str, str], tmp_path: Path
+) -> None:
+    # 2 processes per node (CPU-only: gloo), ZeRO-2; infer: 2 workers per array task. No
+    # dropout: ranks draw different random streams than one process, the rest must agree.
+    overrides = ["epochs=2", "micro_batch=1", "grad_accum=2", "save_steps=2", "lora.dropout=0.0"]
+    sets = [a for o in overrides for a in ("--set", o)]
+    ids = _pipeline(site, tmp_path / "run", "--gpus-per-node", "2", *sets)
+    run_dir, train_job = Path(ids["run_dir"]), ids["train_job"]
+    _wait_for_step(run_dir, train_job, 3)
+    # what Slurm does PRONLORA_SIGNAL_GRACE_S before the time limit (--signal=B:USR1@...)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", train_job], check=True)
+    _release_requeued(train_job)
+    _wait([train_job, ids["infer_job"], ids["collect_job"]])
+
+    out = "\n".join(p.read_text() for p in (run_dir / "logs").glob("pronlora-train-*.out"))
+    assert "1 node(s) x 2 process(es)" in out and "asking the ranks to stop" in out, out[-3000:]
+    assert "stop requested (stop file)" in out and "requeueing job" in out, out[-3000:]
+    assert "resuming from" in out and "2 process(es), engine zero2" in out, out[-3000:]
+    _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-1", "epoch-2"])
+
+    reference = tmp_path / "uninterrupted"
+    cfg = load_config("smoke", overrides)
+    assert train(cfg, site["PRONLORA_PREPARED"], site["PRONLORA_MODEL"], reference) == 0
+    for epoch in (1, 2):
+        name = f"checkpoints/epoch-{epoch}/adapter_model.safetensors"
+        a, b = load_file(str(reference / name)), load_file(str(run_dir / name))
+        assert a.keys() == b.keys()
+        for k in a:  # gloo's reduction order: float-level differences at most
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)

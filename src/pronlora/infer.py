@@ -43,15 +43,19 @@ def shard_of(instance_id: str, num_shards: int) -> int:
     return int.from_bytes(digest[:8], "big") % num_shards
 
 
-def array_task(checkpoints: list[str], num_shards: int, task_id: int) -> tuple[str, int]:
-    """Slurm array index -> (checkpoint, shard) for a grid of checkpoints x shards."""
-    total = len(checkpoints) * num_shards
-    if not 0 <= task_id < total:
-        raise ConfigError(
-            f"SLURM_ARRAY_TASK_ID={task_id} outside 0..{total - 1} "
-            f"({len(checkpoints)} checkpoint(s) x {num_shards} shard(s))"
-        )
-    return checkpoints[task_id // num_shards], task_id % num_shards
+def worker_items(
+    checkpoints: list[str], num_shards: int, worker: int, workers: int
+) -> list[tuple[str, int]]:
+    """The (checkpoint, shard) items of the checkpoints x shards grid that one worker decodes.
+
+    A worker is one GPU: array task t of a job with G GPUs runs workers t*G .. t*G+G-1, and
+    the grid is dealt out round-robin, so one array task per item, one multi-GPU job for the
+    whole grid, and anything between all cover every item exactly once.
+    """
+    if not 0 <= worker < workers:
+        raise ConfigError(f"worker {worker} outside 0..{workers - 1}")
+    grid = [(c, s) for c in checkpoints for s in range(num_shards)]
+    return grid[worker::workers]  # empty for the spare workers of a grid smaller than workers
 
 
 def shard_paths(run_dir: Path, checkpoint: str, shard: int, num_shards: int) -> tuple[Path, Path]:
