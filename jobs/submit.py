@@ -25,13 +25,23 @@ def main() -> int:
     ap.add_argument("--epochs", help="comma list of epochs to evaluate (default: all)")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--run-dir")
+    ap.add_argument("--nodes", type=int, help="training nodes (default: env.sh PRONLORA_NODES)")
+    ap.add_argument("--gpus-per-node", type=int, help="GPUs per training node (default: env.sh)")
     ap.add_argument("--no-prep", action="store_true")
     ap.add_argument("--set", action="append", default=[], help="config override key=value")
     args = ap.parse_args()
     epochs = [int(e) for e in args.epochs.split(",")] if args.epochs else None
     settings = site_settings(REPO)
     plan = build_plan(
-        args.config, args.set, epochs, args.shards, args.run_dir, settings, prep=not args.no_prep
+        args.config,
+        args.set,
+        epochs,
+        args.shards,
+        args.run_dir,
+        settings,
+        prep=not args.no_prep,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
     )
     print(plan.describe())
     if args.dry_run:

@@ -104,6 +104,22 @@ def test_submit_dry_run_prints_the_plan(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+def test_submit_plans_one_task_per_gpu_and_keeps_the_batch(tmp_path: Path) -> None:
+    args = ["--config", "paper_r64", "--dry-run", "--run-dir", str(tmp_path / "run")]
+    proc = _submit(
+        *args, "--nodes", "2", "--gpus-per-node", "4", env={"PRONLORA_GRES": "gpu:a100:1"}
+    )
+    assert proc.returncode == 0, proc.stderr
+    train = next(line for line in proc.stdout.splitlines() if "train:" in line)
+    assert "'nodes': 2" in train and "'tasks_per_node': 4" in train
+    assert "'gres': 'gpu:a100:4'" in train
+    infer = next(line for line in proc.stdout.splitlines() if "infer:" in line)
+    assert "'gres': 'gpu:a100:1'" in infer  # submitit: one GPU per array task
+    # 8 x 16 ranks cannot make the paper's effective batch of 64
+    proc = _submit(*args, "--nodes", "4", "--gpus-per-node", "4")
+    assert proc.returncode == 2 and "micro_batch: 8 x 16 processes does not divide" in proc.stderr
+
+
 def test_submit_refuses_a_bad_config_before_submitting(tmp_path: Path) -> None:
     proc = _submit("--config", "smoke", "--set", "lora.rank=4", "--dry-run")
     assert proc.returncode == 2 and "unknown key(s) lora.rank" in proc.stderr
@@ -126,6 +142,20 @@ def test_pipeline_refuses_bad_arguments_before_submitting() -> None:
         [pipeline, "--config", "smoke", "--epochs", "9"], capture_output=True, text=True, env=env
     )
     assert proc.returncode == 2 and "--epochs: 9 is not an epoch of smoke" in proc.stderr
+    proc = subprocess.run(
+        [pipeline, "--config", "paper_r64", "--nodes", "2", "--gpus-per-node", "8"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode != 0 and "8 x 16 processes does not divide" in proc.stderr
+    proc = subprocess.run(
+        [pipeline, "--config", "smoke", "--gpus-per-node", "two"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 2 and "--gpus-per-node must be a positive integer" in proc.stderr
 
 
 def test_env_sh_defaults_and_overrides() -> None:

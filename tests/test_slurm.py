@@ -162,6 +162,8 @@ def test_submitit_chain_on_slurm(site: dict[str, str], tmp_path: Path) -> None:
             "2",
             "--epochs",
             "2",
+            "--gpus-per-node",
+            "2",  # two submitit tasks train together (gloo on this CPU-only node)
             "--run-dir",
             str(tmp_path / "run"),
         ],
@@ -173,6 +175,8 @@ def test_submitit_chain_on_slurm(site: dict[str, str], tmp_path: Path) -> None:
     jobs = json.loads(proc.stdout[proc.stdout.index("\n{\n") :])
     _wait([jobs["train"], jobs["infer"].split("_")[0], jobs["collect"]])
     _report_ok(tmp_path / "run", Path(site["PRONLORA_PREPARED"]), ["base", "epoch-2"])
+    last = sorted((tmp_path / "run" / "trainer").glob("checkpoint-*"))[-1]
+    assert json.loads((last / "parallel.json").read_text()) == {"engine": "zero2", "world_size": 2}
 
 
 def test_two_process_training_stops_on_the_time_limit_signal_and_resumes(

@@ -2,8 +2,10 @@
 
 Modelled on dinov2's pattern: the training callable is ``Checkpointable``; when submitit's
 timeout/preemption signal (USR2) arrives it returns a resubmission of itself, and the rerun
-resumes from the newest step checkpoint in the run dir. Stages depend on each other with
-``afterok`` on Slurm and run one after another on the local executor.
+resumes from the newest step checkpoint in the run dir. Several GPUs: one submitit task per
+GPU (``nodes`` x ``tasks_per_node``), each exporting the torch.distributed environment, as
+dinov2 does. Stages depend on each other with ``afterok`` on Slurm and run one after another
+on the local executor.
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ class TrainStage(submitit.helpers.Checkpointable):
         from pronlora.train import train
 
         setup_logging()
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            # device = LOCAL_RANK among the job's GPUs (train.py sets it)
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         cfg = load_config(self.config, self.overrides)
         # USR2 and TERM belong to submitit (checkpoint() below, then requeue); USR1 still
         # makes the trainer save and stop, for a manual `scancel --signal=USR1`.
@@ -87,7 +93,9 @@ class TrainStage(submitit.helpers.Checkpointable):
         return rc
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        # Step checkpoints are on disk; the resubmitted copy resumes from the newest one.
+        # Step checkpoints are on disk; the resubmitted copy resumes from the newest one (on
+        # several tasks submitit calls this on rank 0 only, mid-step, so it cannot ask the
+        # ranks for a fresh checkpoint: the periodic one is the resume point).
         return submitit.helpers.DelayedSubmission(TrainStage(**asdict(self)))
 
 
@@ -150,10 +158,20 @@ def build_plan(
     run_dir: str | None,
     settings: dict[str, str],
     prep: bool = True,
+    nodes: int | None = None,
+    gpus_per_node: int | None = None,
 ) -> Plan:
+    """The chain; ``nodes``/``gpus_per_node`` default to env.sh's PRONLORA_NODES/_GPUS_PER_NODE."""
+    from pronlora.train import accumulation_steps
+
     cfg = load_config(config, overrides)  # validated before anything is submitted
     if shards < 1:
         raise ConfigError("--shards must be >= 1")
+    nodes = nodes or int(settings.get("PRONLORA_NODES") or 1)
+    gpus = gpus_per_node or int(settings.get("PRONLORA_GPUS_PER_NODE") or 1)
+    if nodes < 1 or gpus < 1:
+        raise ConfigError(f"--nodes {nodes} / --gpus-per-node {gpus}: must be >= 1")
+    accumulation_steps(cfg, nodes * gpus)  # the effective batch must split over the ranks
     epochs = epochs or list(range(1, cfg.epochs + 1))
     bad = [e for e in epochs if not 1 <= e <= cfg.epochs]
     if bad:
@@ -168,9 +186,13 @@ def build_plan(
             Path(settings["PRONLORA_RUNS"]) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
     checkpoints = ["base"] + [f"epoch-{e}" for e in epochs]
-    gpu = {"gres": settings.get("PRONLORA_GRES", "")}
+    gres = settings.get("PRONLORA_GRES", "")
+
+    def gpu(count: int) -> dict[str, str]:  # gpu:4 -> gpu:<count>, gpu:a100:4 -> gpu:a100:<count>
+        return {"gres": f"{gres.rsplit(':', 1)[0]}:{count}" if gres else ""}
+
     cpu = {
-        "cpus_per_task": int(settings.get("PRONLORA_CPUS_PER_TASK") or 1),
+        "cpus_per_task": int(settings.get("PRONLORA_CPUS_PER_TASK") or 1),  # per GPU
         "mem": settings.get("PRONLORA_MEM", ""),
     }
     stages = []
@@ -186,13 +208,19 @@ def build_plan(
         {
             "name": "train",
             "after": "prep" if prep else None,
-            "resources": {"time": settings["PRONLORA_TIME_TRAIN"], **cpu, **gpu},
+            "resources": {
+                "time": settings["PRONLORA_TIME_TRAIN"],
+                "nodes": nodes,
+                "tasks_per_node": gpus,  # one task (process) per GPU
+                **cpu,
+                **gpu(gpus),
+            },
         },
         {
             "name": "infer",
             "after": "train",
             "array": len(checkpoints) * shards,
-            "resources": {"time": settings["PRONLORA_TIME_INFER"], **cpu, **gpu},
+            "resources": {"time": settings["PRONLORA_TIME_INFER"], **cpu, **gpu(1)},
         },
         {
             "name": "collect",
@@ -218,13 +246,17 @@ def _executor(kind: str, plan: Plan, stage: dict[str, Any]) -> submitit.Executor
     res = stage["resources"]
     if kind == "local":
         ex = submitit.LocalExecutor(folder, python=python)
-        ex.update_parameters(timeout_min=minutes(res["time"]))
+        ex.update_parameters(
+            timeout_min=minutes(res["time"]), tasks_per_node=res.get("tasks_per_node", 1)
+        )
         return ex
     ex = submitit.SlurmExecutor(folder, python=python)
     params: dict[str, Any] = {
         "job_name": f"pronlora-{stage['name']}",
         "time": minutes(res["time"]),
         "cpus_per_task": res.get("cpus_per_task", 1),
+        "nodes": res.get("nodes", 1),
+        "ntasks_per_node": res.get("tasks_per_node", 1),
         "signal_delay_s": int(s.get("PRONLORA_SIGNAL_GRACE_S") or 180),
     }
     for key, name in (
