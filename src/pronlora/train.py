@@ -48,6 +48,7 @@ from pronlora.distributed import (
     prepare_cpu_deepspeed,
     resolve_engine,
     resume_plan,
+    sum_over_ranks,
     world_size,
     write_checkpoint_parallel,
 )
@@ -218,8 +219,11 @@ def build_trainer(
             )
 
         def log(self, logs, start_time=None):
+            # every rank logs at the same steps (the Trainer gathers the loss first)
             now = time.perf_counter()
-            logs["tokens_per_s"] = round(self._tokens / max(now - self._t0, 1e-9), 1)
+            tokens = sum_over_ranks(self._tokens, self.args.device)
+            logs["tokens"] = tokens  # non-padding tokens of all ranks since the last entry
+            logs["tokens_per_s"] = round(tokens / max(now - self._t0, 1e-9), 1)
             self._tokens, self._t0 = 0, now
             if cuda:
                 logs["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
