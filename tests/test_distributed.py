@@ -176,3 +176,19 @@ def _agree(rank: int, port: int, out: str) -> None:
 def test_a_stop_request_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
     torch.multiprocessing.spawn(_agree, args=(_free_port(), str(tmp_path)), nprocs=2)
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["True", "True"]
+
+
+def test_scaling_report_measures_the_steady_state_and_the_loss_gap() -> None:
+    from pronlora.bench_scaling import compare, steady_state
+
+    # 2 warm-up steps (slow), then 3 steps of 1,000 tokens in 0.5 s each
+    log = [{"step": s, "tokens": 1000, "tokens_per_s": 100.0} for s in (1, 2)]
+    log += [{"step": s, "tokens": 1000, "tokens_per_s": 2000.0} for s in (3, 4, 5)]
+    assert steady_state(log, warmup=2) == {"tokens_per_s": 2000.0, "step_s": 0.5, "timed_steps": 3}
+    with pytest.raises(ValueError, match="no logged steps after the 5 warm-up"):
+        steady_state(log, warmup=5)
+    one = {"procs": 1, "tokens_per_s": 1000.0, "losses": [10.0, 9.0]}
+    four = {"procs": 4, "tokens_per_s": 3000.0, "losses": [10.0, 9.9]}
+    compare([one, four])
+    assert four["speedup"] == 3.0 and four["efficiency"] == 0.75
+    assert four["loss_max_rel_diff"] == pytest.approx(0.1) and four["loss_agrees"] is False

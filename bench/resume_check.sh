@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# GPU check of stop -> resume under an engine: a run stopped by the stop file after step 1 and
+# resumed to step 3 must log the losses of an uninterrupted 3-step run, up to the run-to-run
+# noise of GPU kernels, which a second uninterrupted run measures.
+#   bench/resume_check.sh MODEL_DIR OUT_DIR [key=value overrides ...]
+set -euo pipefail
+model=$1 out=$2
+shift 2
+work=$(mktemp -d)
+python3 -c "import sys; from pathlib import Path; from pronlora.bench import make_bench_data
+make_bench_data(Path(sys.argv[1]), Path('bench/mini_durations.json'), 128)" "$work/prepared"
+train() {
+    python3 -m torch.distributed.run --nproc-per-node=1 jobs/train.py --config paper_r64 \
+        --prepared "$work/prepared" --model "$model" "$@"
+}
+common=(max_steps=3 logging_steps=1 save_steps=1000000 "$@")
+train --run-dir "$work/straight" "${common[@]}"
+train --run-dir "$work/again" "${common[@]}"
+mkdir -p "$work/resumed" && touch "$work/stop"
+train --run-dir "$work/resumed" --stop-file "$work/stop" --requeue-marker "$work/requeue.json" \
+    "${common[@]}"
+rm "$work/stop"
+train --run-dir "$work/resumed" "${common[@]}"
+mkdir -p "$out"
+for run in straight again resumed; do
+    cp "$work/$run/train_log.jsonl" "$out/resume-check-$run.jsonl"
+done
+python3 - "$work" <<'PY'
+import json, sys
+from pathlib import Path
+logs = {r: [json.loads(l) for l in (Path(sys.argv[1]) / r / "train_log.jsonl").open()]
+        for r in ("straight", "again", "resumed")}
+loss = {r: {e["step"]: e["loss"] for e in v if "loss" in e} for r, v in logs.items()}
+for r in loss:
+    print(f"{r:9}", loss[r])
+PY
