@@ -191,6 +191,26 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(
     assert all(torch.equal(ua[k], ub[k]) for k in ua)
 
 
+def test_a_stop_on_the_last_step_of_an_epoch_keeps_that_epoch(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    cfg = load_config("smoke", ["grad_accum=8"])  # 16 instances: one optimizer step per epoch
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stop").touch()  # the stop lands on step 1, which ends epoch 1
+    marker = run / "requeue.json"
+    rc = train(cfg, demo_prepared, tiny_model, run, stop_file=run / "stop", requeue_marker=marker)
+    assert rc == EXIT_REQUEUE
+    assert json.loads(marker.read_text()) == {"global_step": 1, "reason": "stop file"}
+    assert (run / "checkpoints" / "epoch-1" / "adapter_model.safetensors").is_file()
+    (run / "stop").unlink()
+    assert train(cfg, demo_prepared, tiny_model, run) == 0
+    assert json.loads((run / "checkpoints" / "done.json").read_text())["epochs"] == [
+        "epoch-1",
+        "epoch-2",
+    ]
+
+
 def test_rerun_with_a_different_config_is_refused(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:

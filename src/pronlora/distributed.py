@@ -113,6 +113,28 @@ def sum_over_ranks(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
+def verify_replicas(model: torch.nn.Module, device: torch.device) -> str | None:
+    """Under data parallelism, check every rank ends with the same trainable weights.
+
+    The checksums travel as tensors on ``device``: NCCL moves GPU tensors only.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    total = torch.zeros(1, dtype=torch.float64, device=device)
+    for p in model.parameters():
+        if p.requires_grad:
+            w = p.detach().double()
+            total += (w.abs().sum() + w.sum()).to(device)
+    gathered = [torch.zeros_like(total) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, total)
+    values = [float(g) for g in gathered]
+    if len(set(values)) != 1:
+        raise RuntimeError(f"data-parallel replicas diverged: weight checksums {values}")
+    return f"adapter weights identical on all {len(values)} ranks (checksum {values[0]!r})"
+
+
 def barrier() -> None:
     import torch.distributed as dist
 

@@ -49,6 +49,7 @@ from pronlora.distributed import (
     resolve_engine,
     resume_plan,
     sum_over_ranks,
+    verify_replicas,
     world_size,
     write_checkpoint_parallel,
 )
@@ -138,7 +139,7 @@ def build_trainer(
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
-        stop["signal"] = signum
+        stop["signal"] = signal.Signals(signum).name
 
     for sig in stop_signals:
         signal.signal(sig, on_signal)
@@ -166,7 +167,9 @@ def build_trainer(
 
         def on_epoch_end(self, args, state, control, model=None, **kw):
             epoch = round(state.epoch or 0)
-            if stop["signal"] is not None or abs((state.epoch or 0) - epoch) > 1e-6 or epoch < 1:
+            # an epoch that ended, also on the step a stop was requested: the resumed run
+            # starts after it and would never write it
+            if abs((state.epoch or 0) - epoch) > 1e-6 or epoch < 1:
                 return control
             dest = run_dir / "checkpoints" / f"epoch-{epoch}"
             meta = {"epoch": epoch, "global_step": state.global_step, "config": cfg.name}
@@ -310,24 +313,6 @@ def accumulation_steps(cfg: TrainConfig, world: int) -> int:
     return cfg.effective_batch // per_step
 
 
-def verify_replicas(model: Any) -> str | None:
-    """Under data parallelism, check every rank ends with the same trainable weights."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return None
-    total = torch.zeros(1, dtype=torch.float64)
-    for p in model.parameters():
-        if p.requires_grad:
-            total += p.detach().double().cpu().abs().sum() + p.detach().double().cpu().sum()
-    gathered = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, total)
-    values = [float(g) for g in gathered]
-    if len(set(values)) != 1:
-        raise RuntimeError(f"data-parallel replicas diverged: weight checksums {values}")
-    return f"adapter weights identical on all {len(values)} ranks (checksum {values[0]!r})"
-
-
 def _check_same_run(run_dir: Path, resolved: dict[str, Any], model: Path, prepared: Path) -> None:
     saved_path = run_dir / "run.json"
     if not saved_path.is_file():
@@ -443,7 +428,8 @@ def train(
             "stopped after step %d with a checkpoint; exit %d to requeue", step, EXIT_REQUEUE
         )
         return EXIT_REQUEUE
-    agreed = verify_replicas(trainer.model) if engine != "zero3" else None
+    # ZeRO-3 ranks hold different partitions by design
+    agreed = verify_replicas(trainer.model, trainer.args.device) if engine != "zero3" else None
     if agreed:
         log.info(agreed)
     if is_main_process():
