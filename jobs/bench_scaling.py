@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", required=True, help="snapshot dir (see --make-checkpoint)")
-    ap.add_argument("--make-checkpoint", choices=["full", "tiny"], help="write a random one")
+    ap.add_argument("--make-checkpoint", action="store_true", help="write a full-size random one")
     ap.add_argument("--config", default="paper_r64")
     ap.add_argument("--quantization", default="bf16")
     ap.add_argument("--engines", default="zero2")
@@ -55,7 +55,7 @@ def main() -> int:
     if args.make_checkpoint and not (model / "config.json").is_file():
         from pronlora.model.random_checkpoint import make_random_checkpoint
 
-        make_random_checkpoint(args.make_checkpoint, model)
+        make_random_checkpoint("full", model)
     plans = []
     for quant in args.quantization.split(","):
         for engine in args.engines.split(","):

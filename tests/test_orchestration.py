@@ -174,6 +174,8 @@ def test_env_sh_defaults_and_overrides() -> None:
     assert s["PRONLORA_GRES"] == "gpu:1" and s["PRONLORA_ROOT"] == str(REPO)
     s = settings({**base, "PRONLORA_GRES": "", "PRONLORA_PARTITION": "gpu-a100"})
     assert s["PRONLORA_GRES"] == "" and s["SBATCH_PARTITION"] == "gpu-a100"
+    s = settings({**base, "PRONLORA_GPUS_PER_NODE": "4", "PRONLORA_NODES": "2"})
+    assert s["PRONLORA_GRES"] == "gpu:4" and s["PRONLORA_NODES"] == "2"  # gres follows the count
 
 
 def test_container_definition_is_pinned() -> None:
