@@ -57,6 +57,24 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
+def single_process_env() -> None:
+    """The torch.distributed environment of a lone process, for DeepSpeed without a launcher.
+
+    DeepSpeed always runs inside a process group; a plain ``python jobs/train.py`` (one GPU, or
+    a 1-GPU job resuming a ZeRO-2 run) gets the variables torchrun would have set.
+    """
+    import socket
+
+    if "LOCAL_RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+
+
 def resolve_engine(configured: str, world: int, checkpoint: Path | None) -> str:
     """``auto``: the engine of the checkpoint being resumed, else zero2 on several ranks."""
     if configured != "auto":

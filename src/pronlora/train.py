@@ -48,6 +48,7 @@ from pronlora.distributed import (
     prepare_cpu_deepspeed,
     resolve_engine,
     resume_plan,
+    single_process_env,
     sum_over_ranks,
     verify_replicas,
     world_size,
@@ -387,6 +388,8 @@ def train(
     done = _complete_checkpoints(run_dir / "trainer")
     resume = done[-1] if done else None
     engine = resolve_engine(cfg.engine, world, resume)
+    if engine in DEEPSPEED_ENGINES and world == 1:
+        single_process_env()
     universal = False
     if resume is not None:
         try:
