@@ -160,6 +160,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 # --- checkpoints -------------------------------------------------------------------------------
 def write_checkpoint_parallel(checkpoint: Path, engine: str, world: int) -> None:
     write_json(checkpoint / PARALLEL_FILE, {"engine": engine, "world_size": world})

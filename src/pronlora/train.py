@@ -48,6 +48,7 @@ from pronlora.distributed import (
     prepare_cpu_deepspeed,
     resolve_engine,
     resume_plan,
+    shutdown_process_group,
     single_process_env,
     sum_over_ranks,
     verify_replicas,
@@ -349,41 +350,15 @@ def _init_process_group() -> None:
     )
 
 
-def train(
+def _train_ranks(
     cfg: TrainConfig,
-    prepared: str | Path,
-    model_dir: str | Path,
-    run_dir: str | Path,
-    stop_signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
-    stop_file: str | Path | None = None,
-    requeue_marker: str | Path | None = None,
+    rows: list[dict[str, Any]],
+    model_dir: Path,
+    run_dir: Path,
+    stop_signals: tuple[signal.Signals, ...],
+    stop_file: str | Path | None,
+    requeue_marker: str | Path | None,
 ) -> int:
-    """Train (or resume) into ``run_dir``; returns 0 when done, EXIT_REQUEUE after a stop.
-
-    ``stop_signals`` are the signals that make it save and stop; a launcher that handles
-    signals itself (submitit) passes fewer. ``stop_file``: stop when this file appears.
-    ``requeue_marker``: written (main process) when stopping with a checkpoint to resume from.
-    """
-    prepared, model_dir, run_dir = (Path(p).resolve() for p in (prepared, model_dir, run_dir))
-    rows = load_split(prepared, "train")
-    manifest = json.loads((prepared / "manifest.json").read_text())
-    resolved = to_dict(cfg)
-    _check_same_run(run_dir, resolved, model_dir, prepared)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if is_main_process():
-        write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=True))
-        write_json(run_dir / "versions.json", versions())
-        write_json(
-            run_dir / "run.json",
-            {
-                "config": resolved,
-                "model": str(model_dir),
-                "prepared": str(prepared),
-                "data_content_hash": manifest.get("content_hash"),
-                "synthetic_data": manifest.get("synthetic"),
-            },
-        )
-    _init_process_group()
     world = world_size()
     done = _complete_checkpoints(run_dir / "trainer")
     resume = done[-1] if done else None
@@ -444,3 +419,45 @@ def train(
             },
         )
     return 0
+
+
+def train(
+    cfg: TrainConfig,
+    prepared: str | Path,
+    model_dir: str | Path,
+    run_dir: str | Path,
+    stop_signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
+    stop_file: str | Path | None = None,
+    requeue_marker: str | Path | None = None,
+) -> int:
+    """Train (or resume) into ``run_dir``; returns 0 when done, EXIT_REQUEUE after a stop.
+
+    ``stop_signals`` are the signals that make it save and stop; a launcher that handles
+    signals itself (submitit) passes fewer. ``stop_file``: stop when this file appears.
+    ``requeue_marker``: written (main process) when stopping with a checkpoint to resume from.
+    """
+    prepared, model_dir, run_dir = (Path(p).resolve() for p in (prepared, model_dir, run_dir))
+    rows = load_split(prepared, "train")
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    resolved = to_dict(cfg)
+    _check_same_run(run_dir, resolved, model_dir, prepared)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=True))
+        write_json(run_dir / "versions.json", versions())
+        write_json(
+            run_dir / "run.json",
+            {
+                "config": resolved,
+                "model": str(model_dir),
+                "prepared": str(prepared),
+                "data_content_hash": manifest.get("content_hash"),
+                "synthetic_data": manifest.get("synthetic"),
+            },
+        )
+    _init_process_group()
+    rc = _train_ranks(cfg, rows, model_dir, run_dir, stop_signals, stop_file, requeue_marker)
+    # every rank done: tear the group down before exit (a gloo group left to the interpreter's
+    # shutdown can abort the process after a successful run)
+    shutdown_process_group()
+    return rc
