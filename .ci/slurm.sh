@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# A real single-node Slurm (Debian slurm-wlm) on localhost for the test suite.
+# A real Slurm (Debian slurm-wlm) on localhost for the test suite: two nodes, each its own slurmd
+# (slurmd -N), so multi-node jobs (srun over nodes, a rendezvous on the first) run for real.
 #   .ci/slurm.sh install   apt-get the packages
-#   .ci/slurm.sh up        write slurm.conf, start slurmctld + slurmd, wait until the node is idle
-#   .ci/slurm.sh down      stop both daemons
+#   .ci/slurm.sh up        write slurm.conf, start slurmctld + the slurmds, wait until nodes idle
+#   .ci/slurm.sh down      stop the daemons
 set -euo pipefail
 conf_dir=/etc/slurm
 state=/var/spool/slurm-ci
-cpus=4  # advertised (config_overrides): lets the array tasks of the pipeline run side by side
+cpus=2  # per node, advertised (config_overrides): the pipeline's array tasks run side by side
+nodes=(node1 node2)
 
 case "${1:-}" in
 install)
@@ -19,7 +21,8 @@ install)
 up)
     "$0" down  # a clean start: no daemons or jobs left from an earlier run
     rm -rf "$state"
-    mkdir -p "$conf_dir" "$state/ctld" "$state/d" /var/log/slurm-ci
+    mkdir -p "$conf_dir" "$state/ctld" /var/log/slurm-ci
+    for n in "${nodes[@]}"; do mkdir -p "$state/d/$n"; done
     cat > "$conf_dir/slurm.conf" <<CONF
 ClusterName=pronlora-ci
 SlurmctldHost=localhost
@@ -37,21 +40,22 @@ ReturnToService=2
 JobRequeue=1
 KillWait=30
 StateSaveLocation=$state/ctld
-SlurmdSpoolDir=$state/d
+SlurmdSpoolDir=$state/d/%n
 SlurmctldPidFile=$state/slurmctld.pid
-SlurmdPidFile=$state/slurmd.pid
+SlurmdPidFile=$state/slurmd-%n.pid
 SlurmctldLogFile=/var/log/slurm-ci/slurmctld.log
-SlurmdLogFile=/var/log/slurm-ci/slurmd.log
+SlurmdLogFile=/var/log/slurm-ci/slurmd-%n.log
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerParameters=defer_batch
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=8000 State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+NodeName=node1 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17001 CPUs=$cpus RealMemory=4000 State=UNKNOWN
+NodeName=node2 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17002 CPUs=$cpus RealMemory=4000 State=UNKNOWN
+PartitionName=debug Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP
 CONF
     slurmctld -c 2>/dev/null || slurmctld
-    slurmd -c 2>/dev/null || slurmd
+    for n in "${nodes[@]}"; do slurmd -c -N "$n" 2>/dev/null || slurmd -N "$n"; done
     for _ in $(seq 60); do
-        if sinfo -h -o %t 2>/dev/null | grep -qE '^idle'; then
+        if [ "$(sinfo -h -N -o %t 2>/dev/null | grep -c '^idle')" -eq "${#nodes[@]}" ]; then
             sinfo
             exit 0
         fi
@@ -59,7 +63,7 @@ CONF
     done
     echo "error: the Slurm node did not become idle" >&2
     sinfo || true
-    tail -20 /var/log/slurm-ci/slurmctld.log /var/log/slurm-ci/slurmd.log >&2 || true
+    tail -20 /var/log/slurm-ci/*.log >&2 || true
     exit 1
     ;;
 down)

@@ -39,11 +39,8 @@ def _job_state(job_id: str) -> str:
 
 
 def _cpus_allocated() -> int:
-    out = subprocess.run(
-        ["scontrol", "show", "node", "localhost"], capture_output=True, text=True
-    ).stdout
-    m = re.search(r"CPUAlloc=(\d+)", out)
-    return int(m.group(1)) if m else 0
+    out = subprocess.run(["scontrol", "show", "node"], capture_output=True, text=True).stdout
+    return sum(int(n) for n in re.findall(r"CPUAlloc=(\d+)", out))  # over all nodes
 
 
 def _wait(job_ids: list[str], timeout: float = 600) -> None:
@@ -209,3 +206,24 @@ def test_two_process_training_stops_on_the_time_limit_signal_and_resumes(
         assert a.keys() == b.keys()
         for k in a:  # gloo's reduction order: float-level differences at most
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+
+
+def test_training_over_two_nodes(site: dict[str, str], tmp_path: Path) -> None:
+    # one torchrun per node through srun, c10d rendezvous on the first node's address
+    overrides = ["epochs=1", "micro_batch=1", "grad_accum=2", "lora.dropout=0.0"]
+    sets = [a for o in overrides for a in ("--set", o)]
+    ids = _pipeline(site, tmp_path / "run", "--nodes", "2", "--gpus-per-node", "1", *sets)
+    run_dir = Path(ids["run_dir"])
+    _wait([ids["train_job"], ids["infer_job"], ids["collect_job"]])
+    out = "\n".join(p.read_text() for p in (run_dir / "logs").glob("pronlora-train-*.out"))
+    assert "2 node(s) x 1 process(es)" in out and "2 process(es), engine zero2" in out, out[-3000:]
+    last = sorted((run_dir / "trainer").glob("checkpoint-*"))[-1]
+    assert json.loads((last / "parallel.json").read_text()) == {"engine": "zero2", "world_size": 2}
+    _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-1"])
+    reference = tmp_path / "one-process"
+    cfg = load_config("smoke", overrides)
+    assert train(cfg, site["PRONLORA_PREPARED"], site["PRONLORA_MODEL"], reference) == 0
+    name = "checkpoints/epoch-1/adapter_model.safetensors"
+    a, b = load_file(str(reference / name)), load_file(str(run_dir / name))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)

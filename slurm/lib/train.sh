@@ -37,7 +37,10 @@ if [ $((nodes * procs)) -eq 1 ]; then
     forward() { kill -"$1" "$child" 2>/dev/null || true; }
 else
     require_var SLURM_JOB_ID
-    rdzv_host=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    # the first node's address as Slurm reaches it (its NodeAddr; the node name if none)
+    first_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    rdzv_host=$(scontrol show node "$first_node" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p')
+    rdzv_host=${rdzv_host:-$first_node}
     rdzv_port=$((20000 + SLURM_JOB_ID % 20000))
     srun --nodes="$nodes" --ntasks-per-node=1 --kill-on-bad-exit=1 \
         "$PRONLORA_ROOT/slurm/lib/run_py.sh" -m torch.distributed.run --nnodes="$nodes" \
