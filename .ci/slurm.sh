@@ -22,7 +22,11 @@ up)
     "$0" down  # a clean start: no daemons or jobs left from an earlier run
     rm -rf "$state"
     mkdir -p "$conf_dir" "$state/ctld" /var/log/slurm-ci
-    for n in "${nodes[@]}"; do mkdir -p "$state/d/$n"; done
+    for n in "${nodes[@]}"; do
+        mkdir -p "$state/d/$n"
+        # node names resolve, as on a real cluster (submitit's rendezvous uses them)
+        grep -qE "^127\.0\.0\.1[[:space:]].*\b$n\b" /etc/hosts || echo "127.0.0.1 $n" >> /etc/hosts
+    done
     cat > "$conf_dir/slurm.conf" <<CONF
 ClusterName=pronlora-ci
 SlurmctldHost=localhost
