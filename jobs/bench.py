@@ -9,29 +9,26 @@ Writes bench/results/<gpu>-<date>.json and .md. Example (one H100):
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import re
-import shlex
 import shutil
-import sys
 import tempfile
 import traceback
 from pathlib import Path
 
 import torch
 
-from pronlora.atomic import write_json, write_text
+from pronlora.atomic import write_text
 from pronlora.bench import (
     VARIANTS,
     bench_infer,
     bench_train,
     make_bench_data,
     markdown,
+    results_header,
+    write_results,
 )
 from pronlora.cli import run_job
 from pronlora.config import ConfigError, load_config
-from pronlora.versions import versions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,19 +97,8 @@ def main() -> int:
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
                 runs.append(entry)
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    date = dt.date.today().isoformat()
-    results = {
-        "device": device,
-        "date": date,
-        "versions": versions(),
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "runs": runs,
-    }
-    out = Path(args.out)
-    stem = f"{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}-{date}{args.tag}"
-    write_json(out / f"{stem}.json", results)
-    write_text(out / f"{stem}.md", markdown(results))
+    results = {**results_header(), "runs": runs}
+    write_results(results, Path(args.out), args.tag, markdown(results))
     shutil.rmtree(work, ignore_errors=True)
     print(markdown(results))
     return 0

@@ -9,25 +9,19 @@ Writes bench/results/<gpu>-<date>-scaling<tag>.json and .md. Example (a node of 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import re
-import shlex
 import shutil
-import sys
 import tempfile
 import traceback
 from pathlib import Path
 
 import torch
 
-from pronlora.atomic import write_json, write_text
-from pronlora.bench import make_bench_data
+from pronlora.bench import make_bench_data, results_header, write_results
 from pronlora.bench_scaling import compare, markdown, run_point
 from pronlora.cli import run_job
 from pronlora.config import ConfigError, load_config
 from pronlora.train import accumulation_steps
-from pronlora.versions import versions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,22 +85,14 @@ def main() -> int:
                 "points": compare(ok) + [p for p in points if "error" in p],
             }
         )
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    date = dt.date.today().isoformat()
     results = {
-        "device": device,
+        **results_header(),
         "gpus_on_node": torch.cuda.device_count(),
-        "date": date,
-        "versions": versions(),
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "steps": args.steps,
         "warmup": args.warmup,
         "series": series,
     }
-    stem = f"{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}-{date}-scaling{args.tag}"
-    out = Path(args.out)
-    write_json(out / f"{stem}.json", results)
-    write_text(out / f"{stem}.md", markdown(results))
+    write_results(results, Path(args.out), f"-scaling{args.tag}", markdown(results))
     shutil.rmtree(work, ignore_errors=True)
     print(markdown(results))
     return 0

@@ -6,7 +6,6 @@ single-process run is the reference every engine and rank count must reproduce.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from safetensors.torch import load_file
 
 from pronlora.atomic import read_jsonl
 from pronlora.config import ConfigError, load_config
-from pronlora.distributed import resume_plan, write_checkpoint_parallel
+from pronlora.distributed import free_port, resume_plan, write_checkpoint_parallel
 from pronlora.train import accumulation_steps, train
 
 from .conftest import REPO
@@ -26,16 +25,10 @@ OVERRIDES = ["lora.dropout=0.0", "epochs=1"]
 ADAPTER = "checkpoints/epoch-1/adapter_model.safetensors"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(nproc: int, prepared: Path, model: Path, run: Path, *extra: str) -> str:
     """jobs/train.py under torchrun (nproc 0: plain python); returns stderr (asserting success)."""
     launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-    launcher += [f"--master_port={_free_port()}"]
+    launcher += [f"--master_port={free_port()}"]
     proc = subprocess.run(
         [
             sys.executable,
@@ -177,7 +170,7 @@ def _agree(rank: int, port: int, out: str) -> None:
 
 
 def test_a_stop_request_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
-    torch.multiprocessing.spawn(_agree, args=(_free_port(), str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(_agree, args=(free_port(), str(tmp_path)), nprocs=2)
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["True", "True"]
 
 
@@ -195,3 +188,16 @@ def test_scaling_report_measures_the_steady_state_and_the_loss_gap() -> None:
     compare([one, four])
     assert four["speedup"] == 3.0 and four["efficiency"] == 0.75
     assert four["loss_max_rel_diff"] == pytest.approx(0.1) and four["loss_agrees"] is False
+
+
+def test_scaling_benchmark_checks_its_arguments_first(tmp_path: Path) -> None:
+    script = str(REPO / "jobs" / "bench_scaling.py")
+    args = [sys.executable, script, "--model", str(tmp_path / "none"), "--config", "smoke"]
+    proc = subprocess.run([*args, "--steps", "3", "--warmup", "3"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--steps 3 must exceed --warmup 3" in proc.stderr
+    proc = subprocess.run(
+        [*args, "--engines", "zero3", "--quantization", "nf4", "--set", "dtype=bf16"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "zero3 shards bf16 base weights" in proc.stderr

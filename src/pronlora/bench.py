@@ -9,9 +9,13 @@ inference); projections scale the measured rates to the paper's workload: 3 epoc
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import random
+import re
+import shlex
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +25,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from pronlora.atomic import write_jsonl
+from pronlora.atomic import write_json, write_jsonl, write_text
 from pronlora.config import TrainConfig
 from pronlora.phones import CMU_PHONES
 from pronlora.protocol import (
@@ -32,6 +36,7 @@ from pronlora.protocol import (
     format_mdd_answer,
     user_content,
 )
+from pronlora.versions import versions
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +123,25 @@ def make_bench_data(out: Path, durations_file: Path, n_utts: int, seed: int = 0)
     write_jsonl(out / "test.jsonl", rows)
     (out / "manifest.json").write_text(json.dumps({"bench": True}))
     return out
+
+
+def results_header() -> dict[str, Any]:
+    """What every results file starts with: the device, the date, versions, the command."""
+    return {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "date": dt.date.today().isoformat(),
+        "versions": versions(),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+    }
+
+
+def write_results(results: dict[str, Any], out: Path, suffix: str, md: str) -> Path:
+    """``<device>-<date><suffix>.json`` and ``.md`` under ``out``; returns the JSON path."""
+    device = re.sub(r"[^A-Za-z0-9]+", "-", results["device"]).strip("-").lower()
+    stem = f"{device}-{results['date']}{suffix}"
+    write_json(out / f"{stem}.json", results)
+    write_text(out / f"{stem}.md", md)
+    return out / f"{stem}.json"
 
 
 def _peak_gb() -> float:

@@ -10,7 +10,6 @@ the 1-GPU one (it should agree up to reduction-order rounding).
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from pronlora.atomic import read_jsonl
+from pronlora.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # Loss curves of the same samples on different rank counts differ by reduction order only;
 # more than this relative gap means the data-parallel setup changed the optimisation.
 LOSS_AGREEMENT_RTOL = 0.02
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def steady_state(entries: list[dict[str, Any]], warmup: int) -> dict[str, float]:
@@ -61,7 +55,7 @@ def run_point(
         "-m",
         "torch.distributed.run",
         f"--nproc-per-node={procs}",
-        f"--master-port={_free_port()}",
+        f"--master-port={free_port()}",
         str(REPO / "jobs" / "train.py"),
         "--config",
         config,

@@ -21,9 +21,12 @@ Switching engine on resume is refused (the optimizer state would be silently dro
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from importlib.resources import files
@@ -57,21 +60,27 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
+def free_port() -> int:
+    """A TCP port free on this host now, for a rendezvous of local processes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def single_process_env() -> None:
     """The torch.distributed environment of a lone process, for DeepSpeed without a launcher.
 
     DeepSpeed always runs inside a process group; a plain ``python jobs/train.py`` (one GPU, or
     a 1-GPU job resuming a ZeRO-2 run) gets the variables torchrun would have set.
     """
-    import socket
-
     if "LOCAL_RANK" in os.environ:
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     os.environ.update(
-        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
     )
 
 
@@ -158,6 +167,22 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def init_process_group() -> None:
+    """Start the process group before the Trainer does, so ranks can wait for each other."""
+    import torch.distributed as dist
+
+    if world_size() == 1 or dist.is_initialized():
+        return
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        # accelerate names CPU ranks "cpu:<i>", which torch.load rejects as a map_location
+        # when a resumed rank loads its optimizer state; plain "cpu" is the same device.
+        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=1))
 
 
 def shutdown_process_group() -> None:
@@ -251,8 +276,6 @@ def ensure_universal(checkpoint: Path) -> None:
         raise RuntimeError(f"universal conversion of {checkpoint} failed:\n{proc.stderr[-3000:]}")
     # the converter writes 'latest_universal' next to its output folder, naming that folder
     if final.exists():
-        import shutil
-
         shutil.rmtree(final)
     tmp.rename(final)
     (checkpoint / "latest_universal").write_text(final.name)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import signal
 import time
@@ -43,6 +42,7 @@ from pronlora.distributed import (
     barrier,
     deepspeed_config,
     ensure_universal,
+    init_process_group,
     is_complete,
     is_main_process,
     prepare_cpu_deepspeed,
@@ -331,25 +331,6 @@ def _check_same_run(run_dir: Path, resolved: dict[str, Any], model: Path, prepar
         )
 
 
-def _init_process_group() -> None:
-    """Start the process group before the Trainer does, so ranks can wait for each other."""
-    import datetime
-
-    import torch.distributed as dist
-
-    if world_size() == 1 or dist.is_initialized():
-        return
-    if not torch.cuda.is_available():
-        # accelerate names CPU ranks "cpu:<i>", which torch.load rejects as a map_location
-        # when a resumed rank loads its optimizer state; plain "cpu" is the same device.
-        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(
-        "nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=1)
-    )
-
-
 def _train_ranks(
     cfg: TrainConfig,
     rows: list[dict[str, Any]],
@@ -455,7 +436,7 @@ def train(
                 "synthetic_data": manifest.get("synthetic"),
             },
         )
-    _init_process_group()
+    init_process_group()
     rc = _train_ranks(cfg, rows, model_dir, run_dir, stop_signals, stop_file, requeue_marker)
     # every rank done: tear the group down before exit (a gloo group left to the interpreter's
     # shutdown can abort the process after a successful run)
