@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # GPU check that a full epoch under an engine writes its epoch checkpoint (trainer.save_model on
 # every rank: ZeRO-3 gathers the partitioned adapter) and that the adapter loads back.
-#   bench/epoch_check.sh MODEL_DIR [key=value overrides ...]
+#   bench/epoch_check.sh [--plain] MODEL_DIR [key=value overrides ...]
+# --plain: a plain `python jobs/train.py` instead of torchrun (DeepSpeed without a launcher).
 set -euo pipefail
+launcher=(python3 -m torch.distributed.run --nproc-per-node=1)
+if [ "${1:-}" = "--plain" ]; then
+    launcher=(python3)
+    shift
+fi
 model=$1
 shift
 work=$(mktemp -d)
 python3 -c "import sys; from pathlib import Path; from pronlora.bench import make_bench_data
 make_bench_data(Path(sys.argv[1]), Path('bench/mini_durations.json'), 64)" "$work/prepared"
-python3 -m torch.distributed.run --nproc-per-node=1 jobs/train.py --config paper_r64 \
+"${launcher[@]}" jobs/train.py --config paper_r64 \
     --prepared "$work/prepared" --model "$model" --run-dir "$work/run" epochs=1 logging_steps=1 "$@"
 python3 - "$work/run/checkpoints/epoch-1" <<'PY'
 import sys

@@ -108,6 +108,14 @@ def test_gpus_of_one_job_split_the_grid(trained_run: Path, demo_prepared: Path) 
             assert shard_paths(trained_run, ckpt, shard, 2)[1].is_file()
 
 
+def test_worker_arguments_are_checked(trained_run: Path, demo_prepared: Path) -> None:
+    base = ["--run-dir", str(trained_run), "--prepared", str(demo_prepared)]
+    proc = _run([*base, "--checkpoint", "epoch-1", "--gpus-per-task", "2", "--local-worker", "2"])
+    assert proc.returncode == 2 and "--local-worker 2 outside 0..1" in proc.stderr
+    proc = _run([*base, "--checkpoint", "base,epoch-1", "--shard", "0"])
+    assert proc.returncode == 2 and "--shard decodes one checkpoint" in proc.stderr
+
+
 def test_killed_shard_resumes_to_the_same_lines(trained_run: Path, demo_prepared: Path) -> None:
     args = ["--checkpoint", "epoch-1", "--prepared", str(demo_prepared), "--shard", "0"]
     full = _run(["--run-dir", str(trained_run), *args])
