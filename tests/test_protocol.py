@@ -12,7 +12,7 @@ def test_packaged_prompts_are_byte_exact(task: Task, name: str) -> None:
 
 
 def test_user_content_starts_with_control_then_audio_token() -> None:
-    assert user_content(Task.MDD).startswith("<|MDD|><|audio|>Transcribe the audio")
+    assert user_content(Task.MDD).startswith("<|MDD|><|audio_1|>Transcribe the audio")
     assert user_content(Task.APA).endswith(prompt_text(Task.APA))
 
 

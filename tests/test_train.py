@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from pronlora.atomic import read_jsonl
 from pronlora.collate import IGNORE_INDEX, Collator, SequenceTooLongError
 from pronlora.config import ConfigError, load_config
+from pronlora.errors import SnapshotError
 from pronlora.model.load import AUDIO_MODULES, load_model
-from pronlora.model.random_checkpoint import ADAPTER_TARGET_REGEX
+from pronlora.model.snapshot import ADAPTER_TARGET_REGEX
 from pronlora.train import EXIT_REQUEUE, NonFiniteLossError, build_trainer, train
 
 
@@ -21,7 +22,8 @@ def test_collator_labels_cover_exactly_the_answer(tiny_model: Path, demo_prepare
     tok = loaded.tokenizer
     rows = read_jsonl(demo_prepared / "train.jsonl")[:3]
     batch = Collator(tok, loaded.feature_extractor)(rows)
-    audio_id = tok.convert_tokens_to_ids("<|audio|>")
+    audio_id = tok.audio_token_id
+    assert audio_id == 200011
     end_id = tok.convert_tokens_to_ids("<|end|>")
     for i, row in enumerate(rows):
         ids = batch["input_ids"][i].tolist()
@@ -87,7 +89,7 @@ def test_configs_train_what_they_claim(tiny_model: Path, adapter: str, strategy:
     if adapter == "continue_speech":
         ours = dict(model.named_parameters())
         b = ours[f"base_model.model.{qkv}.lora_B.default.weight"]
-        assert torch.equal(b, shipped[f"base_model.model.{qkv}.lora_B.weight"])
+        assert torch.equal(b, shipped[f"{qkv}.lora_B.weight"])  # Hub-style key in the file
     else:
         base_w = model.get_submodule(f"base_model.model.{qkv}").base_layer.weight
         assert not torch.allclose(base_w, plain.get_submodule(qkv).weight)  # speech merged
@@ -114,7 +116,7 @@ def test_config_errors_name_the_key(tiny_model: Path, tmp_path: Path) -> None:
             ["adapter=continue_speech", "lora.r=8", "lora.alpha=16", "control_tokens=special"],
         )
         load_model(cfg, tiny_model)
-    with pytest.raises(ConfigError, match=f"--model {tmp_path}: not a Phi-4-multimodal snapshot"):
+    with pytest.raises(SnapshotError, match=f"{tmp_path}: no config.json; not a model snapshot"):
         load_model(load_config("smoke"), tmp_path)
     with pytest.raises(ConfigError, match="no train.jsonl"):
         train(load_config("smoke"), tmp_path, tiny_model, tmp_path / "run")

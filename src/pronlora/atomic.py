@@ -1,4 +1,10 @@
-"""Atomic file writes: a reader (or a resumed job) never sees a half-written file."""
+"""Atomic file writes: a reader (or a resumed job) never sees a half-written file.
+
+Files are created with the mode the process umask allows (0666 & ~umask, like ``open``), not
+``mkstemp``'s private 0600: a lab shares its prepared data, run dirs and reports.
+``follow_umask`` does the same for trees written by libraries that create private files
+(safetensors writes 0600).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from pronlora.errors import DataError
+
 
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
@@ -18,6 +26,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -26,6 +35,30 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(directory: bool = False) -> int:
+    """The mode ``open``/``mkdir`` would give a new file or directory under the umask."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def follow_umask(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` (a file, or a tree) the modes the umask allows for new files and dirs."""
+    path = Path(path)
+    file_mode, dir_mode = umask_mode(), umask_mode(directory=True)
+    if path.is_file():
+        path.chmod(file_mode)
+        return
+    path.chmod(dir_mode)
+    for sub in path.rglob("*"):
+        if not sub.is_symlink():
+            sub.chmod(dir_mode if sub.is_dir() else file_mode)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -58,14 +91,21 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> None:
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a JSONL file; a malformed line is an error naming file and line number."""
+    """Read a JSONL file of objects; a malformed line is an error naming file and line number."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{n}: not UTF-8") from None
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+                raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object per line")
+            rows.append(row)
     return rows

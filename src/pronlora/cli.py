@@ -6,6 +6,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from pronlora.errors import InputError
+
 # Errors whose message already names the file, utterance or key at fault: print it, exit 2,
 # no traceback. Anything else is a bug and keeps its traceback.
 EXIT_INPUT_ERROR = 2
@@ -21,11 +23,14 @@ def setup_logging(level: int = logging.INFO) -> None:
     )
 
 
-def run_job(main: Callable[[], int | None], known: tuple[type[BaseException], ...]) -> None:
+def run_job(
+    main: Callable[[], int | None], known: tuple[type[BaseException], ...] = ()
+) -> None:
+    """Run ``main``; an InputError (or one of ``known``) prints its message and exits 2."""
     setup_logging()
     try:
         code = main()
-    except known as exc:
+    except (InputError, *known) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_INPUT_ERROR)
     sys.exit(code or 0)

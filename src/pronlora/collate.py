@@ -1,9 +1,11 @@
 """Batches of prepared instances -> model inputs, without the torchvision-bound processor.
 
-The user turn comes from the checkpoint's own chat template; the single ``<|audio|>``
-placeholder is expanded to as many audio tokens as the feature extractor says the clip yields
-(``ceil(frames / 8)``), exactly what the native processor would do. Labels are -100 everywhere
-except the answer and its closing ``<|end|>``.
+The user turn comes from the checkpoint's own chat template; the paper's single audio
+placeholder is replaced by as many of the tokenizer's own audio token ids as the feature
+extractor says the clip yields (``ceil(frames / 8)``), exactly what the native processor does
+with its ``audio_token``. The model embeds audio only where ``input_ids == audio_token_id``, so
+every instance is checked to hold exactly that many. Labels are -100 everywhere except the
+answer and its closing ``<|end|>``.
 """
 
 from __future__ import annotations
@@ -16,20 +18,25 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from pronlora.protocol import AUDIO_TOKEN, END_TOKEN, SAMPLE_RATE
+from pronlora.errors import DataError
+from pronlora.model.snapshot import END_TOKEN, special_token_id
+from pronlora.protocol import AUDIO_PLACEHOLDER, SAMPLE_RATE
 
 IGNORE_INDEX = -100
 
 
-class SequenceTooLongError(ValueError):
+class SequenceTooLongError(DataError, ValueError):
     pass
 
 
 @lru_cache(maxsize=8192)
 def load_audio(path: str) -> np.ndarray:
-    data, rate = sf.read(path, dtype="float32", always_2d=False)
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=False)
+    except (OSError, RuntimeError, sf.LibsndfileError) as exc:
+        raise DataError(f"{path}: audio unreadable ({exc}); rerun jobs/prep.py") from None
     if rate != SAMPLE_RATE or data.ndim != 1:
-        raise ValueError(f"{path}: expected 16 kHz mono audio, got {rate} Hz, shape {data.shape}")
+        raise DataError(f"{path}: expected 16 kHz mono audio, got {rate} Hz, shape {data.shape}")
     return data
 
 
@@ -54,22 +61,31 @@ class Collator:
 
     def __post_init__(self) -> None:
         self.pad_id = self.tokenizer.pad_token_id
-        self.audio_id = self.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
-        self.end_id = self.tokenizer.convert_tokens_to_ids(END_TOKEN)
+        self.audio_id = int(self.tokenizer.audio_token_id)
+        self.end_id = special_token_id(self.tokenizer, END_TOKEN)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def encode(self, row: dict[str, Any], n_audio: int) -> tuple[list[int], list[int]]:
         prompt = user_turn(self.tokenizer, row["prompt"])
-        if prompt.count(AUDIO_TOKEN) != 1:
-            raise ValueError(f"{row['id']}: prompt must hold exactly one {AUDIO_TOKEN}")
-        before, after = prompt.split(AUDIO_TOKEN)
+        if prompt.count(AUDIO_PLACEHOLDER) != 1:
+            raise DataError(
+                f"instance {row['id']}: the prompt must hold the audio placeholder "
+                f"{AUDIO_PLACEHOLDER} exactly once (prepared by an older pronlora? rerun prep)"
+            )
+        before, after = prompt.split(AUDIO_PLACEHOLDER)
         prompt_ids = self._ids(before) + [self.audio_id] * n_audio + self._ids(after)
+        answer_ids = [*self._ids(row["target"]), self.end_id] if self.with_labels else []
+        ids = prompt_ids + answer_ids
+        held = ids.count(self.audio_id)
+        if held != n_audio:
+            raise DataError(
+                f"instance {row['id']}: {held} audio token ids (id {self.audio_id}) for a clip "
+                f"of {n_audio} audio embeddings: its text holds the audio token itself"
+            )
         if not self.with_labels:
             return prompt_ids, []
-        answer_ids = [*self._ids(row["target"]), self.end_id]
-        ids = prompt_ids + answer_ids
         labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
         return ids, labels
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from pronlora.atomic import read_jsonl
+from pronlora.errors import DataError
 from pronlora.metrics import (
     MDDCounts,
     corpus_rate,
@@ -55,7 +56,7 @@ METRIC_KEYS = (
 )
 
 
-class CoverageError(ValueError):
+class CoverageError(DataError, ValueError):
     pass
 
 

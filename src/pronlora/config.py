@@ -9,6 +9,7 @@ ConfigError naming the key and the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,9 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    pass
+from pronlora.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -127,6 +126,8 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         return _build(tp, value, prefix=f"{key}.")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if tp in (int, float, str) and (not isinstance(value, tp) or isinstance(value, bool)):
@@ -219,8 +220,11 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     for text in overrides:
         keys, value = parse_override(text)
         node = data
-        for k in keys[:-1]:
+        for depth, k in enumerate(keys[:-1]):
             node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                where = ".".join(keys[: depth + 1])
+                raise ConfigError(f"override {text!r}: {where} is not a mapping ({node!r})")
         node[keys[-1]] = value
     data.setdefault("name", path.stem)
     return from_dict(data, str(path))

@@ -27,9 +27,12 @@ import torch
 from pronlora.atomic import jsonl_line, write_json
 from pronlora.collate import Collator, approx_prompt_tokens
 from pronlora.config import ConfigError, TrainConfig, from_dict, load_config, to_dict
+from pronlora.errors import DataError
+from pronlora.lock import OutputLock
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, torch_dtype
+from pronlora.model.snapshot import END_TOKEN, special_token_id
 from pronlora.parse import parse_answer
-from pronlora.protocol import END_TOKEN, ENDOFTEXT_TOKEN, Task
+from pronlora.protocol import Task
 from pronlora.train import UNFROZEN_FILE, load_split
 from pronlora.versions import versions
 
@@ -58,8 +61,17 @@ def worker_items(
     return grid[worker::workers]  # empty for the spare workers of a grid smaller than workers
 
 
-def shard_paths(run_dir: Path, checkpoint: str, shard: int, num_shards: int) -> tuple[Path, Path]:
-    d = run_dir / "predictions" / checkpoint
+def predictions_dir(run_dir: Path, checkpoint: str, split: str = "test") -> Path:
+    """``predictions/`` holds the test split (what collect scores); another split has its own
+    ``predictions-<split>/`` so its shards never collide with the test ones."""
+    root = "predictions" if split == "test" else f"predictions-{split}"
+    return run_dir / root / checkpoint
+
+
+def shard_paths(
+    run_dir: Path, checkpoint: str, shard: int, num_shards: int, split: str = "test"
+) -> tuple[Path, Path]:
+    d = predictions_dir(run_dir, checkpoint, split)
     stem = f"shard-{shard}-of-{num_shards}"
     return d / f"{stem}.jsonl", d / f"{stem}.done.json"
 
@@ -79,7 +91,17 @@ def read_written(path: Path) -> dict[str, dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            raise ConfigError(f"{path}:{n}: corrupt prediction line (not the last line)") from None
+            raise DataError(
+                f"{path}:{n}: corrupt prediction line (not the last line); delete the file "
+                "to decode this shard again"
+            ) from None
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+            raise DataError(f"{path}:{n}: a prediction line without an id")
+        if row["id"] in done:
+            raise DataError(
+                f"{path}:{n}: id {row['id']} written twice (two writers?); delete the file "
+                "to decode this shard again"
+            )
         done[row["id"]] = row
     return done
 
@@ -188,6 +210,13 @@ def prefetched(
             yield rows, batch
 
 
+def stop_token_ids(loaded: Loaded) -> list[int]:
+    """The checkpoint's own end-of-turn ids (generation_config), plus ``<|end|>``."""
+    eos = loaded.model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    return sorted({*eos, special_token_id(loaded.tokenizer, END_TOKEN)})
+
+
 @torch.inference_mode()
 def generate(
     loaded: Loaded,
@@ -203,7 +232,7 @@ def generate(
     batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
     batch["audio_input_features"] = batch["audio_input_features"].to(torch_dtype(cfg))
     task = Task(batch_rows[0]["task"])
-    stop = [tok.convert_tokens_to_ids(END_TOKEN), tok.convert_tokens_to_ids(ENDOFTEXT_TOKEN)]
+    stop = stop_token_ids(loaded)
     extra = {}
     if cfg.infer.cache == "static" and dev.type == "cuda":
         extra["cache_implementation"] = "static"
@@ -237,8 +266,23 @@ def run_shard(
     run_dir, prepared = Path(run_dir).resolve(), Path(prepared).resolve()
     if not 0 <= shard < num_shards:
         raise ConfigError(f"--shard {shard} outside 0..{num_shards - 1}")
-    out_path, done_path = shard_paths(run_dir, checkpoint, shard, num_shards)
+    out_path, _ = shard_paths(run_dir, checkpoint, shard, num_shards, split)
     rows = [r for r in load_split(prepared, split) if shard_of(r["id"], num_shards) == shard]
+    with OutputLock(out_path.with_suffix(".lock"), f"predictions shard {out_path}"):
+        return _write_shard(run_dir, checkpoint, split, shard, num_shards, rows, config, model)
+
+
+def _write_shard(
+    run_dir: Path,
+    checkpoint: str,
+    split: str,
+    shard: int,
+    num_shards: int,
+    rows: list[dict[str, Any]],
+    config: str | None,
+    model: str | None,
+) -> dict[str, Any]:
+    out_path, done_path = shard_paths(run_dir, checkpoint, shard, num_shards, split)
     ids = {r["id"] for r in rows}
     written = read_written(out_path)
     stray = sorted(set(written) - ids)

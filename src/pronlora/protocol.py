@@ -21,14 +21,10 @@ TASKS: tuple[Task, ...] = (Task.APA, Task.MDD)
 # Control tokens that select the task at the start of the user turn (paper Fig. 3).
 CONTROL_TOKENS: dict[Task, str] = {Task.APA: "<|APA|>", Task.MDD: "<|MDD|>"}
 
-# Phi-4-multimodal chat tokens. The paper wrote <|audio_1|> (remote-code placeholder); the
-# native transformers processor and model only understand <|audio|>, so that is what we emit.
-AUDIO_TOKEN = "<|audio|>"
-USER_TOKEN = "<|user|>"
-ASSISTANT_TOKEN = "<|assistant|>"
-END_TOKEN = "<|end|>"
-SYSTEM_TOKEN = "<|system|>"
-ENDOFTEXT_TOKEN = "<|endoftext|>"
+# The paper's audio placeholder (the remote-code processor's <|audio_1|>), kept in the prepared
+# prompts as the paper wrote them. Which token stands for audio is a checkpoint fact: the
+# collator replaces this placeholder with the snapshot's own audio token ids.
+AUDIO_PLACEHOLDER = "<|audio_1|>"
 
 # Sentence-level aspects the model predicts. Completeness is excluded (paper: near-constant).
 APA_ASPECTS: tuple[str, ...] = ("accuracy", "fluency", "prosodic", "total")
@@ -51,9 +47,9 @@ def prompt_text(task: Task) -> str:
 
 
 def user_content(task: Task) -> str:
-    """User-turn content: control token, audio placeholder, prompt text."""
+    """User-turn content: control token, audio placeholder, prompt text (paper Fig. 3)."""
     task = Task(task)
-    return f"{CONTROL_TOKENS[task]}{AUDIO_TOKEN}{prompt_text(task)}"
+    return f"{CONTROL_TOKENS[task]}{AUDIO_PLACEHOLDER}{prompt_text(task)}"
 
 
 def format_apa_answer(scores: dict[str, int]) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 import signal
 import time
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 import yaml
 
-from pronlora.atomic import read_jsonl, write_json, write_text
+from pronlora.atomic import follow_umask, read_jsonl, write_json, write_text
 from pronlora.collate import Collator, approx_tokens
 from pronlora.config import EXECUTION_KEYS, ConfigError, TrainConfig, to_dict
 from pronlora.distributed import (
@@ -55,8 +56,11 @@ from pronlora.distributed import (
     world_size,
     write_checkpoint_parallel,
 )
+from pronlora.errors import DataError, InputError
+from pronlora.lock import OutputLock
 from pronlora.loss import label_only_loss
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, unfrozen_state
+from pronlora.model.snapshot import check_snapshot
 from pronlora.sampler import LengthGroupedSampler
 from pronlora.versions import versions
 
@@ -67,9 +71,11 @@ log = logging.getLogger(__name__)
 EXIT_REQUEUE = 3
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 UNFROZEN_FILE = "unfrozen.safetensors"
+LOCK_FILE = ".lock"
+EPOCH_DIR = re.compile(r"epoch-\d+")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(InputError, RuntimeError):
     pass
 
 
@@ -90,7 +96,17 @@ def load_split(prepared: Path, split: str) -> list[dict[str, Any]]:
         raise ConfigError(f"--prepared {prepared}: no {split}.jsonl (run jobs/prep.py first)")
     rows = read_jsonl(path)
     if not rows:
-        raise ConfigError(f"{path}: no instances")
+        raise DataError(f"{path}: no instances")
+    for n, row in enumerate(rows, 1):
+        missing = [k for k in ("id", "task", "prompt", "audio") if not isinstance(row.get(k), str)]
+        if missing:
+            raise DataError(f"{path}:{n}: instance without {', '.join(missing)}")
+    gone = sorted({r["audio"] for r in rows if not Path(r["audio"]).is_file()})
+    if gone:
+        raise DataError(
+            f"{path}: the audio of {len(gone)} instance(s) is missing, e.g. {gone[0]} "
+            f"(corpus moved or deleted after prep? rerun jobs/prep.py --out {prepared})"
+        )
     return rows
 
 
@@ -117,6 +133,7 @@ def _save_epoch(trainer: Any, tokenizer: Any, dest: Path, meta: dict[str, Any]) 
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "meta.json", meta)
+        follow_umask(tmp)
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
     barrier()
@@ -161,6 +178,7 @@ def build_trainer(
             barrier()  # every rank's shard of this checkpoint is on disk
             if state.is_world_process_zero:
                 ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                follow_umask(ckpt)  # before the marker that makes it count as complete
                 write_checkpoint_parallel(ckpt, engine, args.world_size)
             return control
 
@@ -174,6 +192,13 @@ def build_trainer(
             if abs((state.epoch or 0) - epoch) > 1e-6 or epoch < 1:
                 return control
             dest = run_dir / "checkpoints" / f"epoch-{epoch}"
+            trained = [p for p in self.trainer.model.parameters() if p.requires_grad]
+            bad = any(not torch.isfinite(p).all() for p in trained)
+            if any_rank(bad, args.device):
+                raise NonFiniteLossError(
+                    f"trainable weights are not finite at the end of epoch {epoch} (lr "
+                    f"{cfg.lr}); {dest} is not written"
+                )
             meta = {"epoch": epoch, "global_step": state.global_step, "config": cfg.name}
             _save_epoch(self.trainer, loaded.tokenizer, dest, meta)
             log.info("saved %s", dest)
@@ -315,11 +340,27 @@ def accumulation_steps(cfg: TrainConfig, world: int) -> int:
     return cfg.effective_batch // per_step
 
 
+def _read_manifest(prepared: Path) -> dict[str, Any]:
+    path = prepared / "manifest.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing (rerun jobs/prep.py --out {prepared})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return data
+
+
 def _check_same_run(run_dir: Path, resolved: dict[str, Any], model: Path, prepared: Path) -> None:
     saved_path = run_dir / "run.json"
     if not saved_path.is_file():
         return
-    saved = json.loads(saved_path.read_text())
+    try:
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{saved_path}: not valid JSON ({exc})") from None
     diffs = [
         k for k in resolved if k not in EXECUTION_KEYS and saved["config"].get(k) != resolved[k]
     ]
@@ -358,6 +399,8 @@ def _train_ranks(
 
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg, model_dir, cache_dir=run_dir.parent / ".pronlora-cache")
+    if resume is not None and is_main_process():
+        recover_epoch_checkpoint(run_dir, resume, loaded.tokenizer)
     trainable = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
     log.info(
         "config %s: %d trainable parameters, %d training instances, effective batch %d "
@@ -394,12 +437,48 @@ def _train_ranks(
     if is_main_process():
         write_json(
             run_dir / "checkpoints" / "done.json",
-            {
-                "global_step": trainer.state.global_step,
-                "epochs": sorted(p.name for p in (run_dir / "checkpoints").glob("epoch-*")),
-            },
+            {"global_step": trainer.state.global_step, "epochs": epoch_checkpoints(run_dir)},
         )
     return 0
+
+
+def epoch_checkpoints(run_dir: Path) -> list[str]:
+    """Names of the finished epoch checkpoints (``epoch-N``; never a ``.partial`` one)."""
+    found = [p for p in (run_dir / "checkpoints").glob("epoch-*") if EPOCH_DIR.fullmatch(p.name)]
+    return [p.name for p in sorted(found, key=lambda p: int(p.name.split("-")[1]))]
+
+
+def recover_epoch_checkpoint(run_dir: Path, resume: Path, tokenizer: Any) -> Path | None:
+    """Rebuild the epoch checkpoint a kill interrupted, from the step checkpoint at its end.
+
+    When the last step of an epoch is also a save step, the Trainer writes that step
+    checkpoint before the epoch callback; a kill during the epoch save then leaves a resumable
+    state after the epoch's end, and the resumed run would never write the epoch. The step
+    checkpoint holds the same weights, so the epoch is rebuilt from it.
+    """
+    state = json.loads((resume / "trainer_state.json").read_text())
+    epoch = float(state.get("epoch") or 0)
+    k = round(epoch)
+    dest = run_dir / "checkpoints" / f"epoch-{k}"
+    if k < 1 or abs(epoch - k) > 1e-6 or dest.is_dir():
+        return None
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors", UNFROZEN_FILE):
+        if (resume / name).is_file():
+            shutil.copy2(resume / name, tmp / name)
+    tokenizer.save_pretrained(tmp)
+    meta = {"epoch": k, "global_step": state["global_step"], "config": _run_config_name(run_dir)}
+    write_json(tmp / "meta.json", meta)
+    follow_umask(tmp)
+    tmp.rename(dest)
+    log.warning("rebuilt %s from %s (a kill had interrupted its save)", dest, resume)
+    return dest
+
+
+def _run_config_name(run_dir: Path) -> str:
+    return json.loads((run_dir / "run.json").read_text())["config"]["name"]
 
 
 def train(
@@ -418,27 +497,36 @@ def train(
     ``requeue_marker``: written (main process) when stopping with a checkpoint to resume from.
     """
     prepared, model_dir, run_dir = (Path(p).resolve() for p in (prepared, model_dir, run_dir))
+    # Every input is checked before anything is written, so a corrected command is not refused
+    # as "a different setup" by the run.json of a failed one.
     rows = load_split(prepared, "train")
-    manifest = json.loads((prepared / "manifest.json").read_text())
+    manifest = _read_manifest(prepared)
+    check_snapshot(model_dir)
     resolved = to_dict(cfg)
-    _check_same_run(run_dir, resolved, model_dir, prepared)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = OutputLock(run_dir / LOCK_FILE, f"run dir {run_dir}")
     if is_main_process():
-        write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=True))
-        write_json(run_dir / "versions.json", versions())
-        write_json(
-            run_dir / "run.json",
-            {
-                "config": resolved,
-                "model": str(model_dir),
-                "prepared": str(prepared),
-                "data_content_hash": manifest.get("content_hash"),
-                "synthetic_data": manifest.get("synthetic"),
-            },
-        )
-    init_process_group()
-    rc = _train_ranks(cfg, rows, model_dir, run_dir, stop_signals, stop_file, requeue_marker)
-    # every rank done: tear the group down before exit (a gloo group left to the interpreter's
-    # shutdown can abort the process after a successful run)
-    shutdown_process_group()
+        lock.acquire()
+    try:
+        if is_main_process():
+            _check_same_run(run_dir, resolved, model_dir, prepared)
+            write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=True))
+            write_json(run_dir / "versions.json", versions())
+            write_json(
+                run_dir / "run.json",
+                {
+                    "config": resolved,
+                    "model": str(model_dir),
+                    "prepared": str(prepared),
+                    "data_content_hash": manifest.get("content_hash"),
+                    "synthetic_data": manifest.get("synthetic"),
+                },
+            )
+        init_process_group()
+        rc = _train_ranks(cfg, rows, model_dir, run_dir, stop_signals, stop_file, requeue_marker)
+        # every rank done: tear the group down before exit (a gloo group left to the
+        # interpreter's shutdown can abort the process after a successful run)
+        shutdown_process_group()
+    finally:
+        lock.release()
     return rc

@@ -51,6 +51,41 @@ class AudioRef:
     def read_int16(self) -> tuple[Any, int]:
         return sf.read(self._handle(), dtype="int16", always_2d=False)
 
+    def truncation(self) -> str | None:
+        """Why a WAV holds fewer sample bytes than its header declares, or None.
+
+        libsndfile reads a truncated WAV without complaint and reports the shorter length, so
+        a half-copied file would train on half an utterance.
+        """
+        if self.path is not None:
+            with open(self.path, "rb") as fh:
+                head = fh.read(1 << 16)
+            size = self.path.stat().st_size
+        elif self.data is not None:
+            head, size = self.data[: 1 << 16], len(self.data)
+        else:
+            return None
+        return wav_truncation(head, size)
+
+
+def wav_truncation(head: bytes, size: int) -> str | None:
+    """Compare a RIFF/WAVE file's ``data`` chunk size with the bytes present (None if fine)."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None  # not a WAV (e.g. FLAC bytes from the Hub): libsndfile checks those
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk, length = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+        if chunk == b"data":
+            present = size - (pos + 8)
+            if present < length:
+                return (
+                    f"truncated WAV: its header declares {length} bytes of samples, the file "
+                    f"holds {max(present, 0)} (an interrupted copy? copy it again)"
+                )
+            return None
+        pos += 8 + length + (length & 1)
+    return None
+
 
 @dataclass
 class RawUtterance:
@@ -103,6 +138,8 @@ def _words(record: dict[str, Any]) -> tuple[list[str], list[list[str]], list[Mis
         raise PhoneError("no words[] annotation")
     texts, phones, mis = [], [], []
     for w, word in enumerate(words):
+        if not isinstance(word, dict):
+            raise PhoneError(f"word {w} is a {type(word).__name__} ({word!r}), not an object")
         raw = word.get("phones")
         if isinstance(raw, str):
             raw = raw.split()
@@ -120,7 +157,7 @@ def _words(record: dict[str, Any]) -> tuple[list[str], list[list[str]], list[Mis
                         pronounced=str(m["pronounced-phone"]),
                     )
                 )
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, AttributeError):
                 raise PhoneError(f"word {w}: malformed mispronunciation entry {m!r}") from None
     return texts, phones, mis
 
@@ -148,11 +185,17 @@ def validate(raw: RawUtterance) -> Utterance | list[Problem]:
             bad(raw.audio.name, f"{info.channels} channels, expected mono")
         if info.frames == 0:
             bad(raw.audio.name, "audio has no samples")
+        cut = raw.audio.truncation()
+        if cut:
+            bad(raw.audio.name, cut)
         duration = info.frames / info.samplerate if info.samplerate else 0.0
 
     record = raw.record
     if record is None:
         bad(raw.record_file, "utterance has no scores (no annotation record)")
+        return problems
+    if not isinstance(record, dict):
+        bad(raw.record_file, f"annotation is a {type(record).__name__}, not an object")
         return problems
     scores, score_errors = _check_scores(record)
     for msg in score_errors:

@@ -8,25 +8,44 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pronlora.data.corpus import AudioRef, RawUtterance
+from pronlora.errors import DataError
 
 SPLITS: tuple[str, ...] = ("train", "test")
 _KALDI_FILES = ("wav.scp", "text", "utt2spk")
 
 
-class CorpusLayoutError(ValueError):
+class CorpusLayoutError(DataError, ValueError):
     """The corpus directory is not in the layout the loader reads."""
 
 
+def read_utf8(path: Path) -> str:
+    """File text; bytes that are not UTF-8 are an error naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CorpusLayoutError(
+            f"{path}:{line}: not UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+
+
 def _read_table(path: Path) -> dict[str, str]:
-    """Kaldi ``key value...`` lines (tab or space separated) as a dict."""
+    """Kaldi ``key value...`` lines (tab or space separated) as a dict; a key twice is an error."""
     table: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    first_line: dict[str, int] = {}
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=1)
         if len(parts) != 2:
             raise CorpusLayoutError(f"{path}:{n}: expected '<key> <value>', got {line!r}")
+        if parts[0] in table:
+            raise CorpusLayoutError(
+                f"{path}:{n}: key {parts[0]} already given on line {first_line[parts[0]]}"
+            )
         table[parts[0]] = parts[1].strip()
+        first_line[parts[0]] = n
     return table
 
 
@@ -71,13 +90,20 @@ class KaldiCorpus:
 
     def utterances(self) -> Iterator[RawUtterance]:
         try:
-            scores = json.loads(self.scores_path.read_text(encoding="utf-8"))
+            scores = json.loads(read_utf8(self.scores_path))
         except json.JSONDecodeError as exc:
             raise CorpusLayoutError(f"{self.scores_path}: not valid JSON ({exc})") from None
+        if not isinstance(scores, dict):
+            raise CorpusLayoutError(
+                f"{self.scores_path}: expected an object keyed by utterance id at the top "
+                f"level, got a {type(scores).__name__}"
+            )
         record_file = str(self.scores_path)
         for split in SPLITS:
             d = self.root / split
             wavs = _read_table(d / "wav.scp")
+            if not wavs:
+                raise CorpusLayoutError(f"{d / 'wav.scp'}: empty; the {split} split has no audio")
             texts = _read_table(d / "text")
             spk = _read_table(d / "utt2spk")
             for utt_id, rel in wavs.items():

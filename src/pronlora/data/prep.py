@@ -24,13 +24,16 @@ from pronlora.data.corpus import Problem, RawUtterance, Utterance, validate
 from pronlora.data.hf import HFCorpus
 from pronlora.data.instances import build_instances
 from pronlora.data.kaldi import SPLITS, KaldiCorpus
+from pronlora.errors import DataError
 from pronlora.protocol import SAMPLE_RATE, TASKS, Task, prompt_text
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SYNTHETIC_MARKER = "SYNTHETIC"
-MANIFEST_FORMAT = 1
+# 2: prompts carry the paper's <|audio_1|> placeholder (the collator maps it to the snapshot's
+# audio token), so prepared dirs of format 1 are rebuilt.
+MANIFEST_FORMAT = 2
 
 
 class Corpus(Protocol):
@@ -41,7 +44,7 @@ class Corpus(Protocol):
     def utterances(self): ...  # -> Iterator[RawUtterance]
 
 
-class PrepError(RuntimeError):
+class PrepError(DataError):
     """Invalid input; ``problems`` lists each one with its utterance and file."""
 
     def __init__(self, problems: list[Problem]) -> None:
@@ -173,6 +176,9 @@ def prepare(
     rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for utt in sorted(utts, key=lambda u: (u.split, u.utt_id)):
         rows[utt.split].extend(build_instances(utt, tasks, _materialise_audio(utt, out)))
+    empty = [s for s in SPLITS if not rows[s]]
+    if empty:
+        raise DataError(f"{data}: the {' and '.join(empty)} split has no usable utterances")
     for split in SPLITS:
         write_jsonl(out / f"{split}.jsonl", rows[split])
 

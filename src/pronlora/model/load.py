@@ -14,7 +14,6 @@ embeddings). Only the language model's linear layers are quantized.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -23,9 +22,17 @@ from typing import Any
 
 import torch
 
+from pronlora.atomic import follow_umask
 from pronlora.config import ConfigError, TrainConfig
-from pronlora.model.random_checkpoint import ADAPTER_TARGET_REGEX, SPEECH_ADAPTER_DIR
-from pronlora.protocol import CONTROL_TOKENS, TASKS
+from pronlora.errors import SnapshotError
+from pronlora.model.snapshot import (
+    ADAPTER_TARGET_REGEX,
+    SPEECH_ADAPTER_DIR,
+    check_snapshot,
+    read_json,
+)
+from pronlora.model.speech_adapter import attach_speech_adapter, merge_speech_adapter
+from pronlora.protocol import CONTROL_TOKENS, TASKS, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +52,39 @@ class Loaded:
     feature_extractor: Any
 
 
-def check_snapshot(model_dir: Path) -> None:
-    needed = [
-        model_dir / "config.json",
-        model_dir / "preprocessor_config.json",
-        model_dir / SPEECH_ADAPTER_DIR / "adapter_config.json",
-    ]
-    missing = [str(p) for p in needed if not p.is_file()]
-    if missing:
-        raise ConfigError(
-            f"--model {model_dir}: not a Phi-4-multimodal snapshot in native transformers format "
-            f"(missing {', '.join(missing)})"
-        )
-
-
 def torch_dtype(cfg: TrainConfig) -> torch.dtype:
     return torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The snapshot's tokenizer exactly as its ``tokenizer.json`` defines it, proven on probes.
+
+    ``AutoTokenizer`` maps the snapshot's ``GPT2TokenizerFast`` to transformers 5's
+    ``GPT2Tokenizer``, which rebuilds the pre-tokenizer as GPT-2's and drops o200k's split
+    pattern from ``tokenizer.json`` (the APA prompt becomes 581 tokens instead of 557). The
+    file-backed tokenizer keeps the file's pipeline; it is then compared with the file itself
+    on the paper's prompts.
+    """
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    path = model_dir / "tokenizer.json"
+    # fix_mistral_regex=False: o200k's pattern is not Mistral's; this silences a false alarm.
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir, fix_mistral_regex=False)
+    reference = Tokenizer.from_file(str(path))
+    for probe in (*(prompt_text(t) for t in TASKS), "It's 2025: DORA'S 12345 cats\n\n  ok"):
+        got = tokenizer(probe, add_special_tokens=False)["input_ids"]
+        want = reference.encode(probe, add_special_tokens=False).ids
+        if got != want:
+            raise SnapshotError(
+                f"{path}: transformers tokenizes differently from the file itself "
+                f"({len(got)} vs {len(want)} tokens for {probe[:30]!r}...)"
+            )
+    if getattr(tokenizer, "audio_token_id", None) is None:
+        raise SnapshotError(
+            f"{model_dir / 'tokenizer_config.json'}: names no audio_token (extra_special_tokens)"
+        )
+    return tokenizer
 
 
 def load_processors(model_dir: Path, cfg: TrainConfig) -> tuple[Any, Any]:
@@ -70,9 +94,9 @@ def load_processors(model_dir: Path, cfg: TrainConfig) -> tuple[Any, Any]:
     which needs torchvision, and we have no images.
     """
     from tokenizers import AddedToken
-    from transformers import AutoTokenizer, Phi4MultimodalFeatureExtractor
+    from transformers import Phi4MultimodalFeatureExtractor
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     if cfg.control_tokens == "special":
         tokenizer.add_tokens(
             [AddedToken(CONTROL_TOKENS[t], special=True, normalized=False) for t in TASKS],
@@ -96,7 +120,6 @@ def merged_snapshot(model_dir: Path, cache_dir: Path) -> Path:
 
     4-bit weights cannot take a LoRA merge, so the merge must happen before quantization.
     """
-    from peft import PeftModel
     from transformers import Phi4MultimodalForCausalLM
 
     dest = cache_dir / f"merged-speech-{_snapshot_key(model_dir)}"
@@ -105,8 +128,8 @@ def merged_snapshot(model_dir: Path, cache_dir: Path) -> Path:
     log.info(
         "merging %s/%s into the base weights (cached at %s)", model_dir, SPEECH_ADAPTER_DIR, dest
     )
-    base = Phi4MultimodalForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
-    merged = PeftModel.from_pretrained(base, model_dir / SPEECH_ADAPTER_DIR).merge_and_unload()
+    base = _checked_load(Phi4MultimodalForCausalLM, model_dir, {"dtype": torch.bfloat16})
+    merged = merge_speech_adapter(base, model_dir)
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)
@@ -119,6 +142,7 @@ def merged_snapshot(model_dir: Path, cache_dir: Path) -> Path:
     ):
         if (model_dir / name).is_file():
             shutil.copy(model_dir / name, tmp / name)
+    follow_umask(tmp)
     tmp.rename(dest)
     return dest
 
@@ -144,7 +168,7 @@ def _base_model(path: Path, cfg: TrainConfig, device_map: Any) -> Any:
         )
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = Phi4MultimodalForCausalLM.from_pretrained(path, **kwargs)
+    model = _checked_load(Phi4MultimodalForCausalLM, path, kwargs)
     # The audio encoder's relative-position bias is additive: keep it off flash-attention.
     audio = model.model.embed_tokens_extend.audio_embed.encoder
     if (
@@ -155,8 +179,23 @@ def _base_model(path: Path, cfg: TrainConfig, device_map: Any) -> Any:
     return model
 
 
+def _checked_load(cls: Any, path: Path, kwargs: dict[str, Any]) -> Any:
+    """``from_pretrained`` that refuses missing, unexpected or mis-shaped weights.
+
+    transformers logs such keys and goes on with randomly initialised modules.
+    """
+    model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    faults = {k: list(v) for k, v in info.items() if k != "error_msgs" and v}
+    if faults or info.get("error_msgs"):
+        detail = "; ".join(f"{k}: {v[:3]}{' ...' if len(v) > 3 else ''}" for k, v in faults.items())
+        raise SnapshotError(
+            f"{path}: the weights do not match the model of its config.json ({detail})"
+        )
+    return model
+
+
 def _adapter_config(model_dir: Path) -> dict[str, Any]:
-    return json.loads((model_dir / SPEECH_ADAPTER_DIR / "adapter_config.json").read_text())
+    return read_json(model_dir / SPEECH_ADAPTER_DIR / "adapter_config.json")
 
 
 def load_model(
@@ -168,12 +207,18 @@ def load_model(
     device_map: Any = None,
 ) -> Loaded:
     """Base model with the configured adapters attached (LoRA trainable if ``trainable``)."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     model_dir = Path(model_dir).resolve()
-    check_snapshot(model_dir)
+    snapshot_config = check_snapshot(model_dir)
     shipped = _adapter_config(model_dir)
     tokenizer, fe = load_processors(model_dir, cfg)
+    audio_id = snapshot_config["audio_config"]["audio_token_id"]
+    if tokenizer.audio_token_id != audio_id:
+        raise SnapshotError(
+            f"{model_dir}: the tokenizer's audio token {tokenizer.audio_token!r} has id "
+            f"{tokenizer.audio_token_id}, config.json's audio_token_id is {audio_id}"
+        )
 
     if cfg.adapter == "continue_speech":
         for key, theirs in (("r", shipped["r"]), ("alpha", shipped["lora_alpha"])):
@@ -186,8 +231,8 @@ def load_model(
         if cfg.control_tokens == "special":
             raise ConfigError("control_tokens: special needs adapter: merge_speech")
         base = _base_model(model_dir, cfg, device_map)
-        model = PeftModel.from_pretrained(
-            base, model_dir / SPEECH_ADAPTER_DIR, adapter_name=TRAIN_ADAPTER, is_trainable=trainable
+        model = attach_speech_adapter(
+            base, model_dir, adapter_name=TRAIN_ADAPTER, trainable=trainable
         )
         if trainable:
             for module in model.modules():
@@ -200,10 +245,7 @@ def load_model(
             cache = Path(cache_dir) if cache_dir else model_dir.parent / ".pronlora-cache"
             base = _base_model(merged_snapshot(model_dir, cache), cfg, device_map)
         else:
-            base = _base_model(model_dir, cfg, device_map)
-            base = PeftModel.from_pretrained(
-                base, model_dir / SPEECH_ADAPTER_DIR
-            ).merge_and_unload()
+            base = merge_speech_adapter(_base_model(model_dir, cfg, device_map), model_dir)
         extra: dict[str, Any] = {}
         if cfg.control_tokens == "special":
             ids = [tokenizer.convert_tokens_to_ids(CONTROL_TOKENS[t]) for t in TASKS]

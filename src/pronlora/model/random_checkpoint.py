@@ -1,10 +1,11 @@
-"""Random-weight Phi-4-multimodal snapshots that load exactly like the real one.
+"""Random-weight Phi-4-multimodal snapshots in the Hub's native format.
 
 ``full`` uses the real configuration values (24 heads, tied embeddings, longrope with partial
-rotary 0.75, audio bias distance 500, real special-token ids); ``tiny`` shrinks every width
-and depth so CPU tests run in seconds. Both are written with ``save_pretrained`` and read back
-with the same ``from_pretrained`` path a lab's local snapshot of the Hub repo goes through,
-including the ``speech-lora/`` PEFT adapter folder. Weights are random: metrics are meaningless.
+rotary 0.75, audio bias distance 500); ``tiny`` shrinks every width and depth so CPU tests run
+in seconds. Both carry the real tokenizer (o200k_base plus Phi-4's special tokens, vocabulary
+200,064), the converted config's token ids and generation settings, and a speech adapter stored
+the way transformers' native conversion stores it (keys without PEFT's ``base_model.model.``
+prefix). Weights are random: metrics are meaningless.
 """
 
 from __future__ import annotations
@@ -16,15 +17,32 @@ from typing import Any
 
 import torch
 
-from pronlora.atomic import write_text
-from pronlora.model.tokenizer_build import REAL_SPECIAL_IDS, build_tokenizer
+from pronlora.atomic import follow_umask, write_text
+from pronlora.model.o200k_tokenizer import write_phi4_tokenizer
+from pronlora.model.snapshot import (
+    ADAPTER_TARGET_REGEX,
+    ADAPTER_WEIGHTS,
+    AUDIO_SPECIAL_TOKEN,
+    ENDOFTEXT_TOKEN,
+    EOS_TOKEN_IDS,
+    IMAGE_SPECIAL_TOKEN,
+    PEFT_KEY_PREFIX,
+    REAL_SPECIAL_IDS,
+    SPEECH_ADAPTER_DIR,
+    VOCAB_SIZE,
+)
 
 log = logging.getLogger(__name__)
 
-# Target modules of the shipped speech/vision adapters (paper-protocol.md).
-ADAPTER_TARGET_REGEX = r"model.layers.\d+.((self_attn.(qkv|o)_proj)|(mlp.(gate_up|down)_proj))"
-SPEECH_ADAPTER_DIR = "speech-lora"
 MARKER = "pronlora_random_checkpoint.json"
+
+
+# Token ids as the native conversion writes them into config.json and generation_config.json.
+_TOKEN_IDS: dict[str, Any] = {
+    "bos_token_id": REAL_SPECIAL_IDS[ENDOFTEXT_TOKEN],
+    "pad_token_id": REAL_SPECIAL_IDS[ENDOFTEXT_TOKEN],
+    "eos_token_id": EOS_TOKEN_IDS,
+}
 
 
 def _longrope(head_dim: int, partial: float) -> dict[str, Any]:
@@ -41,7 +59,7 @@ def _longrope(head_dim: int, partial: float) -> dict[str, Any]:
 
 def full_config() -> dict[str, Any]:
     return {
-        "vocab_size": 200064,
+        "vocab_size": VOCAB_SIZE,
         "hidden_size": 3072,
         "intermediate_size": 8192,
         "num_hidden_layers": 32,
@@ -52,9 +70,7 @@ def full_config() -> dict[str, Any]:
         "original_max_position_embeddings": 4096,
         "rms_norm_eps": 1e-5,
         "rope_parameters": _longrope(3072 // 24, 0.75),
-        "bos_token_id": 199999,
-        "pad_token_id": 199999,
-        "eos_token_id": [199999, 200020],
+        **_TOKEN_IDS,
         "audio_config": {
             "hidden_size": 1024,
             "intermediate_size": 1536,
@@ -68,7 +84,7 @@ def full_config() -> dict[str, Any]:
             "input_size": 80,
             "left_chunk": 18,
             "chunk_size": -1,
-            "audio_token_id": 200011,
+            "audio_token_id": REAL_SPECIAL_IDS[AUDIO_SPECIAL_TOKEN],
         },
         "vision_config": {
             "hidden_size": 1152,
@@ -77,22 +93,14 @@ def full_config() -> dict[str, Any]:
             "num_attention_heads": 16,
             "image_size": 448,
             "patch_size": 14,
-            "image_token_id": 200010,
+            "image_token_id": REAL_SPECIAL_IDS[IMAGE_SPECIAL_TOKEN],
         },
     }
 
 
-# Byte-level BPE size for both sizes: with it the paper's prompts tokenize to about the lengths
-# the real tokenizer gives (APA prompt ~510 tokens, MDD prompt ~115), so benchmarks see
-# realistic sequence lengths (paper-protocol.md: APA 644 tokens with 51 audio, MDD 234).
-BASE_VOCAB = 1000
-TINY_SPECIAL_IDS = {tok: BASE_VOCAB + i for i, tok in enumerate(REAL_SPECIAL_IDS)}
-
-
 def tiny_config() -> dict[str, Any]:
-    eos = [TINY_SPECIAL_IDS["<|endoftext|>"], TINY_SPECIAL_IDS["<|end|>"]]
     return {
-        "vocab_size": BASE_VOCAB + 64,
+        "vocab_size": VOCAB_SIZE,
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
@@ -103,9 +111,7 @@ def tiny_config() -> dict[str, Any]:
         "original_max_position_embeddings": 4096,
         "rms_norm_eps": 1e-5,
         "rope_parameters": _longrope(64 // 4, 0.75),
-        "bos_token_id": eos[0],
-        "pad_token_id": eos[0],
-        "eos_token_id": eos,
+        **_TOKEN_IDS,
         "audio_config": {
             "hidden_size": 32,
             "intermediate_size": 64,
@@ -119,7 +125,7 @@ def tiny_config() -> dict[str, Any]:
             "input_size": 80,
             "left_chunk": 18,
             "chunk_size": -1,
-            "audio_token_id": TINY_SPECIAL_IDS["<|audio|>"],
+            "audio_token_id": REAL_SPECIAL_IDS[AUDIO_SPECIAL_TOKEN],
         },
         "vision_config": {
             "hidden_size": 16,
@@ -128,14 +134,14 @@ def tiny_config() -> dict[str, Any]:
             "num_attention_heads": 2,
             "image_size": 28,
             "patch_size": 14,
-            "image_token_id": TINY_SPECIAL_IDS["<|image|>"],
+            "image_token_id": REAL_SPECIAL_IDS[IMAGE_SPECIAL_TOKEN],
         },
     }
 
 
 SIZES = {
-    "tiny": (tiny_config, TINY_SPECIAL_IDS, 8, torch.float32),
-    "full": (full_config, REAL_SPECIAL_IDS, 320, torch.bfloat16),
+    "tiny": (tiny_config, 8, torch.float32),
+    "full": (full_config, 320, torch.bfloat16),
 }
 
 
@@ -143,6 +149,7 @@ def make_random_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
     """Write a complete snapshot directory (model, tokenizer, feature extractor, speech-lora)."""
     from peft import LoraConfig, get_peft_model
     from transformers import (
+        GenerationConfig,
         Phi4MultimodalConfig,
         Phi4MultimodalFeatureExtractor,
         Phi4MultimodalForCausalLM,
@@ -150,7 +157,7 @@ def make_random_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
 
     if size not in SIZES:
         raise ValueError(f"--size must be one of {sorted(SIZES)}, got {size!r}")
-    make_cfg, special_ids, rank, dtype = SIZES[size]
+    make_cfg, rank, dtype = SIZES[size]
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -165,8 +172,9 @@ def make_random_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
             model = Phi4MultimodalForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
+    model.generation_config = GenerationConfig(**_TOKEN_IDS)
     model.save_pretrained(out, max_shard_size="5GB")
-    build_tokenizer(out, BASE_VOCAB, special_ids)
+    write_phi4_tokenizer(out)
     Phi4MultimodalFeatureExtractor().save_pretrained(out)
 
     # The shipped speech adapter: r=320/alpha=640 at full size, random non-zero B so that
@@ -183,7 +191,7 @@ def make_random_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02 if size == "tiny" else 1e-3)
-    peft_model.save_pretrained(out / SPEECH_ADAPTER_DIR)
+    write_speech_adapter(out, lora, _adapter_state(peft_model), style="hub")
     n_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
     write_text(
         out / MARKER,
@@ -192,5 +200,36 @@ def make_random_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
         )
         + "\n",
     )
+    follow_umask(out)
     log.info("wrote %s (%d parameters without adapters)", out, n_params)
     return out
+
+
+def _adapter_state(peft_model: Any) -> dict[str, torch.Tensor]:
+    """LoRA weights keyed as the Hub's conversion keys them (no PEFT prefix, no adapter name)."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(peft_model)
+    return {k.removeprefix(PEFT_KEY_PREFIX): v.contiguous() for k, v in state.items()}
+
+
+def write_speech_adapter(
+    model_dir: Path, lora: Any, state: dict[str, torch.Tensor], *, style: str
+) -> None:
+    """``speech-lora/`` with Hub-style keys (``style="hub"``) or PEFT's prefixed ones ("peft").
+
+    The config is written as the conversion writes it: no base-model path.
+    """
+    from safetensors.torch import save_file
+
+    if style not in ("hub", "peft"):
+        raise ValueError(f"style must be 'hub' or 'peft', got {style!r}")
+    folder = model_dir / SPEECH_ADAPTER_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    lora.base_model_name_or_path = None
+    lora.save_pretrained(folder)
+    prefix = PEFT_KEY_PREFIX if style == "peft" else ""
+    keyed = {prefix + k.removeprefix(PEFT_KEY_PREFIX): v for k, v in state.items()}
+    tmp = folder / f".{ADAPTER_WEIGHTS}.tmp"
+    save_file(keyed, str(tmp), metadata={"format": "pt"})
+    tmp.replace(folder / ADAPTER_WEIGHTS)

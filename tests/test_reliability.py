@@ -1,0 +1,366 @@
+"""Reliability on a shared cluster: kill -9, concurrent writers, locks, file modes, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pronlora.atomic import follow_umask, read_jsonl, write_json
+from pronlora.config import ConfigError, load_config
+from pronlora.errors import SnapshotError
+from pronlora.infer import run_shard, shard_paths
+from pronlora.lock import LockedError, OutputLock
+from pronlora.train import EXIT_REQUEUE, train
+
+from .conftest import REPO
+
+
+def _job(name: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / name), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _adapters_equal(a: Path, b: Path) -> bool:
+    x, y = (load_file(str(p / "adapter_model.safetensors")) for p in (a, b))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def _epochs(run: Path) -> list[str]:
+    return json.loads((run / "checkpoints" / "done.json").read_text())["epochs"]
+
+
+# --- 1. kill -9 during an epoch save -------------------------------------------------------
+
+
+def test_epoch_lost_to_a_kill_during_its_save_is_rebuilt(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    """Deterministic form: the state a kill leaves after the step checkpoint at an epoch end."""
+    cfg = load_config("smoke", ["grad_accum=8"])  # one optimizer step per epoch, saved each step
+    straight = tmp_path / "straight"
+    assert train(cfg, demo_prepared, tiny_model, straight) == 0
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stop").touch()
+    assert train(cfg, demo_prepared, tiny_model, run, stop_file=run / "stop") == EXIT_REQUEUE
+    (run / "stop").unlink()
+    epoch1 = run / "checkpoints" / "epoch-1"
+    epoch1.rename(run / "checkpoints" / "epoch-1.partial")  # the save never finished
+    (run / "checkpoints" / "epoch-1.partial" / "meta.json").unlink()
+    assert train(cfg, demo_prepared, tiny_model, run) == 0
+    assert _epochs(run) == ["epoch-1", "epoch-2"]
+    assert not (run / "checkpoints" / "epoch-1.partial").exists()
+    for e in ("epoch-1", "epoch-2"):
+        assert _adapters_equal(straight / "checkpoints" / e, run / "checkpoints" / e), e
+    meta = json.loads((epoch1 / "meta.json").read_text())
+    assert meta == json.loads((straight / "checkpoints" / "epoch-1" / "meta.json").read_text())
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_of_epoch_saves_loses_nothing(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    cfg_args = ["save_steps=1"]
+    straight = tmp_path / "straight"
+    assert train(load_config("smoke", cfg_args), demo_prepared, tiny_model, straight) == 0
+    rng = random.Random(0)
+    for attempt in range(3):
+        run = tmp_path / f"killed-{attempt}"
+        epoch = 1 + attempt % 2
+        partial = run / "checkpoints" / f"epoch-{epoch}.partial"
+        args = ["--config", "smoke", "--prepared", str(demo_prepared)]
+        proc = _job("train.py", *args, "--model", str(tiny_model), "--run-dir", str(run), *cfg_args)
+        deadline = time.monotonic() + 300
+        while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.03))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        assert train(load_config("smoke", cfg_args), demo_prepared, tiny_model, run) == 0
+        assert _epochs(run) == ["epoch-1", "epoch-2"], attempt
+        for e in ("epoch-1", "epoch-2"):
+            assert _adapters_equal(straight / "checkpoints" / e, run / "checkpoints" / e)
+
+
+# --- 2. two inference processes on one shard ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_workers_on_one_shard_never_write_twice(
+    trained_run: Path, demo_prepared: Path
+) -> None:
+    args = ["--run-dir", str(trained_run), "--checkpoint", "epoch-2"]
+    args += ["--prepared", str(demo_prepared), "--shard", "0"]
+    first, second = _job("infer.py", *args), _job("infer.py", *args)
+    results = [p.communicate(timeout=600) for p in (first, second)]
+    codes = sorted(p.returncode for p in (first, second))
+    assert codes == [0, 2], results
+    pairs = zip((first, second), results, strict=True)
+    refused = next(err for p, (_, err) in pairs if p.returncode == 2)
+    assert "is in use by host" in refused and "delete" in refused
+    out, done = shard_paths(trained_run, "epoch-2", 0, 1)
+    ids = [r["id"] for r in read_jsonl(out)]
+    assert len(ids) == len(set(ids)) == len(read_jsonl(demo_prepared / "test.jsonl"))
+    assert json.loads(done.read_text())["instances"] == len(ids)
+
+
+def test_a_prediction_file_with_an_id_twice_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    from pronlora.errors import DataError
+    from pronlora.infer import read_written
+
+    path = tmp_path / "shard-0-of-1.jsonl"
+    row = {"id": "a-APA", "utt_id": "a", "task": "APA", "output": "", "parsed": None}
+    path.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=f"{path}:2: id a-APA written twice"):
+        read_written(path)
+
+
+# --- 7. another split never collides with the test predictions ----------------------------
+
+
+def test_train_split_predictions_do_not_touch_test_ones(
+    trained_run: Path, demo_prepared: Path
+) -> None:
+    run_shard(trained_run, "epoch-1", demo_prepared, "test", 0, 1)
+    test_out, _ = shard_paths(trained_run, "epoch-1", 0, 1)
+    before = test_out.read_bytes()
+    run_shard(trained_run, "epoch-1", demo_prepared, "train", 0, 1)
+    train_out, _ = shard_paths(trained_run, "epoch-1", 0, 1, "train")
+    assert train_out.parent == trained_run / "predictions-train" / "epoch-1"
+    assert test_out.read_bytes() == before
+    train_ids = {r["id"] for r in read_jsonl(demo_prepared / "train.jsonl")}
+    assert {r["id"] for r in read_jsonl(train_out)} == train_ids
+
+
+# --- 8. files follow the umask ---------------------------------------------------------------
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode)
+        for p in [root, *root.rglob("*")]
+        if not p.is_symlink()
+    }
+
+
+def test_outputs_follow_the_umask(trained_run: Path, demo_prepared: Path, tmp_path: Path) -> None:
+    old = os.umask(0o002)
+    try:
+        write_json(tmp_path / "x.json", {})
+        assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o664
+    finally:
+        os.umask(old)
+    old = os.umask(0o022)
+    try:
+        for root in (trained_run / "checkpoints", trained_run / "trainer", demo_prepared):
+            bad = {k: oct(m) for k, m in _modes(root).items() if m & 0o044 != 0o044}
+            assert not bad, (root, bad)
+        # a library that writes private files (safetensors: 0600) is corrected afterwards
+        from safetensors.torch import save_file
+
+        save_file({"a": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
+        follow_umask(tmp_path)
+        assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+
+
+# --- 9. nothing written before the inputs are checked ---------------------------------------
+
+
+def test_bad_model_writes_nothing_so_the_fix_is_accepted(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(SnapshotError):
+        train(load_config("smoke", ["max_steps=1"]), demo_prepared, tmp_path / "nope", run)
+    assert not (run / "run.json").exists()
+    assert train(load_config("smoke", ["max_steps=1"]), demo_prepared, tiny_model, run) == 0
+
+
+# --- 10. one writer per run dir ---------------------------------------------------------------
+
+
+def test_live_lock_is_refused_naming_the_holder(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = {"host": socket.gethostname(), "pid": os.getppid(), "slurm_job": "77"}
+    (run / ".lock").write_text(json.dumps({**holder, "started": "then"}))
+    with pytest.raises(LockedError, match=rf"pid {os.getppid()}, Slurm job 77.*squeue -j 77"):
+        train(load_config("smoke", ["max_steps=1"]), demo_prepared, tiny_model, run)
+    assert not (run / "run.json").exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / ".lock"
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+    with OutputLock(lock, "run dir x"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+
+def test_lock_of_another_host_needs_a_human(tmp_path: Path) -> None:
+    lock = tmp_path / ".lock"
+    lock.write_text(json.dumps({"host": "node-elsewhere", "pid": 1234}))
+    with pytest.raises(LockedError, match=rf"ps -p 1234.*on node-elsewhere.*delete {lock}"):
+        OutputLock(lock, "run dir x").acquire()
+
+
+def test_requeued_slurm_job_takes_over_its_own_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = tmp_path / ".lock"
+    old = {"host": "node-a", "pid": 99, "slurm_job": "41", "slurm_restart": "0"}
+    lock.write_text(json.dumps(old))
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    with OutputLock(lock, "run dir x"):
+        assert json.loads(lock.read_text())["slurm_restart"] == "1"
+
+
+# --- 6 and 11: bad values are named --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("lr=.inf", "lr: must be a finite number, got inf"),
+        ("lr=.nan", "lr: must be a finite number"),
+        ("epochs.x=3", "override 'epochs.x=3': epochs is not a mapping"),
+    ],
+)
+def test_bad_overrides_are_named(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config("smoke", [override])
+
+
+# --- 3, 4, 5, 11: bad corpus inputs exit 2 naming the file ----------------------------------
+
+
+def _prep(corpus: Path, out: Path) -> subprocess.CompletedProcess:
+    args = ["--source", "kaldi", "--data", str(corpus), "--out", str(out)]
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "prep.py"), *args],
+        capture_output=True,
+        text=True,
+    )
+
+
+def _first_wav(corpus: Path) -> Path:
+    rel = (corpus / "train" / "wav.scp").read_text().splitlines()[0].split()[1]
+    return corpus / rel
+
+
+def _truncated_wav(corpus: Path) -> str:
+    wav = _first_wav(corpus)
+    data = wav.read_bytes()
+    wav.write_bytes(data[: len(data) // 2])
+    return rf"{wav}\]: truncated WAV: its header declares \d+ bytes"
+
+
+def _duplicate_key(corpus: Path) -> str:
+    scp = corpus / "train" / "wav.scp"
+    lines = scp.read_text().splitlines()
+    key = lines[0].split()[0]
+    other = lines[1].split()[1]
+    scp.write_text("\n".join([*lines, f"{key} {other}"]) + "\n")
+    return rf"{scp}:{len(lines) + 1}: key {key} already given on line 1"
+
+
+def _empty_split(corpus: Path) -> str:
+    for name in ("wav.scp", "text", "utt2spk"):
+        (corpus / "test" / name).write_text("")
+    return rf"{corpus / 'test' / 'wav.scp'}: empty; the test split has no audio"
+
+
+def _latin1_text(corpus: Path) -> str:
+    text = corpus / "train" / "text"
+    lines = text.read_bytes().splitlines()
+    lines[1] = lines[1] + b" CAF\xe9"
+    text.write_bytes(b"\n".join(lines) + b"\n")
+    return rf"{text}:2: not UTF-8 \(byte 0xe9"
+
+
+def _scores_list(corpus: Path) -> str:
+    scores = corpus / "resource" / "scores.json"
+    scores.write_text(json.dumps(list(json.loads(scores.read_text()).values())))
+    return rf"{scores}: expected an object keyed by utterance id at the top level, got a list"
+
+
+def _word_is_a_string(corpus: Path) -> str:
+    scores = corpus / "resource" / "scores.json"
+    data = json.loads(scores.read_text())
+    utt = next(iter(data))
+    data[utt]["words"][0] = "WE"
+    scores.write_text(json.dumps(data))
+    return rf"{utt} \[{scores}\]: word 0 is a str \('WE'\), not an object"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_truncated_wav, _duplicate_key, _empty_split, _latin1_text, _scores_list, _word_is_a_string],
+)
+def test_bad_corpus_exits_2_naming_the_file(small_corpus: Path, tmp_path: Path, damage) -> None:
+    import re
+
+    pattern = damage(small_corpus)
+    proc = _prep(small_corpus, tmp_path / "out")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert re.search(pattern, proc.stderr), proc.stderr
+    assert not (tmp_path / "out" / "train.jsonl").exists()
+
+
+def _train_job(prepared: Path, model: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = ["--prepared", str(prepared), "--model", str(model), "--run-dir", str(run), *extra]
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "train.py"), "--config", "smoke", *args],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_bad_prepared_dir_exits_2_naming_file_and_line(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    prepared = tmp_path / "prepared"
+    shutil.copytree(demo_prepared, prepared)
+    rows = (prepared / "train.jsonl").read_text().splitlines()
+    (prepared / "train.jsonl").write_text("\n".join([*rows[:3], rows[3][:40]]) + "\n")
+    proc = _train_job(prepared, tiny_model, tmp_path / "run", "max_steps=1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{prepared / 'train.jsonl'}:4: not valid JSON" in proc.stderr
+
+    moved = tmp_path / "moved"
+    shutil.copytree(demo_prepared, moved)
+    lines = [json.loads(r) for r in rows]
+    for row in lines:
+        row["audio"] = str(tmp_path / "gone" / Path(row["audio"]).name)
+    (moved / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    proc = _train_job(moved, tiny_model, tmp_path / "run2", "max_steps=1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "corpus moved or deleted after prep? rerun jobs/prep.py" in proc.stderr
+    assert not (tmp_path / "run2" / "run.json").exists()

@@ -1,0 +1,309 @@
+"""The real artefacts' formats: o200k tokenizer, Hub-style speech adapter, refused snapshots.
+
+Every expectation here comes from outside the project: token ids and the o200k encoding from
+tiktoken's rank file through an independent encoder (bpe-openai's Rust crate), key styles and
+config fields from transformers' native conversion (paper-protocol.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pronlora.atomic import read_jsonl
+from pronlora.collate import Collator
+from pronlora.config import load_config
+from pronlora.errors import SnapshotError
+from pronlora.model.load import load_model, load_tokenizer
+from pronlora.model.snapshot import PEFT_KEY_PREFIX, check_snapshot
+from pronlora.protocol import Task, prompt_text
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def o200k():
+    import bpe_openai
+
+    return bpe_openai.get_encoding("o200k_base")
+
+
+def copy_snapshot(src: Path, dst: Path) -> Path:
+    """A snapshot copy whose big files are symlinks (tests replace what they change)."""
+    dst.mkdir(parents=True)
+    for path in src.rglob("*"):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(exist_ok=True)
+        elif path.stat().st_size > 1_000_000:
+            target.symlink_to(path)
+        else:
+            shutil.copy(path, target)
+    return dst
+
+
+def replace_file(path: Path) -> Path:
+    if path.is_symlink():
+        real = path.resolve()
+        path.unlink()
+        shutil.copy(real, path)
+    return path
+
+
+def get_model_check(model_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "get_model.py"), "--check", str(model_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_chat_and_modality_token_ids_are_the_real_ones(tiny_model: Path) -> None:
+    tok = load_tokenizer(tiny_model)
+    want = {
+        "<|endoftext|>": 199999,
+        "<|endofprompt|>": 200018,
+        "<|assistant|>": 200019,
+        "<|end|>": 200020,
+        "<|user|>": 200021,
+        "<|system|>": 200022,
+        "<|endoftext10|>": 200010,
+        "<|endoftext11|>": 200011,
+    }
+    assert {t: tok.convert_tokens_to_ids(t) for t in want} == want
+    assert (tok.audio_token, tok.audio_token_id) == ("<|endoftext11|>", 200011)
+    assert len(tok) == 200064
+    assert tok.eos_token_id == tok.pad_token_id == 199999
+    config = json.loads((tiny_model / "config.json").read_text())
+    assert config["vocab_size"] == 200064
+    assert config["eos_token_id"] == [199999, 200020]
+    assert config["audio_config"]["audio_token_id"] == 200011
+    gen = json.loads((tiny_model / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == [199999, 200020]
+
+
+def test_prompts_and_real_targets_encode_as_o200k(
+    tiny_model: Path, mini: Path, tmp_path: Path, o200k
+) -> None:
+    from pronlora.data.prep import prepare
+
+    tok = load_tokenizer(tiny_model)
+    apa, mdd = (tok(prompt_text(t), add_special_tokens=False)["input_ids"] for t in Task)
+    assert (len(apa), len(mdd)) == (557, 111)  # paper-protocol.md, measured with tiktoken
+    assert apa == o200k.encode(prompt_text(Task.APA))
+    assert mdd == o200k.encode(prompt_text(Task.MDD))
+    rows = read_jsonl(prepare("kaldi", mini, tmp_path / "prep").out / "train.jsonl")
+    targets = sorted({r["target"] for r in rows})
+    assert len(targets) > 150  # distinct APA dicts and MDD transcripts of the real corpus
+    ours = tok(targets, add_special_tokens=False)["input_ids"]
+    assert ours == [o200k.encode(t) for t in targets]
+
+
+def test_label_mask_is_the_o200k_answer_plus_end(
+    tiny_model: Path, demo_prepared: Path, o200k
+) -> None:
+    loaded = load_model(load_config("smoke"), tiny_model)
+    rows = read_jsonl(demo_prepared / "train.jsonl")[:4]
+    batch = Collator(loaded.tokenizer, loaded.feature_extractor)(rows)
+    for i, row in enumerate(rows):
+        labels = [x for x in batch["labels"][i].tolist() if x != -100]
+        assert labels == [*o200k.encode(row["target"]), 200020]
+        ids = batch["input_ids"][i].tolist()
+        assert ids[:2] == [200021, *o200k.encode("<|")[:1]]  # <|user|> then the control token
+        assert ids.count(200011) == int(batch["audio_embed_sizes"][i])
+        assert ids[len(ids) - ids[::-1].index(200011)] != 200011  # one contiguous audio run
+
+
+def test_autotokenizer_trap_is_caught(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers 5 rebuilds GPT2TokenizerFast with GPT-2's split: the loader must notice."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    auto = AutoTokenizer.from_pretrained(tiny_model)
+    n_auto = len(auto(prompt_text(Task.APA), add_special_tokens=False)["input_ids"])
+    if n_auto == 557:
+        pytest.skip("this transformers keeps tokenizer.json's pre-tokenizer under AutoTokenizer")
+    monkeypatch.setattr(PreTrainedTokenizerFast, "from_pretrained", lambda *a, **k: auto)
+    with pytest.raises(SnapshotError, match="tokenizes differently from the file itself"):
+        load_tokenizer(tiny_model)
+
+
+def _first_loss(model_dir: Path, rows: list[dict], silence: bool = False) -> float:
+    import numpy as np
+
+    from pronlora.collate import load_audio
+
+    loaded = load_model(load_config("smoke", ["lora.dropout=0.0"]), model_dir)
+    collator = Collator(loaded.tokenizer, loaded.feature_extractor)
+    batch = collator(rows)
+    if silence:  # same lengths, so the same number of audio tokens; zeros instead of speech
+        batch.update(collator.audio_features([np.zeros_like(load_audio(r["audio"])) for r in rows]))
+    loaded.model.eval()
+    with torch.no_grad():
+        return float(loaded.model(**batch).loss)
+
+
+def test_hub_style_adapter_is_applied_like_peft_style(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    rows = read_jsonl(demo_prepared / "train.jsonl")[:2]
+    hub = _first_loss(tiny_model, rows)
+
+    peft_dir = copy_snapshot(tiny_model, tmp_path / "peft")
+    weights = peft_dir / "speech-lora" / "adapter_model.safetensors"
+    state = load_file(str(replace_file(weights)))
+    assert not any(k.startswith(PEFT_KEY_PREFIX) for k in state)  # the Hub's key style
+    save_file({PEFT_KEY_PREFIX + k: v for k, v in state.items()}, str(weights))
+    assert _first_loss(peft_dir, rows) == pytest.approx(hub, rel=1e-6)
+
+    # Without the speech adapter the loss is another one: the adapter was really applied.
+    from transformers import Phi4MultimodalForCausalLM
+
+    loaded = load_model(load_config("smoke"), tiny_model)
+    base = Phi4MultimodalForCausalLM.from_pretrained(tiny_model).eval()
+    with torch.no_grad():
+        plain = float(base(**Collator(loaded.tokenizer, loaded.feature_extractor)(rows)).loss)
+    assert abs(plain - hub) > 1e-4
+
+    zero_dir = copy_snapshot(tiny_model, tmp_path / "zero")
+    zweights = replace_file(zero_dir / "speech-lora" / "adapter_model.safetensors")
+    save_file(
+        {k: torch.zeros_like(v) if ".lora_B." in k else v for k, v in state.items()},
+        str(zweights),
+    )
+    with pytest.raises(SnapshotError, match="every lora_B is zero"):
+        load_model(load_config("smoke"), zero_dir)
+
+
+def test_silence_in_place_of_speech_changes_the_loss(
+    tiny_model: Path, demo_prepared: Path
+) -> None:
+    rows = read_jsonl(demo_prepared / "train.jsonl")[:2]
+    assert _first_loss(tiny_model, rows, silence=True) != pytest.approx(
+        _first_loss(tiny_model, rows), rel=1e-5
+    )
+
+
+def test_adapter_missing_a_targeted_module_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    snap = copy_snapshot(tiny_model, tmp_path / "partial")
+    weights = replace_file(snap / "speech-lora" / "adapter_model.safetensors")
+    state = load_file(str(weights))
+    gone = "model.layers.1.mlp.down_proj"
+    save_file({k: v for k, v in state.items() if not k.startswith(gone)}, str(weights))
+    with pytest.raises(SnapshotError, match=f"no LoRA weights for 1 of the 8 modules.*{gone}"):
+        check_snapshot(snap)
+
+
+def test_missing_or_unexpected_base_weights_are_errors(tiny_model: Path, tmp_path: Path) -> None:
+    snap = copy_snapshot(tiny_model, tmp_path / "keys")
+    weights = replace_file(snap / "model.safetensors")
+    state = load_file(str(weights))
+    gone = "model.embed_tokens_extend.audio_embed.up_proj_for_speech.weight"
+    state.pop(gone)
+    state["model.layers.0.mlp.extra.weight"] = torch.zeros(2)
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(SnapshotError, match="do not match the model") as err:
+        load_model(load_config("smoke"), snap)
+    assert gone in str(err.value) and "mlp.extra" in str(err.value)
+
+
+def _remote_code(snap: Path) -> str:
+    path = replace_file(snap / "config.json")
+    config = json.loads(path.read_text())
+    config.update(
+        model_type="phi4mm",
+        architectures=["Phi4MMForCausalLM"],
+        auto_map={"AutoModelForCausalLM": "modeling_phi4mm.Phi4MMForCausalLM"},
+    )
+    path.write_text(json.dumps(config))
+    return f"{path}.*remote-code.*refs/pr/70.*get_model.py --out"
+
+
+def _missing_shard(snap: Path) -> str:
+    state = load_file(str(snap / "model.safetensors"))
+    (snap / "model.safetensors").unlink()
+    names = sorted(state)
+    half = len(names) // 2
+    shards = {"model-00001-of-00002.safetensors": names[:half]}
+    shards["model-00002-of-00002.safetensors"] = names[half:]
+    for fname, keys in shards.items():
+        save_file({k: state[k] for k in keys}, str(snap / fname), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}
+    (snap / "model.safetensors.index.json").write_text(json.dumps(index))
+    (snap / "model-00002-of-00002.safetensors").unlink()
+    return r"model.safetensors.index.json lists shards that are missing: .*00002.*resumes"
+
+
+def _wrong_tokenizer(snap: Path) -> str:
+    # Phi-4-mini's tokenizer config (same vocabulary, no audio token) copied in by mistake.
+    path = replace_file(snap / "tokenizer_config.json")
+    config = json.loads(path.read_text())
+    del config["extra_special_tokens"]
+    path.write_text(json.dumps(config))
+    return f"{path}: names no audio_token.*not the native conversion"
+
+
+def _truncated_weights(snap: Path) -> str:
+    path = replace_file(snap / "model.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return f"{path}: truncated.*download it again"
+
+
+def _no_tokenizer(snap: Path) -> str:
+    (snap / "tokenizer.json").unlink()
+    return f"{snap / 'tokenizer.json'}: missing; the snapshot has no tokenizer"
+
+
+@pytest.mark.parametrize(
+    "damage", [_remote_code, _missing_shard, _wrong_tokenizer, _truncated_weights, _no_tokenizer]
+)
+def test_unusable_snapshots_exit_2_naming_file_and_fix(
+    tiny_model: Path, tmp_path: Path, damage
+) -> None:
+    snap = copy_snapshot(tiny_model, tmp_path / "snap")
+    pattern = damage(snap)
+    proc = get_model_check(snap)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    import re
+
+    assert re.search(pattern, proc.stderr), proc.stderr
+
+
+def test_check_passes_a_good_snapshot_and_says_what_it_holds(tiny_model: Path) -> None:
+    proc = get_model_check(tiny_model)
+    assert proc.returncode == 0, proc.stderr
+    assert "r=8 alpha=16 on 8 modules (hub-style keys); audio token id 200011" in proc.stdout
+    assert "RANDOM WEIGHTS" in proc.stdout
+
+
+def test_download_asks_for_the_native_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    from pronlora.model.hub import download_snapshot
+
+    calls = []
+
+    def fake(**kwargs):
+        calls.append(kwargs)
+        return kwargs["local_dir"]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    assert download_snapshot(tmp_path) == tmp_path
+    assert calls == [
+        {
+            "repo_id": "microsoft/Phi-4-multimodal-instruct",
+            "revision": "refs/pr/70",
+            "local_dir": str(tmp_path),
+        }
+    ]
