@@ -25,7 +25,14 @@ _pronlora_here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # --- software --------------------------------------------------------------------------------
 : "${PRONLORA_CONTAINER=}"            # path to pronlora.sif; empty: run with PRONLORA_PYTHON
 : "${PRONLORA_BINDS=}"                # extra apptainer --bind list (data, model, scratch)
-: "${PRONLORA_PYTHON=python3}"
+: "${PRONLORA_PYTHON=}"                # empty: the checkout's .venv if it has one, else python3
+if [ -z "$PRONLORA_PYTHON" ]; then
+    if [ -x "$PRONLORA_ROOT/.venv/bin/python" ]; then
+        PRONLORA_PYTHON=$PRONLORA_ROOT/.venv/bin/python
+    else
+        PRONLORA_PYTHON=python3
+    fi
+fi
 
 # --- data, model, runs -----------------------------------------------------------------------
 : "${PRONLORA_DATA=$PRONLORA_ROOT/work/speechocean762}"   # corpus (official layout or HF copy)

@@ -71,11 +71,17 @@ CONF
     exit 1
     ;;
 down)
-    scancel --user=root 2>/dev/null || true
-    pkill -x slurmd 2>/dev/null || true
-    pkill -x slurmctld 2>/dev/null || true
+    # Stop only the daemons this script started (their pid files), not a developer's own Slurm.
+    pids=()
+    for f in "$state"/slurmctld.pid "$state"/slurmd-*.pid; do
+        [ -f "$f" ] && pids+=("$(cat "$f")")
+    done
+    if [ ${#pids[@]} -gt 0 ]; then scancel --user=root 2>/dev/null || true; fi
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for _ in $(seq 20); do
-        pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" -eq 0 ] && break
         sleep 0.5
     done
     ;;

@@ -108,8 +108,12 @@ def test_coverage_errors_list_the_offending_ids(mini_prepared: Path, tmp_path: P
     rows = [_pred(r, r["target"]) for r in test]
     missing, dup = rows[3]["id"], rows[10]["id"]
     _write_run(tmp_path / "bad", [r for r in rows if r["id"] != missing] + [rows[10]])
-    with pytest.raises(CoverageError, match=f"duplicate ids: {dup}.*1 missing ids: {missing}"):
+    with pytest.raises(
+        CoverageError, match=f"ids written twice: {dup} .*delete the shard files.*1 missing ids"
+    ) as err:
         collect(mini_prepared, [tmp_path / "bad"])
+    assert "--allow-partial to collect the ids present" in str(err.value)
+    assert str(err.value).index("--allow-partial") > str(err.value).index("missing ids")
     _write_run(tmp_path / "gap", [r for r in rows if r["id"] != missing])
     proc = subprocess.run(
         [

@@ -200,3 +200,92 @@ def test_container_definition_is_pinned() -> None:
     assert re.search(r"^deepspeed==", lock, re.M)  # the multi-GPU engine, same version as CI
     test = text.split("%test", 1)[1]
     assert "torch.cuda.is_available()" in test and "flash_attn" in test
+
+
+def _pipeline(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(REPO / "slurm" / "pipeline.sh"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PRONLORA_PYTHON": sys.executable, **(env or {})},
+    )
+
+
+def test_pipeline_dry_run_prints_the_sbatch_commands(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _pipeline("--config", "smoke", "--shards", "2", "--run-dir", str(run), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    sbatch = [line for line in lines if line.startswith("sbatch ")]
+    assert [line.rsplit("/", 1)[1] for line in sbatch] == [
+        "prep.sbatch",
+        "train.sbatch",
+        "infer.sbatch",
+        "collect.sbatch",
+    ]
+    assert "--dependency=afterok:101" in sbatch[1] and "--array=0-5" in sbatch[2]
+    assert "dry run: nothing submitted" in proc.stdout and not run.exists()
+
+
+def test_pipeline_usage_and_config_errors_exit_2() -> None:
+    proc = _pipeline("--help")
+    assert proc.returncode == 0 and "set -euo" not in proc.stdout and "--dry-run" in proc.stdout
+    proc = _pipeline("--config", "no_such_config", "--dry-run")
+    assert proc.returncode == 2 and "no config named 'no_such_config'" in proc.stderr
+
+
+def test_failed_submission_leaves_no_run_dir_and_nothing_queued(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "calls"
+    # sbatch accepts two jobs, then the controller goes away
+    (fake / "sbatch").write_text(
+        f'#!/bin/bash\necho "$*" >> {log}\nn=$(wc -l < {log})\n'
+        '[ "$n" -le 2 ] && { echo $((1000 + n)); exit 0; }\n'
+        'echo "sbatch: error: Slurm controller not responding" >&2; exit 1\n'
+    )
+    (fake / "scancel").write_text(f'#!/bin/bash\necho "scancel $*" >> {log}\n')
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    run = tmp_path / "run"
+    proc = _pipeline(
+        "--config", "smoke", "--run-dir", str(run), env={"PATH": f"{fake}:{os.environ['PATH']}"}
+    )
+    assert proc.returncode != 0 and "nothing is left queued" in proc.stderr
+    assert not run.exists()
+    assert "scancel 1001 1002" in log.read_text()
+
+
+def test_env_sh_uses_the_checkouts_venv_python() -> None:
+    out = subprocess.run(
+        ["bash", "-c", f"source {REPO / 'env.sh'} && echo $PRONLORA_PYTHON"],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+        check=True,
+    ).stdout.strip()
+    venv = REPO / ".venv" / "bin" / "python"
+    assert out == (str(venv) if venv.exists() else "python3")
+    proc = _pipeline("--config", "smoke", "--dry-run", env={"PRONLORA_PYTHON": "/bin/false"})
+    assert proc.returncode == 2 and "cannot import pronlora" in proc.stderr
+
+
+def test_submit_without_a_slurm_controller_says_so_in_one_line(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(
+        '#!/bin/bash\necho "sbatch: error: Unable to contact slurm controller" >&2\nexit 1\n'
+    )
+    (fake / "srun").write_text("#!/bin/bash\nexit 0\n")
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    proc = _submit(
+        "--config",
+        "smoke",
+        "--run-dir",
+        str(tmp_path / "run"),
+        env={"PATH": f"{fake}:{os.environ['PATH']}"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "Unable to contact slurm controller" in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -364,3 +364,18 @@ def test_bad_prepared_dir_exits_2_naming_file_and_line(
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "corpus moved or deleted after prep? rerun jobs/prep.py" in proc.stderr
     assert not (tmp_path / "run2" / "run.json").exists()
+
+
+# --- 13. the project's own lines are not buried -----------------------------------------------
+
+
+def test_stage_output_carries_no_third_party_advice(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    proc = _train_job(demo_prepared, tiny_model, tmp_path / "run", "max_steps=1")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout + proc.stderr
+    for noise in ("pip install kernels", "rope_parameters", "Setting accelerator", "\r"):
+        assert noise not in text, noise
+    summary = next(line for line in text.splitlines() if "train_runtime" in line)
+    assert "'tokens': 0" not in summary and "tokens_per_s" not in summary

@@ -23,6 +23,16 @@ run_py() {
     fi
 }
 
+# Refuse, in one line, a Python that cannot import pronlora (rather than its traceback).
+require_python() {
+    if [ -z "$PRONLORA_CONTAINER" ] && ! "$PRONLORA_PYTHON" -c 'import pronlora' 2>/dev/null; then
+        echo "error: PRONLORA_PYTHON=$PRONLORA_PYTHON cannot import pronlora; install it" \
+            "(bash tools/install.sh makes $PRONLORA_ROOT/.venv, which env.sh then uses) or set" \
+            "PRONLORA_PYTHON to the python that has it, or PRONLORA_CONTAINER to the image" >&2
+        exit 2
+    fi
+}
+
 # A GPU stage started without a GPU would train or decode on the CPU for days: refuse.
 require_gpu() {
     if [ -n "$PRONLORA_GRES" ] && [ -z "${CUDA_VISIBLE_DEVICES:-}" ] && [ -z "${SLURM_JOB_GPUS:-}" ]; then

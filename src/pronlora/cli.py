@@ -13,6 +13,21 @@ from pronlora.errors import InputError
 EXIT_INPUT_ERROR = 2
 
 
+# Third-party lines that bury the project's own and ask nothing of a user: bitsandbytes' CPU
+# kernel advice, transformers' rope-config advice for model authors (the real config carries
+# original_max_position_embeddings), DeepSpeed's "accelerator is CPU" notice. Errors still show.
+QUIET_LOGGERS = ("bitsandbytes", "transformers.modeling_rope_utils")
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(
         level=level,
@@ -21,6 +36,15 @@ def setup_logging(level: int = logging.INFO) -> None:
         stream=sys.stderr,
         force=True,
     )
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("DeepSpeed").addFilter(_DropMessages("Setting accelerator to CPU"))
+    try:  # progress bars of weight loading: carriage returns in batch logs
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def run_job(

@@ -103,27 +103,38 @@ def read_predictions(
 ) -> tuple[dict[str, dict], bool]:
     """All shard lines of one checkpoint, checked for coverage; returns (by id, partial)."""
     seen: dict[str, dict] = {}
+    where: dict[str, str] = {}
     duplicates: list[str] = []
     for path in sorted(pred_dir.glob("shard-*.jsonl")):
-        for row in read_jsonl(path):
+        for n, row in enumerate(read_jsonl(path), 1):
+            if not isinstance(row.get("id"), str):
+                raise CoverageError(f"{path}:{n}: a prediction line without an id")
             if row["id"] in seen:
-                duplicates.append(row["id"])
+                duplicates.append(f"{row['id']} ({where[row['id']]} and {path.name}:{n})")
             seen[row["id"]] = row
+            where[row["id"]] = f"{path.name}:{n}"
     unknown = sorted(set(seen) - expected)
     missing = sorted(expected - set(seen))
     problems = []
     if duplicates:
-        problems.append(f"duplicate ids: {', '.join(sorted(set(duplicates)))}")
-    if unknown:
-        problems.append(f"ids not in the test set: {', '.join(unknown)}")
-    if missing and not allow_partial:
-        problems.append(f"{len(missing)} missing ids: {', '.join(missing)}")
-    if problems:
-        raise CoverageError(
-            f"{pred_dir}: "
-            + "; ".join(problems)
-            + ("" if allow_partial else " (use --allow-partial to collect anyway)")
+        problems.append(
+            f"ids written twice: {', '.join(duplicates[:5])}"
+            f"{' ...' if len(duplicates) > 5 else ''} (shards of different --num-shards, or two "
+            "writers: delete the shard files of this checkpoint and rerun its inference)"
         )
+    if unknown:
+        problems.append(
+            f"ids not in the test set: {', '.join(unknown[:5])} (predictions of another "
+            "prepared dir? rerun inference with this --prepared)"
+        )
+    if missing and not allow_partial:
+        problems.append(
+            f"{len(missing)} missing ids: {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''} (finish the inference, or use "
+            "--allow-partial to collect the ids present)"
+        )
+    if problems:
+        raise CoverageError(f"{pred_dir}: " + "; ".join(problems))
     return seen, bool(missing)
 
 

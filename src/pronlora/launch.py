@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 import submitit
 
 from pronlora.config import ConfigError, load_config
+from pronlora.errors import EnvironmentProblem
 
 SETTINGS_PREFIXES = ("PRONLORA_", "HF_HOME")
 
@@ -275,6 +277,34 @@ def _executor(kind: str, plan: Plan, stage: dict[str, Any]) -> submitit.Executor
 
 
 def submit(plan: Plan, kind: str) -> dict[str, Any]:
+    """Submit the chain; a scheduler that refuses is an EnvironmentProblem naming its answer."""
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if kind == "slurm" and missing:
+        raise EnvironmentProblem(
+            f"no Slurm here ({', '.join(missing)} not on PATH): submit from a login node, or "
+            "use --executor local to run the chain on this machine"
+        )
+    made = not Path(plan.run_dir).exists()
+    submitted: list[submitit.Job] = []
+    try:
+        return _submit(plan, kind, submitted)
+    except (FailedJobError, FailedSubmissionError, FileNotFoundError) as exc:
+        if kind != "slurm":
+            raise
+        for job in submitted:
+            job.cancel(check=False)
+        if made:
+            shutil.rmtree(plan.run_dir, ignore_errors=True)
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise EnvironmentProblem(
+            f"Slurm refused the submission ({detail}); is the controller reachable from this "
+            "host (`sinfo`)? Nothing of this chain is left queued."
+        ) from None
+
+
+def _submit(plan: Plan, kind: str, submitted: list[submitit.Job]) -> dict[str, Any]:
     """Submit the chain; on the local executor each stage waits for the previous one."""
     s = plan.settings
     os.environ.update({k: v for k, v in s.items() if k.startswith("PRONLORA_")})
@@ -313,6 +343,7 @@ def submit(plan: Plan, kind: str) -> dict[str, Any]:
             jobs["infer_array"] = [j.job_id for j in array]
         else:
             job = ex.submit(CollectStage(s["PRONLORA_PREPARED"], plan.run_dir))
+        submitted.extend(array if name == "infer" else [job])
         jobs[name] = job.job_id
         last = job
         if kind == "local":  # no scheduler to hold the next stage: wait (raises on failure)

@@ -296,7 +296,7 @@ def report_markdown(entries: list[Entry], plot_files: list[str], synthetic: bool
         "",
     ]
     if plot_files:
-        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plot_files] + [""]
+        lines += ["## Plots", ""] + [f"![{p}](<{p}>)" for p in plot_files] + [""]
     lines += ["## Runs", ""]
     seen = set()
     for e in entries:

@@ -252,9 +252,10 @@ def build_trainer(
             # every rank logs at the same steps (the Trainer gathers the loss first)
             now = time.perf_counter()
             tokens = sum_over_ranks(self._tokens, self.args.device)
-            logs["tokens"] = tokens  # non-padding tokens of all ranks since the last entry
-            logs["tokens_per_s"] = round(tokens / max(now - self._t0, 1e-9), 1)
-            self._tokens, self._t0 = 0, now
+            if "loss" in logs:  # a step entry; the end-of-training summary has its own rates
+                logs["tokens"] = tokens  # non-padding tokens of all ranks since the last entry
+                logs["tokens_per_s"] = round(tokens / max(now - self._t0, 1e-9), 1)
+                self._tokens, self._t0 = 0, now
             if cuda:
                 logs["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             super().log(logs, start_time)
