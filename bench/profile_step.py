@@ -18,8 +18,9 @@ import torch
 
 from pronlora.bench import make_bench_data
 from pronlora.config import load_config
+from pronlora.layout import PreparedDir
 from pronlora.model.load import load_model
-from pronlora.train import build_trainer, load_split
+from pronlora.train import build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp())
     prepared = make_bench_data(work / "p", REPO / "bench" / "mini_durations.json", 64)
-    rows = [r for r in load_split(prepared, "train") if r["task"] == args.task]
+    rows = [r for r in PreparedDir(prepared).load_split("train") if r["task"] == args.task]
     cfg = load_config(args.config, args.overrides)
     cfg = replace(
         cfg, grad_accum=1, max_steps=3 + args.steps, save_steps=10**6, logging_steps=10**6

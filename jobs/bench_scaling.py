@@ -20,8 +20,7 @@ import torch
 from pronlora.bench import make_bench_data, results_header, write_results
 from pronlora.bench_scaling import compare, markdown, run_point
 from pronlora.cli import run_job
-from pronlora.config import ConfigError, load_config
-from pronlora.train import accumulation_steps
+from pronlora.config import ConfigError, accumulation_steps, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

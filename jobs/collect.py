@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from pronlora.cli import run_job
-from pronlora.collect import CoverageError, collect
-from pronlora.report import write_outputs
+from pronlora.report import collect_and_report
 
 
 def main() -> int:
@@ -23,14 +21,12 @@ def main() -> int:
         help="collect checkpoints with missing ids, marked partial",
     )
     args = ap.parse_args()
-    prepared = Path(args.prepared)
-    entries = collect(prepared, [Path(r) for r in args.runs], args.allow_partial)
-    manifest = json.loads((prepared / "manifest.json").read_text())
-    paths = write_outputs(entries, Path(args.out), synthetic=bool(manifest.get("synthetic")))
+    runs = [Path(r) for r in args.runs]
+    paths = collect_and_report(Path(args.prepared), runs, Path(args.out), args.allow_partial)
     print(paths["table"].read_text())
     print(f"report: {paths['report'].resolve()}")
     return 0
 
 
 if __name__ == "__main__":
-    run_job(main, (CoverageError, FileNotFoundError))
+    run_job(main)

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from pronlora.atomic import read_jsonl
-from pronlora.config import ConfigError, load_config
+from pronlora.config import ConfigError, accumulation_steps, load_config
 from pronlora.distributed import free_port, resume_plan, write_checkpoint_parallel
-from pronlora.train import accumulation_steps, train
+from pronlora.train import train
 
 from .conftest import REPO
 

@@ -171,9 +171,9 @@ def test_missing_checkpoint_is_named(trained_run: Path, demo_prepared: Path) -> 
 def test_merged_adapter_generates_the_same_tokens(trained_run: Path, demo_prepared: Path) -> None:
     from dataclasses import replace
 
-    from pronlora.infer import generate, load_for_inference, resolve_run
+    from pronlora.infer import ensure_run, generate, load_for_inference
 
-    spec = resolve_run(trained_run, None, None)
+    spec = ensure_run(trained_run, None, None)
     rows = [r for r in read_jsonl(demo_prepared / "test.jsonl") if r["task"] == "MDD"][:3]
     ckpt = trained_run / "checkpoints" / "epoch-1"
     merged = load_for_inference(spec, ckpt)

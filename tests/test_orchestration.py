@@ -97,10 +97,10 @@ def test_submit_dry_run_prints_the_plan(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert f"run dir: {tmp_path / 'run'}" in out
-    assert re.search(r"train: .*'gres': 'gpu:a100:1'.* after prep", out)
-    assert re.search(r"infer: .* array of 6 after train", out)  # (base, epoch-2) x 3 shards
-    assert "collect:" in out and "dry run: nothing submitted" in out
+    assert f"smoke -> {tmp_path / 'run'} (evaluates base,epoch-2)" in out
+    assert re.search(r"train: train, .*1 GPU\(s\)/node.*requeue on stop signal, after prep", out)
+    assert re.search(r"infer: infer, .* array of 6, .*after train", out)  # (base, epoch-2) x 3
+    assert "collect: collect" in out and "dry run: nothing submitted" in out
     assert not (tmp_path / "run").exists()
 
 
@@ -111,10 +111,14 @@ def test_submit_plans_one_task_per_gpu_and_keeps_the_batch(tmp_path: Path) -> No
     )
     assert proc.returncode == 0, proc.stderr
     train = next(line for line in proc.stdout.splitlines() if "train:" in line)
-    assert "'nodes': 2" in train and "'tasks_per_node': 4" in train
-    assert "'gres': 'gpu:a100:4'" in train
+    assert "2 node(s), 4 GPU(s)/node" in train
     infer = next(line for line in proc.stdout.splitlines() if "infer:" in line)
-    assert "'gres': 'gpu:a100:1'" in infer  # submitit: one GPU per array task
+    assert "4 GPU(s)/node" in infer and "array of 1," in infer  # 4 checkpoints, 4 workers
+    proc = _submit(
+        *args, "--nodes", "2", "--gpus-per-node", "4", "--executor", "sbatch",
+        env={"PRONLORA_GRES": "gpu:a100:1"},
+    )
+    assert "--gres=gpu:a100:4" in proc.stdout and "--nodes=2" in proc.stdout
     # 8 x 16 ranks cannot make the paper's effective batch of 64
     proc = _submit(*args, "--nodes", "4", "--gpus-per-node", "4")
     assert proc.returncode == 2 and "micro_batch: 8 x 16 processes does not divide" in proc.stderr
@@ -124,7 +128,7 @@ def test_submit_refuses_a_bad_config_before_submitting(tmp_path: Path) -> None:
     proc = _submit("--config", "smoke", "--set", "lora.rank=4", "--dry-run")
     assert proc.returncode == 2 and "unknown key(s) lora.rank" in proc.stderr
     proc = _submit("--config", "smoke", "--epochs", "5", "--dry-run")
-    assert proc.returncode == 2 and "--epochs: [5]" in proc.stderr
+    assert proc.returncode == 2 and "--epochs: 5 is not an epoch of smoke" in proc.stderr
 
 
 def test_pipeline_refuses_bad_arguments_before_submitting() -> None:
@@ -289,3 +293,18 @@ def test_submit_without_a_slurm_controller_says_so_in_one_line(tmp_path: Path) -
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "Unable to contact slurm controller" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_both_launchers_print_the_same_plan(tmp_path: Path) -> None:
+    args = ["--config", "smoke", "--shards", "2", "--epochs", "1,2", "--run-dir", str(tmp_path)]
+    args += ["--gpus-per-node", "2", "--set", "micro_batch=1"]
+    via_pipeline = _pipeline(*args, "--dry-run")
+    via_submit = _submit(*args, "--dry-run")
+    assert via_pipeline.returncode == 0 == via_submit.returncode, via_pipeline.stderr
+
+    def plan(out: str) -> list[str]:
+        keep = ("run ", "report:", "  prep:", "  train", "  infer", "  collect")
+        return [line for line in out.splitlines() if line.startswith(keep)]
+
+    assert plan(via_pipeline.stdout) == plan(via_submit.stdout)
+    assert len(plan(via_submit.stdout)) == 6  # 2 header lines + 4 jobs

@@ -169,8 +169,8 @@ def test_submitit_chain_on_slurm(site: dict[str, str], tmp_path: Path) -> None:
         env=env,
     )
     assert proc.returncode == 0, proc.stderr
-    jobs = json.loads(proc.stdout[proc.stdout.index("\n{\n") :])
-    _wait([jobs["train"], jobs["infer"].split("_")[0], jobs["collect"]])
+    jobs = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    _wait([jobs["train_job"], jobs["infer_job"].split("_")[0], jobs["collect_job"]])
     _report_ok(tmp_path / "run", Path(site["PRONLORA_PREPARED"]), ["base", "epoch-2"])
     last = sorted((tmp_path / "run" / "trainer").glob("checkpoint-*"))[-1]
     assert json.loads((last / "parallel.json").read_text()) == {"engine": "zero2", "world_size": 2}

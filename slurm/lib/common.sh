@@ -23,9 +23,10 @@ run_py() {
     fi
 }
 
-# Refuse, in one line, a Python that cannot import pronlora (rather than its traceback).
+# Refuse, in one line, a host Python that cannot import pronlora (rather than its traceback).
+# Submission runs on the host (sbatch is there), also when the jobs run in the container.
 require_python() {
-    if [ -z "$PRONLORA_CONTAINER" ] && ! "$PRONLORA_PYTHON" -c 'import pronlora' 2>/dev/null; then
+    if ! "$PRONLORA_PYTHON" -c 'import pronlora' 2>/dev/null; then
         echo "error: PRONLORA_PYTHON=$PRONLORA_PYTHON cannot import pronlora; install it" \
             "(bash tools/install.sh makes $PRONLORA_ROOT/.venv, which env.sh then uses) or set" \
             "PRONLORA_PYTHON to the python that has it, or PRONLORA_CONTAINER to the image" >&2

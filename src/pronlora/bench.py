@@ -27,6 +27,7 @@ import torch
 
 from pronlora.atomic import write_json, write_jsonl, write_text
 from pronlora.config import TrainConfig
+from pronlora.layout import PreparedDir
 from pronlora.phones import CMU_PHONES
 from pronlora.protocol import (
     SAMPLE_RATE,
@@ -119,9 +120,10 @@ def make_bench_data(out: Path, durations_file: Path, n_utts: int, seed: int = 0)
                     "target": targets[task],
                 }
             )
-    write_jsonl(out / "train.jsonl", rows)
-    write_jsonl(out / "test.jsonl", rows)
-    (out / "manifest.json").write_text(json.dumps({"bench": True}))
+    prepared = PreparedDir(out)
+    write_jsonl(prepared.split_path("train"), rows)
+    write_jsonl(prepared.split_path("test"), rows)
+    write_json(prepared.manifest_path, {"bench": True})
     return out
 
 
@@ -178,10 +180,11 @@ def bench_train(
     cfg: TrainConfig, model_dir: Path, prepared: Path, run_dir: Path, steps: int, warmup: int = 3
 ) -> dict[str, Any]:
     """Per-task optimizer steps at the config's micro-batch (grad. accumulation 1)."""
+    from pronlora.layout import PreparedDir
     from pronlora.model.load import load_model
-    from pronlora.train import build_trainer, load_split
+    from pronlora.train import build_trainer
 
-    rows_all = load_split(prepared, "train")
+    rows_all = PreparedDir(prepared).load_split("train")
     cfg = replace(
         cfg,
         grad_accum=1,
@@ -191,7 +194,7 @@ def bench_train(
         dataloader_workers=2,
     )
     torch.manual_seed(cfg.seed)
-    loaded = load_model(cfg, model_dir, cache_dir=model_dir.parent / ".pronlora-cache")
+    loaded = load_model(cfg, model_dir)
     result: dict[str, Any] = {
         "trainable_params": sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
     }
@@ -246,9 +249,9 @@ def bench_infer(cfg: TrainConfig, model_dir: Path, prepared: Path, per_task: int
     )
 
     cfg = replace(cfg, infer=replace(cfg.infer, **BENCH_NEW_TOKENS))
-    from pronlora.train import load_split
+    from pronlora.layout import PreparedDir
 
-    rows_all = load_split(prepared, "test")
+    rows_all = PreparedDir(prepared).load_split("test")
     loaded = load_for_inference(RunSpec(cfg, model_dir), None)
     result: dict[str, Any] = {"batch_size": cfg.infer.batch_size, **BENCH_NEW_TOKENS}
     if torch.cuda.is_available():

@@ -18,6 +18,7 @@ from typing import Any
 
 from pronlora.atomic import read_jsonl
 from pronlora.distributed import free_port
+from pronlora.layout import RunDir
 
 REPO = Path(__file__).resolve().parents[2]
 # Loss curves of the same samples on different rank counts differ by reduction order only;
@@ -77,7 +78,7 @@ def run_point(
         raise RuntimeError(
             f"{procs} process(es) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
         )
-    entries = [e for e in read_jsonl(run_dir / "train_log.jsonl") if "loss" in e]
+    entries = [e for e in read_jsonl(RunDir(run_dir).train_log) if "loss" in e]
     return {
         "procs": procs,
         "wall_s": round(wall, 1),

@@ -18,6 +18,7 @@ import numpy as np
 
 from pronlora.atomic import read_jsonl
 from pronlora.errors import DataError
+from pronlora.layout import PreparedDir, RunDir
 from pronlora.metrics import (
     MDDCounts,
     corpus_rate,
@@ -224,8 +225,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def run_label(run_dir: Path) -> tuple[str, str, dict[str, Any]]:
     """(label, strategy, provenance); a run dir without run.json is labelled by its name."""
-    run = _read_json(run_dir / "run.json")
-    versions = _read_json(run_dir / "versions.json")
+    run = _read_json(RunDir(run_dir).run_json)
+    versions = _read_json(RunDir(run_dir).versions_json)
     if run is None:
         return run_dir.name, "unknown", {"config": None, "note": "no run.json: labelled by folder"}
     cfg = run["config"]
@@ -242,21 +243,25 @@ def run_label(run_dir: Path) -> tuple[str, str, dict[str, Any]]:
 
 
 def collect(prepared: Path, runs: list[Path], allow_partial: bool = False) -> list[Entry]:
-    test_rows = read_jsonl(prepared / "test.jsonl")
+    prep = PreparedDir(prepared)
+    if not prep.split_path("test").is_file():
+        raise DataError(f"--prepared {prep.root}: no test.jsonl (run jobs/prep.py first)")
+    test_rows = read_jsonl(prep.split_path("test"))
     test = {r["id"]: r for r in test_rows}
-    train_path = prepared / "train.jsonl"
+    train_path = prep.split_path("train")
     fallback = apa_fallback(read_jsonl(train_path) if train_path.is_file() else [])
     entries = []
     for run_dir in runs:
-        run_dir = run_dir.resolve()
-        pred_root = run_dir / "predictions"
-        if not pred_root.is_dir():
+        run = RunDir(run_dir)
+        run_dir = run.root
+        pred_dirs = run.prediction_checkpoints()
+        if not pred_dirs:
             raise CoverageError(f"{run_dir}: no predictions/ folder (run jobs/infer.py first)")
         label, strategy, prov = run_label(run_dir)
-        for pred_dir in sorted(p for p in pred_root.iterdir() if p.is_dir()):
+        for pred_dir in pred_dirs:
             preds, partial = read_predictions(pred_dir, set(test), allow_partial)
             metrics, confusion, apa_pairs, per_vs_acc = score_checkpoint(test, preds, fallback)
-            meta = _read_json(run_dir / "checkpoints" / pred_dir.name / "meta.json")
+            meta = _read_json(run.checkpoint(pred_dir.name) / "meta.json")
             entries.append(
                 Entry(
                     run=run_dir.name,

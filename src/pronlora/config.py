@@ -244,3 +244,14 @@ EXECUTION_KEYS = ("engine", "dataloader_workers")
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def accumulation_steps(cfg: TrainConfig, world: int) -> int:
+    """Gradient accumulation that keeps the effective batch whatever the process count."""
+    per_step = cfg.micro_batch * world
+    if cfg.effective_batch % per_step:
+        raise ConfigError(
+            f"micro_batch: {cfg.micro_batch} x {world} processes does not divide the effective "
+            f"batch {cfg.effective_batch} (micro_batch x grad_accum); pick a micro_batch that does"
+        )
+    return cfg.effective_batch // per_step

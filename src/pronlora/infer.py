@@ -28,17 +28,17 @@ from pronlora.atomic import jsonl_line, write_json
 from pronlora.collate import Collator, approx_prompt_tokens
 from pronlora.config import ConfigError, TrainConfig, from_dict, load_config, to_dict
 from pronlora.errors import DataError
+from pronlora.layout import BASE_CHECKPOINT, UNFROZEN_FILE, PreparedDir, RunDir
 from pronlora.lock import OutputLock
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, torch_dtype
 from pronlora.model.snapshot import END_TOKEN, special_token_id
 from pronlora.parse import parse_answer
 from pronlora.protocol import Task
-from pronlora.train import UNFROZEN_FILE, load_split
 from pronlora.versions import versions
 
 log = logging.getLogger(__name__)
 
-BASE = "base"
+BASE = BASE_CHECKPOINT
 
 
 def shard_of(instance_id: str, num_shards: int) -> int:
@@ -61,19 +61,11 @@ def worker_items(
     return grid[worker::workers]  # empty for the spare workers of a grid smaller than workers
 
 
-def predictions_dir(run_dir: Path, checkpoint: str, split: str = "test") -> Path:
-    """``predictions/`` holds the test split (what collect scores); another split has its own
-    ``predictions-<split>/`` so its shards never collide with the test ones."""
-    root = "predictions" if split == "test" else f"predictions-{split}"
-    return run_dir / root / checkpoint
-
-
 def shard_paths(
     run_dir: Path, checkpoint: str, shard: int, num_shards: int, split: str = "test"
 ) -> tuple[Path, Path]:
-    d = predictions_dir(run_dir, checkpoint, split)
-    stem = f"shard-{shard}-of-{num_shards}"
-    return d / f"{stem}.jsonl", d / f"{stem}.done.json"
+    lines, done, _ = RunDir(run_dir).shard(checkpoint, shard, num_shards, split)
+    return lines, done
 
 
 def read_written(path: Path) -> dict[str, dict[str, Any]]:
@@ -112,9 +104,10 @@ class RunSpec:
     model_dir: Path
 
 
-def resolve_run(run_dir: Path, config: str | None, model: str | None) -> RunSpec:
-    """Config and model of a run dir (from its run.json), or given for an inference-only run."""
-    run_json = run_dir / "run.json"
+def ensure_run(run_dir: Path, config: str | None, model: str | None) -> RunSpec:
+    """Config and model of a run dir from its run.json; for an inference-only run (no
+    training ran there), the run.json is written first from ``config`` and ``model``."""
+    run_json = RunDir(run_dir).run_json
     if run_json.is_file():
         saved = json.loads(run_json.read_text())
         if config is not None or model is not None:
@@ -136,7 +129,7 @@ def resolve_run(run_dir: Path, config: str | None, model: str | None) -> RunSpec
             "inference_only": True,
         },
     )
-    write_json(run_dir / "versions.json", versions())
+    write_json(RunDir(run_dir).versions_json, versions())
     return RunSpec(cfg, Path(model).resolve())
 
 
@@ -155,7 +148,6 @@ def load_for_inference(spec: RunSpec, checkpoint_dir: Path | None) -> Loaded:
         spec.model_dir,
         trainable=False,
         device_map={"": dev.index or 0} if dev.type == "cuda" else None,
-        cache_dir=spec.model_dir.parent / ".pronlora-cache",
     )
     model = loaded.model
     if checkpoint_dir is not None:
@@ -266,9 +258,10 @@ def run_shard(
     run_dir, prepared = Path(run_dir).resolve(), Path(prepared).resolve()
     if not 0 <= shard < num_shards:
         raise ConfigError(f"--shard {shard} outside 0..{num_shards - 1}")
-    out_path, _ = shard_paths(run_dir, checkpoint, shard, num_shards, split)
-    rows = [r for r in load_split(prepared, split) if shard_of(r["id"], num_shards) == shard]
-    with OutputLock(out_path.with_suffix(".lock"), f"predictions shard {out_path}"):
+    out_path, _, lock = RunDir(run_dir).shard(checkpoint, shard, num_shards, split)
+    rows = PreparedDir(prepared).load_split(split)
+    rows = [r for r in rows if shard_of(r["id"], num_shards) == shard]
+    with OutputLock(lock, f"predictions shard {out_path}"):
         return _write_shard(run_dir, checkpoint, split, shard, num_shards, rows, config, model)
 
 
@@ -292,10 +285,10 @@ def _write_shard(
     if not todo and done_path.is_file():
         log.info("%s is complete (%d instances); nothing to do", out_path, len(rows))
         return json.loads(done_path.read_text())
-    spec = resolve_run(run_dir, config, model)
+    spec = ensure_run(run_dir, config, model)
     ckpt_dir = None
     if checkpoint != BASE:
-        ckpt_dir = run_dir / "checkpoints" / checkpoint
+        ckpt_dir = RunDir(run_dir).checkpoint(checkpoint)
         if not (ckpt_dir / "meta.json").is_file():
             raise ConfigError(f"--checkpoint {checkpoint}: {ckpt_dir} is missing or incomplete")
     log.info(

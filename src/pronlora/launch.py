@@ -1,4 +1,4 @@
-"""The submitit launcher: the same chain as slurm/pipeline.sh, as Python callables.
+"""The submitit backend of a launch plan (``plan.py``): the stages as Python callables.
 
 Modelled on dinov2's pattern: the training callable is ``Checkpointable``; when submitit's
 timeout/preemption signal (USR2) arrives it returns a resubmission of itself, and the rerun
@@ -10,20 +10,21 @@ on the local executor.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import shlex
 import shutil
 import signal
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from pronlora.config import ConfigError, load_config
+from pronlora.config import load_config
 from pronlora.errors import EnvironmentProblem
+from pronlora.plan import Job, LaunchPlan
 
 SETTINGS_PREFIXES = ("PRONLORA_", "HF_HOME")
 
@@ -103,141 +104,51 @@ class TrainStage(submitit.helpers.Checkpointable):
 
 @dataclass
 class InferTask:
+    """Array task ``t`` of G tasks per job: worker t*G+i of the checkpoints x shards grid."""
+
     run_dir: str
     prepared: str
+    checkpoints: list[str]
     num_shards: int
+    workers_per_task: int
 
-    def __call__(self, checkpoint: str, shard: int) -> dict[str, Any]:
+    def __call__(self, task: int) -> list[dict[str, Any]]:
         from pronlora.cli import setup_logging
-        from pronlora.infer import run_shard
+
+        local = submitit.JobEnvironment().local_rank if self.workers_per_task > 1 else 0
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+        if len(visible) > 1:  # before CUDA starts: this worker sees its own GPU only
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible[local % len(visible)]
+        from pronlora.infer import run_shard, worker_items
 
         setup_logging()
-        return run_shard(self.run_dir, checkpoint, self.prepared, "test", shard, self.num_shards)
+        n_workers = self.workers_per_task * math.ceil(
+            len(self.checkpoints) * self.num_shards / self.workers_per_task
+        )
+        worker = task * self.workers_per_task + local
+        items = worker_items(self.checkpoints, self.num_shards, worker, n_workers)
+        return [
+            run_shard(self.run_dir, c, self.prepared, "test", shard, self.num_shards)
+            for c, shard in items
+        ]
 
 
 @dataclass
 class CollectStage:
     prepared: str
-    run_dir: str
+    run_dirs: list[str]
+    out: str
 
     def __call__(self) -> str:
-        from pronlora.collect import collect
-        from pronlora.report import write_outputs
+        from pronlora.report import collect_and_report
 
-        entries = collect(Path(self.prepared), [Path(self.run_dir)])
-        manifest = json.loads((Path(self.prepared) / "manifest.json").read_text())
-        paths = write_outputs(
-            entries, Path(self.run_dir) / "report", synthetic=bool(manifest.get("synthetic"))
-        )
-        return str(paths["report"])
+        runs = [Path(r) for r in self.run_dirs]
+        return str(collect_and_report(Path(self.prepared), runs, Path(self.out))["report"])
 
 
-# --- the plan ---------------------------------------------------------------------------------
-@dataclass
-class Plan:
-    config: str
-    overrides: list[str]
-    run_dir: str
-    checkpoints: list[str]
-    shards: int
-    settings: dict[str, str]
-    stages: list[dict[str, Any]] = field(default_factory=list)
-
-    def describe(self) -> str:
-        lines = [f"run dir: {self.run_dir}", f"config: {self.config} {' '.join(self.overrides)}"]
-        for st in self.stages:
-            dep = f" after {st['after']}" if st["after"] else ""
-            arr = f" array of {st['array']}" if st.get("array") else ""
-            lines.append(f"  {st['name']}: {st['resources']}{arr}{dep}")
-        return "\n".join(lines)
-
-
-def build_plan(
-    config: str,
-    overrides: list[str],
-    epochs: list[int] | None,
-    shards: int,
-    run_dir: str | None,
-    settings: dict[str, str],
-    prep: bool = True,
-    nodes: int | None = None,
-    gpus_per_node: int | None = None,
-) -> Plan:
-    """The chain; ``nodes``/``gpus_per_node`` default to env.sh's PRONLORA_NODES/_GPUS_PER_NODE."""
-    from pronlora.train import accumulation_steps
-
-    cfg = load_config(config, overrides)  # validated before anything is submitted
-    if shards < 1:
-        raise ConfigError("--shards must be >= 1")
-    nodes = nodes or int(settings.get("PRONLORA_NODES") or 1)
-    gpus = gpus_per_node or int(settings.get("PRONLORA_GPUS_PER_NODE") or 1)
-    if nodes < 1 or gpus < 1:
-        raise ConfigError(f"--nodes {nodes} / --gpus-per-node {gpus}: must be >= 1")
-    accumulation_steps(cfg, nodes * gpus)  # the effective batch must split over the ranks
-    epochs = epochs or list(range(1, cfg.epochs + 1))
-    bad = [e for e in epochs if not 1 <= e <= cfg.epochs]
-    if bad:
-        raise ConfigError(f"--epochs: {bad} not epochs of {cfg.name} (1..{cfg.epochs})")
-    for key in ("PRONLORA_PREPARED", "PRONLORA_MODEL", "PRONLORA_RUNS"):
-        if not settings.get(key):
-            raise ConfigError(f"env.sh: {key} is empty")
-    if run_dir is None:
-        import time
-
-        run_dir = str(
-            Path(settings["PRONLORA_RUNS"]) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
-    checkpoints = ["base"] + [f"epoch-{e}" for e in epochs]
-    gres = settings.get("PRONLORA_GRES", "")
-
-    def gpu(count: int) -> dict[str, str]:  # gpu:4 -> gpu:<count>, gpu:a100:4 -> gpu:a100:<count>
-        return {"gres": f"{gres.rsplit(':', 1)[0]}:{count}" if gres else ""}
-
-    cpu = {
-        "cpus_per_task": int(settings.get("PRONLORA_CPUS_PER_TASK") or 1),  # per GPU
-        "mem": settings.get("PRONLORA_MEM", ""),
-    }
-    stages = []
-    if prep:
-        stages.append(
-            {
-                "name": "prep",
-                "after": None,
-                "resources": {"time": settings["PRONLORA_TIME_PREP"], "cpus_per_task": 1},
-            }
-        )
-    stages += [
-        {
-            "name": "train",
-            "after": "prep" if prep else None,
-            "resources": {
-                "time": settings["PRONLORA_TIME_TRAIN"],
-                "nodes": nodes,
-                "tasks_per_node": gpus,  # one task (process) per GPU
-                **cpu,
-                **gpu(gpus),
-            },
-        },
-        {
-            "name": "infer",
-            "after": "train",
-            "array": len(checkpoints) * shards,
-            "resources": {"time": settings["PRONLORA_TIME_INFER"], **cpu, **gpu(1)},
-        },
-        {
-            "name": "collect",
-            "after": "infer",
-            "resources": {"time": settings["PRONLORA_TIME_COLLECT"], "cpus_per_task": 1},
-        },
-    ]
-    return Plan(
-        config, overrides, str(Path(run_dir).resolve()), checkpoints, shards, settings, stages
-    )
-
-
-def _executor(kind: str, plan: Plan, stage: dict[str, Any]) -> submitit.Executor:
-    folder = Path(plan.run_dir) / "submitit"
+def _executor(kind: str, plan: LaunchPlan, job: Job) -> submitit.Executor:
     s = plan.settings
+    folder = Path(plan.report_dir).parent / "submitit"
     container = s.get("PRONLORA_CONTAINER")
     python = None
     if container:
@@ -245,20 +156,18 @@ def _executor(kind: str, plan: Plan, stage: dict[str, Any]) -> submitit.Executor
             f"apptainer exec --nv --bind {shlex.quote(s['PRONLORA_ROOT'])} "
             f"{shlex.quote(container)} python3"
         )
-    res = stage["resources"]
+    tasks = job.procs_per_node if job.stage in ("train", "infer") else 1
     if kind == "local":
         ex = submitit.LocalExecutor(folder, python=python)
-        ex.update_parameters(
-            timeout_min=minutes(res["time"]), tasks_per_node=res.get("tasks_per_node", 1)
-        )
+        ex.update_parameters(timeout_min=minutes(job.time), tasks_per_node=tasks)
         return ex
     ex = submitit.SlurmExecutor(folder, python=python)
     params: dict[str, Any] = {
-        "job_name": f"pronlora-{stage['name']}",
-        "time": minutes(res["time"]),
-        "cpus_per_task": res.get("cpus_per_task", 1),
-        "nodes": res.get("nodes", 1),
-        "ntasks_per_node": res.get("tasks_per_node", 1),
+        "job_name": f"pronlora-{job.key.replace(':', '-')}",
+        "time": minutes(job.time),
+        "cpus_per_task": job.cpus_per_task,
+        "nodes": job.nodes,
+        "ntasks_per_node": tasks,  # one task per GPU (dinov2 style)
         "signal_delay_s": int(s.get("PRONLORA_SIGNAL_GRACE_S") or 180),
     }
     for key, name in (
@@ -268,16 +177,32 @@ def _executor(kind: str, plan: Plan, stage: dict[str, Any]) -> submitit.Executor
     ):
         if s.get(key):
             params[name] = s[key]
-    if res.get("gres"):
-        params["gres"] = res["gres"]
-    if res.get("mem"):
-        params["mem"] = res["mem"]
+    if job.gpu:
+        params["gres"] = f"{s['PRONLORA_GRES'].rsplit(':', 1)[0]}:{job.procs_per_node}"
+    if job.mem:
+        params["mem"] = job.mem
     ex.update_parameters(**params)
     return ex
 
 
-def submit(plan: Plan, kind: str) -> dict[str, Any]:
-    """Submit the chain; a scheduler that refuses is an EnvironmentProblem naming its answer."""
+def _callable(plan: LaunchPlan, job: Job) -> Any:
+    s = plan.settings
+    if job.stage == "prep":
+        return PrepStage(s["PRONLORA_DATA_SOURCE"], s["PRONLORA_DATA"], s["PRONLORA_PREPARED"])
+    if job.stage == "collect":
+        runs = [r.run_dir for r in plan.runs]
+        return CollectStage(s["PRONLORA_PREPARED"], runs, plan.report_dir)
+    run = plan.run(job.run)
+    if job.stage == "train":
+        prepared, model = s["PRONLORA_PREPARED"], s["PRONLORA_MODEL"]
+        return TrainStage(run.config, list(run.overrides), prepared, model, run.run_dir)
+    return InferTask(
+        run.run_dir, s["PRONLORA_PREPARED"], list(run.evaluate), plan.shards, job.procs_per_node
+    )
+
+
+def submit(plan: LaunchPlan, kind: str) -> dict[str, str]:
+    """Submit the plan through submitit; a scheduler that refuses is an EnvironmentProblem."""
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
     missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
@@ -286,17 +211,18 @@ def submit(plan: Plan, kind: str) -> dict[str, Any]:
             f"no Slurm here ({', '.join(missing)} not on PATH): submit from a login node, or "
             "use --executor local to run the chain on this machine"
         )
-    made = not Path(plan.run_dir).exists()
+    dirs = {str(Path(plan.report_dir).parent), *(r.run_dir for r in plan.runs)}
+    made = [d for d in sorted(dirs) if not Path(d).exists()]
     submitted: list[submitit.Job] = []
     try:
         return _submit(plan, kind, submitted)
     except (FailedJobError, FailedSubmissionError, FileNotFoundError) as exc:
         if kind != "slurm":
             raise
-        for job in submitted:
-            job.cancel(check=False)
-        if made:
-            shutil.rmtree(plan.run_dir, ignore_errors=True)
+        for j in submitted:
+            j.cancel(check=False)
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise EnvironmentProblem(
             f"Slurm refused the submission ({detail}); is the controller reachable from this "
@@ -304,51 +230,22 @@ def submit(plan: Plan, kind: str) -> dict[str, Any]:
         ) from None
 
 
-def _submit(plan: Plan, kind: str, submitted: list[submitit.Job]) -> dict[str, Any]:
-    """Submit the chain; on the local executor each stage waits for the previous one."""
-    s = plan.settings
-    os.environ.update({k: v for k, v in s.items() if k.startswith("PRONLORA_")})
-    Path(plan.run_dir).mkdir(parents=True, exist_ok=True)
-    jobs: dict[str, Any] = {}
-    last = None
-
-    def depend(ex: submitit.Executor) -> None:
-        if kind == "slurm" and last is not None:
-            job_id = last.job_id.split("_")[0]
-            ex.update_parameters(additional_parameters={"dependency": f"afterok:{job_id}"})
-
-    for stage in plan.stages:
-        ex = _executor(kind, plan, stage)
-        depend(ex)
-        name = stage["name"]
-        if name == "prep":
-            job = ex.submit(
-                PrepStage(s["PRONLORA_DATA_SOURCE"], s["PRONLORA_DATA"], s["PRONLORA_PREPARED"])
-            )
-        elif name == "train":
-            job = ex.submit(
-                TrainStage(
-                    plan.config,
-                    plan.overrides,
-                    s["PRONLORA_PREPARED"],
-                    s["PRONLORA_MODEL"],
-                    plan.run_dir,
-                )
-            )
-        elif name == "infer":
-            pairs = [(c, i) for c in plan.checkpoints for i in range(plan.shards)]
-            task = InferTask(plan.run_dir, s["PRONLORA_PREPARED"], plan.shards)
-            array = ex.map_array(task, [c for c, _ in pairs], [i for _, i in pairs])
-            job = array[0]
-            jobs["infer_array"] = [j.job_id for j in array]
-        else:
-            job = ex.submit(CollectStage(s["PRONLORA_PREPARED"], plan.run_dir))
-        submitted.extend(array if name == "infer" else [job])
-        jobs[name] = job.job_id
-        last = job
-        if kind == "local":  # no scheduler to hold the next stage: wait (raises on failure)
-            for j in array if name == "infer" else [job]:
-                j.result()
-    jobs["run_dir"] = plan.run_dir
-    jobs["report"] = str(Path(plan.run_dir) / "report" / "report.md")
-    return jobs
+def _submit(plan: LaunchPlan, kind: str, submitted: list[submitit.Job]) -> dict[str, str]:
+    """Submit in plan order; on the local executor each job waits for the ones before it."""
+    os.environ.update({k: v for k, v in plan.settings.items() if k.startswith("PRONLORA_")})
+    for d in {str(Path(plan.report_dir).parent), *(r.run_dir for r in plan.runs)}:
+        Path(d).mkdir(parents=True, exist_ok=True)
+    ids: dict[str, str] = {}
+    for job in plan.jobs:
+        ex = _executor(kind, plan, job)
+        deps = [ids[k].split("_")[0] for k in job.after if k in ids]
+        if kind == "slurm" and deps:
+            ex.update_parameters(additional_parameters={"dependency": f"afterok:{':'.join(deps)}"})
+        fn = _callable(plan, job)
+        handles = ex.map_array(fn, list(range(job.array))) if job.array else [ex.submit(fn)]
+        submitted.extend(handles)
+        ids[job.key] = handles[0].job_id
+        if kind == "local":  # no scheduler to hold the next job: wait (raises on failure)
+            for h in handles:
+                h.result()
+    return ids

@@ -16,6 +16,7 @@ import numpy as np
 
 from pronlora.atomic import write_bytes, write_json, write_text
 from pronlora.collect import METRIC_KEYS, Entry
+from pronlora.layout import PreparedDir
 from pronlora.paper import FIG5_PER_ACC_PCC, TABLE3
 from pronlora.protocol import APA_ASPECTS
 
@@ -336,3 +337,14 @@ def write_outputs(entries: list[Entry], out: Path, synthetic: bool) -> dict[str,
     plot_files = plots(entries, out) if entries else []
     write_text(out / "report.md", report_markdown(entries, plot_files, synthetic))
     return {"report": out / "report.md", "table": out / "table3.md"}
+
+
+def collect_and_report(
+    prepared: Path, runs: list[Path], out: Path, allow_partial: bool = False
+) -> dict[str, Path]:
+    """The collect stage: score every run's predictions, write tables, plots and report.md."""
+    from pronlora.collect import collect
+
+    entries = collect(prepared, runs, allow_partial)
+    synthetic = bool(PreparedDir(prepared).manifest().get("synthetic"))
+    return write_outputs(entries, out, synthetic=synthetic)

@@ -5,12 +5,7 @@ what SFTTrainer adds (chat formatting, completion-only labels, audio feature ext
 SFTTrainer's dataset preparation would have to be switched off for audio rows anyway; the
 Trainer gives the rest (AdamW, schedules, exact mid-epoch resumption with RNG and data order).
 
-Run dir layout::
-
-    config.yaml  versions.json  run.json      resolved config and provenance
-    train_log.jsonl                           loss, lr, tokens/s, GPU memory per logging step
-    checkpoints/epoch-N/                      adapter (+ unfrozen.safetensors) per epoch
-    trainer/checkpoint-STEP/                  step checkpoints for resumption (newest kept)
+The run dir's layout is ``layout.RunDir``.
 
 Stopping: a stop signal (USR1/USR2/TERM) or the appearance of ``stop_file`` makes every rank
 finish the current optimizer step, save a step checkpoint and return EXIT_REQUEUE; under
@@ -24,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import shutil
 import signal
 import time
@@ -34,9 +28,9 @@ from typing import Any
 import torch
 import yaml
 
-from pronlora.atomic import follow_umask, read_jsonl, write_json, write_text
+from pronlora.atomic import follow_umask, write_json, write_text
 from pronlora.collate import Collator, approx_tokens
-from pronlora.config import EXECUTION_KEYS, ConfigError, TrainConfig, to_dict
+from pronlora.config import EXECUTION_KEYS, ConfigError, TrainConfig, accumulation_steps, to_dict
 from pronlora.distributed import (
     DEEPSPEED_ENGINES,
     any_rank,
@@ -57,6 +51,7 @@ from pronlora.distributed import (
     write_checkpoint_parallel,
 )
 from pronlora.errors import DataError, InputError
+from pronlora.layout import UNFROZEN_FILE, PreparedDir, RunDir
 from pronlora.lock import OutputLock
 from pronlora.loss import label_only_loss
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, unfrozen_state
@@ -70,9 +65,6 @@ log = logging.getLogger(__name__)
 # turns it into `scontrol requeue`).
 EXIT_REQUEUE = 3
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
-UNFROZEN_FILE = "unfrozen.safetensors"
-LOCK_FILE = ".lock"
-EPOCH_DIR = re.compile(r"epoch-\d+")
 
 
 class NonFiniteLossError(InputError, RuntimeError):
@@ -88,26 +80,6 @@ class _Rows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.rows[i]
-
-
-def load_split(prepared: Path, split: str) -> list[dict[str, Any]]:
-    path = prepared / f"{split}.jsonl"
-    if not path.is_file():
-        raise ConfigError(f"--prepared {prepared}: no {split}.jsonl (run jobs/prep.py first)")
-    rows = read_jsonl(path)
-    if not rows:
-        raise DataError(f"{path}: no instances")
-    for n, row in enumerate(rows, 1):
-        missing = [k for k in ("id", "task", "prompt", "audio") if not isinstance(row.get(k), str)]
-        if missing:
-            raise DataError(f"{path}:{n}: instance without {', '.join(missing)}")
-    gone = sorted({r["audio"] for r in rows if not Path(r["audio"]).is_file()})
-    if gone:
-        raise DataError(
-            f"{path}: the audio of {len(gone)} instance(s) is missing, e.g. {gone[0]} "
-            f"(corpus moved or deleted after prep? rerun jobs/prep.py --out {prepared})"
-        )
-    return rows
 
 
 def _complete_checkpoints(trainer_dir: Path) -> list[Path]:
@@ -191,7 +163,7 @@ def build_trainer(
             # starts after it and would never write it
             if abs((state.epoch or 0) - epoch) > 1e-6 or epoch < 1:
                 return control
-            dest = run_dir / "checkpoints" / f"epoch-{epoch}"
+            dest = RunDir(run_dir).epoch(epoch)
             trained = [p for p in self.trainer.model.parameters() if p.requires_grad]
             bad = any(not torch.isfinite(p).all() for p in trained)
             if any_rank(bad, args.device):
@@ -215,7 +187,7 @@ def build_trainer(
             self.tokens_total += n
             loss = super().training_step(model, inputs, num_items_in_batch)
             if not torch.isfinite(loss).all():
-                last = _complete_checkpoints(run_dir / "trainer")
+                last = _complete_checkpoints(RunDir(run_dir).trainer)
                 raise NonFiniteLossError(
                     f"loss became {loss.item()} at step {self.state.global_step + 1}; stopping. "
                     f"Last good checkpoint: {last[-1] if last else 'none'}"
@@ -262,7 +234,7 @@ def build_trainer(
             if not self.is_world_process_zero():
                 return
             entry = {"step": self.state.global_step, "epoch": self.state.epoch, **logs}
-            with open(run_dir / "train_log.jsonl", "a") as fh:
+            with open(RunDir(run_dir).train_log, "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
 
         def _save(self, output_dir=None, state_dict=None):
@@ -282,7 +254,7 @@ def build_trainer(
     if cpu_deepspeed:
         prepare_cpu_deepspeed()
     args = TrainingArguments(
-        output_dir=str(run_dir / "trainer"),
+        output_dir=str(RunDir(run_dir).trainer),
         per_device_train_batch_size=cfg.micro_batch,
         gradient_accumulation_steps=accumulation_steps(cfg, world_size()),
         learning_rate=cfg.lr,
@@ -330,32 +302,8 @@ def build_trainer(
     return trainer
 
 
-def accumulation_steps(cfg: TrainConfig, world: int) -> int:
-    """Gradient accumulation that keeps the effective batch whatever the process count."""
-    per_step = cfg.micro_batch * world
-    if cfg.effective_batch % per_step:
-        raise ConfigError(
-            f"micro_batch: {cfg.micro_batch} x {world} processes does not divide the effective "
-            f"batch {cfg.effective_batch} (micro_batch x grad_accum); pick a micro_batch that does"
-        )
-    return cfg.effective_batch // per_step
-
-
-def _read_manifest(prepared: Path) -> dict[str, Any]:
-    path = prepared / "manifest.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing (rerun jobs/prep.py --out {prepared})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return data
-
-
 def _check_same_run(run_dir: Path, resolved: dict[str, Any], model: Path, prepared: Path) -> None:
-    saved_path = run_dir / "run.json"
+    saved_path = RunDir(run_dir).run_json
     if not saved_path.is_file():
         return
     try:
@@ -383,7 +331,7 @@ def _train_ranks(
     requeue_marker: str | Path | None,
 ) -> int:
     world = world_size()
-    done = _complete_checkpoints(run_dir / "trainer")
+    done = _complete_checkpoints(RunDir(run_dir).trainer)
     resume = done[-1] if done else None
     engine = resolve_engine(cfg.engine, world, resume)
     if engine in DEEPSPEED_ENGINES and world == 1:
@@ -399,7 +347,7 @@ def _train_ranks(
         barrier()
 
     torch.manual_seed(cfg.seed)
-    loaded = load_model(cfg, model_dir, cache_dir=run_dir.parent / ".pronlora-cache")
+    loaded = load_model(cfg, model_dir)
     if resume is not None and is_main_process():
         recover_epoch_checkpoint(run_dir, resume, loaded.tokenizer)
     trainable = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
@@ -436,17 +384,10 @@ def _train_ranks(
     if agreed:
         log.info(agreed)
     if is_main_process():
-        write_json(
-            run_dir / "checkpoints" / "done.json",
-            {"global_step": trainer.state.global_step, "epochs": epoch_checkpoints(run_dir)},
-        )
+        run = RunDir(run_dir)
+        done = {"global_step": trainer.state.global_step, "epochs": run.epoch_checkpoints()}
+        write_json(run.done_json, done)
     return 0
-
-
-def epoch_checkpoints(run_dir: Path) -> list[str]:
-    """Names of the finished epoch checkpoints (``epoch-N``; never a ``.partial`` one)."""
-    found = [p for p in (run_dir / "checkpoints").glob("epoch-*") if EPOCH_DIR.fullmatch(p.name)]
-    return [p.name for p in sorted(found, key=lambda p: int(p.name.split("-")[1]))]
 
 
 def recover_epoch_checkpoint(run_dir: Path, resume: Path, tokenizer: Any) -> Path | None:
@@ -460,7 +401,7 @@ def recover_epoch_checkpoint(run_dir: Path, resume: Path, tokenizer: Any) -> Pat
     state = json.loads((resume / "trainer_state.json").read_text())
     epoch = float(state.get("epoch") or 0)
     k = round(epoch)
-    dest = run_dir / "checkpoints" / f"epoch-{k}"
+    dest = RunDir(run_dir).epoch(k)
     if k < 1 or abs(epoch - k) > 1e-6 or dest.is_dir():
         return None
     tmp = dest.with_name(dest.name + ".partial")
@@ -479,7 +420,7 @@ def recover_epoch_checkpoint(run_dir: Path, resume: Path, tokenizer: Any) -> Pat
 
 
 def _run_config_name(run_dir: Path) -> str:
-    return json.loads((run_dir / "run.json").read_text())["config"]["name"]
+    return RunDir(run_dir).read_run()["config"]["name"]
 
 
 def train(
@@ -500,21 +441,22 @@ def train(
     prepared, model_dir, run_dir = (Path(p).resolve() for p in (prepared, model_dir, run_dir))
     # Every input is checked before anything is written, so a corrected command is not refused
     # as "a different setup" by the run.json of a failed one.
-    rows = load_split(prepared, "train")
-    manifest = _read_manifest(prepared)
+    rows = PreparedDir(prepared).load_split("train")
+    manifest = PreparedDir(prepared).manifest()
     check_snapshot(model_dir)
     resolved = to_dict(cfg)
+    run = RunDir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = OutputLock(run_dir / LOCK_FILE, f"run dir {run_dir}")
+    lock = OutputLock(run.lock, f"run dir {run_dir}")
     if is_main_process():
         lock.acquire()
     try:
         if is_main_process():
             _check_same_run(run_dir, resolved, model_dir, prepared)
-            write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=True))
-            write_json(run_dir / "versions.json", versions())
+            write_text(run.config_yaml, yaml.safe_dump(resolved, sort_keys=True))
+            write_json(run.versions_json, versions())
             write_json(
-                run_dir / "run.json",
+                run.run_json,
                 {
                     "config": resolved,
                     "model": str(model_dir),

@@ -25,11 +25,11 @@ from pronlora.data.hf import HFCorpus
 from pronlora.data.instances import build_instances
 from pronlora.data.kaldi import SPLITS, KaldiCorpus
 from pronlora.errors import DataError
+from pronlora.layout import PreparedDir
 from pronlora.protocol import SAMPLE_RATE, TASKS, Task, prompt_text
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 SYNTHETIC_MARKER = "SYNTHETIC"
 # 2: prompts carry the paper's <|audio_1|> placeholder (the collator maps it to the snapshot's
 # audio token), so prepared dirs of format 1 are rebuilt.
@@ -75,7 +75,7 @@ def open_corpus(source: str, data: str | Path) -> Corpus:
 def _outputs_hash(out: Path) -> str | None:
     h = hashlib.sha256()
     for split in SPLITS:
-        path = out / f"{split}.jsonl"
+        path = PreparedDir(out).split_path(split)
         if not path.is_file():
             return None
         h.update(path.read_bytes())
@@ -97,7 +97,7 @@ def _input_fingerprint(corpus: Corpus, tasks: tuple[Task, ...], skip_invalid: bo
 
 def _is_up_to_date(out: Path, fingerprint: str) -> dict[str, Any] | None:
     try:
-        manifest = json.loads((out / MANIFEST).read_text())
+        manifest = json.loads(PreparedDir(out).manifest_path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
     if manifest.get("input_fingerprint") != fingerprint:
@@ -180,7 +180,7 @@ def prepare(
     if empty:
         raise DataError(f"{data}: the {' and '.join(empty)} split has no usable utterances")
     for split in SPLITS:
-        write_jsonl(out / f"{split}.jsonl", rows[split])
+        write_jsonl(PreparedDir(out).split_path(split), rows[split])
 
     counts = {
         split: {
@@ -205,6 +205,6 @@ def prepare(
         "input_fingerprint": fingerprint,
         "content_hash": _outputs_hash(out),
     }
-    write_json(out / MANIFEST, manifest)
+    write_json(PreparedDir(out).manifest_path, manifest)
     log.info("wrote %s: %s", out, json.dumps(counts))
     return PrepResult(out, manifest, rebuilt=True)

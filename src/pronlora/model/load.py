@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from pronlora.atomic import follow_umask
 from pronlora.config import ConfigError, TrainConfig
 from pronlora.errors import SnapshotError
+from pronlora.layout import model_cache
 from pronlora.model.snapshot import (
     ADAPTER_TARGET_REGEX,
     SPEECH_ADAPTER_DIR,
@@ -130,7 +132,7 @@ def merged_snapshot(model_dir: Path, cache_dir: Path) -> Path:
     )
     base = _checked_load(Phi4MultimodalForCausalLM, model_dir, {"dtype": torch.bfloat16})
     merged = merge_speech_adapter(base, model_dir)
-    tmp = dest.with_name(dest.name + ".partial")
+    tmp = dest.with_name(f"{dest.name}.partial-{os.getpid()}")  # two builders never share one
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)
     for name in (
@@ -143,7 +145,12 @@ def merged_snapshot(model_dir: Path, cache_dir: Path) -> Path:
         if (model_dir / name).is_file():
             shutil.copy(model_dir / name, tmp / name)
     follow_umask(tmp)
-    tmp.rename(dest)
+    try:
+        tmp.rename(dest)
+    except OSError:  # another process finished the same merge first: keep theirs
+        if not (dest / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -202,7 +209,6 @@ def load_model(
     cfg: TrainConfig,
     model_dir: str | Path,
     *,
-    cache_dir: str | Path | None = None,
     trainable: bool = True,
     device_map: Any = None,
 ) -> Loaded:
@@ -242,7 +248,7 @@ def load_model(
                         drop.p = cfg.lora.dropout
     else:
         if cfg.quantization == "nf4":
-            cache = Path(cache_dir) if cache_dir else model_dir.parent / ".pronlora-cache"
+            cache = model_cache()
             base = _base_model(merged_snapshot(model_dir, cache), cfg, device_map)
         else:
             base = merge_speech_adapter(_base_model(model_dir, cfg, device_map), model_dir)

@@ -1,0 +1,154 @@
+"""The on-disk layout of prepared dirs, run dirs and the model cache: defined here only.
+
+Every stage and both launchers take their paths from these classes, so a stage reads the
+previous stage's files without importing it (ESPnet style).
+
+Prepared dir::
+
+    manifest.json  train.jsonl  test.jsonl  [audio/]
+
+Run dir::
+
+    config.yaml  versions.json  run.json      resolved config and provenance
+    .lock                                     the writer holding the run dir
+    train_log.jsonl                           loss, lr, tokens/s, GPU memory per logging step
+    checkpoints/epoch-N/                      adapter (+ unfrozen.safetensors) per epoch
+    checkpoints/done.json                     written when training finished
+    trainer/checkpoint-STEP/                  step checkpoints for resumption
+    predictions/<checkpoint>/shard-I-of-N.{jsonl,done.json,lock}   test split
+    predictions-<split>/<checkpoint>/...      any other split
+    report/  logs/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pronlora.atomic import read_jsonl
+from pronlora.errors import DataError
+
+UNFROZEN_FILE = "unfrozen.safetensors"
+EPOCH_DIR = re.compile(r"epoch-\d+")
+BASE_CHECKPOINT = "base"
+
+
+def read_json_file(path: Path, what: str = "") -> Any:
+    """JSON from a file; a missing or corrupt one is a DataError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing{f' ({what})' if what else ''}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
+@dataclass(frozen=True)
+class PreparedDir:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def split_path(self, split: str) -> Path:
+        return self.root / f"{split}.jsonl"
+
+    def manifest(self) -> dict[str, Any]:
+        data = read_json_file(self.manifest_path, f"rerun jobs/prep.py --out {self.root}")
+        if not isinstance(data, dict):
+            raise DataError(f"{self.manifest_path}: expected a JSON object")
+        return data
+
+    def load_split(self, split: str) -> list[dict[str, Any]]:
+        """The instances of a split, checked: fields present, audio files still there."""
+        path = self.split_path(split)
+        if not path.is_file():
+            raise DataError(f"--prepared {self.root}: no {split}.jsonl (run jobs/prep.py first)")
+        rows = read_jsonl(path)
+        if not rows:
+            raise DataError(f"{path}: no instances")
+        for n, row in enumerate(rows, 1):
+            fields = ("id", "task", "prompt", "audio")
+            absent = [k for k in fields if not isinstance(row.get(k), str)]
+            if absent:
+                raise DataError(f"{path}:{n}: instance without {', '.join(absent)}")
+        gone = sorted({r["audio"] for r in rows if not Path(r["audio"]).is_file()})
+        if gone:
+            raise DataError(
+                f"{path}: the audio of {len(gone)} instance(s) is missing, e.g. {gone[0]} "
+                f"(corpus moved or deleted after prep? rerun jobs/prep.py --out {self.root})"
+            )
+        return rows
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
+    run_json = property(lambda self: self.root / "run.json")
+    config_yaml = property(lambda self: self.root / "config.yaml")
+    versions_json = property(lambda self: self.root / "versions.json")
+    lock = property(lambda self: self.root / ".lock")
+    train_log = property(lambda self: self.root / "train_log.jsonl")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    done_json = property(lambda self: self.root / "checkpoints" / "done.json")
+    trainer = property(lambda self: self.root / "trainer")
+    report = property(lambda self: self.root / "report")
+    logs = property(lambda self: self.root / "logs")
+
+    def checkpoint(self, name: str) -> Path:
+        return self.checkpoints / name
+
+    def epoch(self, n: int) -> Path:
+        return self.checkpoints / f"epoch-{n}"
+
+    def epoch_checkpoints(self) -> list[str]:
+        """Names of the finished epoch checkpoints (``epoch-N``; never a ``.partial`` one)."""
+        found = [p for p in self.checkpoints.glob("epoch-*") if EPOCH_DIR.fullmatch(p.name)]
+        return [p.name for p in sorted(found, key=lambda p: int(p.name.split("-")[1]))]
+
+    def predictions(self, checkpoint: str, split: str = "test") -> Path:
+        """``predictions/`` holds the test split (what collect scores); another split has its
+        own ``predictions-<split>/`` so its shards never collide with the test ones."""
+        root = "predictions" if split == "test" else f"predictions-{split}"
+        return self.root / root / checkpoint
+
+    def prediction_checkpoints(self) -> list[Path]:
+        root = self.root / "predictions"
+        return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    def shard(
+        self, checkpoint: str, shard: int, num_shards: int, split: str = "test"
+    ) -> tuple[Path, Path, Path]:
+        """(lines, done marker, lock) of one predictions shard."""
+        stem = self.predictions(checkpoint, split) / f"shard-{shard}-of-{num_shards}"
+        return (
+            stem.with_name(stem.name + ".jsonl"),
+            stem.with_name(stem.name + ".done.json"),
+            stem.with_name(stem.name + ".lock"),
+        )
+
+    def read_run(self) -> dict[str, Any]:
+        data = read_json_file(self.run_json)
+        if not isinstance(data, dict) or "config" not in data:
+            raise DataError(f"{self.run_json}: not a pronlora run record")
+        return data
+
+
+def model_cache() -> Path:
+    """The one cache of derived model files (the merged speech snapshot), keyed inside by the
+    snapshot's hash: ``$PRONLORA_CACHE``, else ``~/.cache/pronlora``. Training, inference and
+    the benchmarks share it, so the merge is built once per snapshot."""
+    env = os.environ.get("PRONLORA_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "pronlora"

@@ -1,0 +1,211 @@
+"""One launch plan: the jobs of a chain, built once, submitted by either backend.
+
+``build_plan`` turns config(s), overrides and the site settings (env.sh) into typed jobs with
+their resources, dependencies, arrays and requeue policy, validating everything before a job
+is queued. ``slurm/pipeline.sh`` (backend ``sbatch``: the templates in ``slurm/``) and
+``jobs/submit.py`` (backend ``submitit``) submit the same plan, and ``--dry-run`` prints the same
+description for both.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pronlora.config import ConfigError, accumulation_steps, load_config
+from pronlora.layout import BASE_CHECKPOINT, RunDir
+
+Stage = Literal["prep", "train", "infer", "collect"]
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """One training run of the plan and the checkpoints it evaluates."""
+
+    name: str
+    config: str
+    overrides: tuple[str, ...]
+    run_dir: str
+    epochs: int
+    evaluate: tuple[str, ...]  # checkpoint names: base, epoch-N
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str  # unique in the plan: prep, train, infer, collect (train:<run> in a grid)
+    stage: Stage
+    after: tuple[str, ...]
+    time: str
+    nodes: int = 1
+    procs_per_node: int = 1  # one process (worker or rank) per GPU of the node
+    gpu: bool = False  # request procs_per_node GPUs (false on CPU-only sites: PRONLORA_GRES=)
+    cpus_per_task: int = 1  # per process
+    mem: str = ""
+    array: int = 0  # number of array tasks; 0: a single job
+    requeue: bool = False  # stop signal -> checkpoint -> requeue and resume
+    run: str = ""  # the TrainRun this job belongs to ("" for prep and collect)
+
+    def describe(self) -> str:
+        parts = [f"{self.key}: {self.stage}", f"time {self.time}", f"{self.nodes} node(s)"]
+        unit = "GPU(s)/node" if self.gpu else "process(es)/node, no GPU"
+        parts.append(f"{self.procs_per_node} {unit}")
+        parts.append(f"{self.cpus_per_task} CPU(s)/process")
+        if self.mem:
+            parts.append(f"mem {self.mem}")
+        if self.array:
+            parts.append(f"array of {self.array}")
+        if self.requeue:
+            parts.append("requeue on stop signal")
+        if self.after:
+            parts.append(f"after {','.join(self.after)}")
+        return ", ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    runs: tuple[TrainRun, ...]
+    shards: int
+    gpus_per_node: int
+    nodes: int
+    settings: dict[str, str] = field(repr=False)
+    jobs: tuple[Job, ...]
+    report_dir: str
+
+    def job(self, key: str) -> Job:
+        return next(j for j in self.jobs if j.key == key)
+
+    def run(self, name: str) -> TrainRun:
+        return next(r for r in self.runs if r.name == name)
+
+    def describe(self) -> str:
+        lines = []
+        for r in self.runs:
+            lines.append(
+                f"run {r.name}: {r.config} {' '.join(r.overrides)}".rstrip()
+                + f" -> {r.run_dir} (evaluates {','.join(r.evaluate)})"
+            )
+        lines.append(f"report: {self.report_dir}")
+        lines += [f"  {j.describe()}" for j in self.jobs]
+        return "\n".join(lines)
+
+
+def _positive(value: int | None, what: str, default: str | None) -> int:
+    raw = value if value is not None else default
+    try:
+        n = int(raw) if raw not in (None, "") else 1
+    except ValueError:
+        raise ConfigError(f"{what} must be a positive integer, got {raw!r}") from None
+    if n < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {n}")
+    return n
+
+
+def build_plan(
+    config: str,
+    overrides: list[str],
+    epochs: list[int] | None,
+    shards: int,
+    run_dir: str | None,
+    settings: dict[str, str],
+    prep: bool = True,
+    nodes: int | None = None,
+    gpus_per_node: int | None = None,
+) -> LaunchPlan:
+    """The chain prep -> train -> infer (array) -> collect for one config."""
+    cfg = load_config(config, overrides)  # validated before anything is submitted
+    epochs = epochs or list(range(1, cfg.epochs + 1))
+    bad = [e for e in epochs if not 1 <= e <= cfg.epochs]
+    if bad:
+        raise ConfigError(f"--epochs: {bad[0]} is not an epoch of {cfg.name} (1..{cfg.epochs})")
+    if run_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = str(Path(_setting(settings, "PRONLORA_RUNS")) / f"{cfg.name}-{stamp}")
+    run = TrainRun(
+        name=cfg.name,
+        config=config,
+        overrides=tuple(overrides),
+        run_dir=str(RunDir(Path(run_dir)).root),
+        epochs=cfg.epochs,
+        evaluate=(BASE_CHECKPOINT, *(f"epoch-{e}" for e in epochs)),
+    )
+    return plan_runs([run], shards, settings, prep, nodes, gpus_per_node, run.run_dir)
+
+
+def _setting(settings: dict[str, str], key: str) -> str:
+    if not settings.get(key):
+        raise ConfigError(f"env.sh: {key} is empty")
+    return settings[key]
+
+
+def plan_runs(
+    runs: list[TrainRun],
+    shards: int,
+    settings: dict[str, str],
+    prep: bool,
+    nodes: int | None,
+    gpus_per_node: int | None,
+    report_root: str,
+) -> LaunchPlan:
+    """Jobs for several training runs: each trains and decodes its checkpoints; one collect."""
+    shards = _positive(shards, "--shards", None)
+    nodes = _positive(nodes, "--nodes", settings.get("PRONLORA_NODES"))
+    gpus = _positive(gpus_per_node, "--gpus-per-node", settings.get("PRONLORA_GPUS_PER_NODE"))
+    for key in ("PRONLORA_PREPARED", "PRONLORA_MODEL", "PRONLORA_RUNS"):
+        _setting(settings, key)
+    for r in runs:
+        accumulation_steps(load_config(r.config, list(r.overrides)), nodes * gpus)
+    gpu_jobs = bool(settings.get("PRONLORA_GRES"))
+    per_gpu_cpus = int(settings.get("PRONLORA_CPUS_PER_TASK") or 1)
+    gpu_res = {"cpus_per_task": per_gpu_cpus, "mem": settings.get("PRONLORA_MEM", "")}
+    jobs: list[Job] = []
+    if prep:
+        jobs.append(Job("prep", "prep", (), settings["PRONLORA_TIME_PREP"], cpus_per_task=2))
+    infer_keys = []
+    multi = len(runs) > 1
+    for r in runs:
+        suffix = f":{r.name}" if multi else ""
+        train_key, infer_key = f"train{suffix}", f"infer{suffix}"
+        jobs.append(
+            Job(
+                train_key,
+                "train",
+                ("prep",) if prep else (),
+                settings["PRONLORA_TIME_TRAIN"],
+                nodes=nodes,
+                procs_per_node=gpus,
+                gpu=gpu_jobs,
+                requeue=True,
+                run=r.name,
+                **gpu_res,
+            )
+        )
+        items = len(r.evaluate) * shards
+        jobs.append(
+            Job(
+                infer_key,
+                "infer",
+                (train_key,),
+                settings["PRONLORA_TIME_INFER"],
+                procs_per_node=gpus,
+                gpu=gpu_jobs,
+                array=math.ceil(items / gpus),  # G workers per task, one per GPU
+                requeue=True,
+                run=r.name,
+                **gpu_res,
+            )
+        )
+        infer_keys.append(infer_key)
+    collect_time = settings["PRONLORA_TIME_COLLECT"]
+    jobs.append(Job("collect", "collect", tuple(infer_keys), collect_time, cpus_per_task=2))
+    return LaunchPlan(
+        runs=tuple(runs),
+        shards=shards,
+        gpus_per_node=gpus,
+        nodes=nodes,
+        settings=settings,
+        jobs=tuple(jobs),
+        report_dir=str(Path(report_root) / "report"),
+    )
