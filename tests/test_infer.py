@@ -48,6 +48,7 @@ def test_workers_cover_the_grid_once_whatever_the_split() -> None:
     assert worker_items(grid, 2, 7, 8) == []  # a spare GPU
 
 
+@pytest.mark.slow
 def test_two_shards_cover_every_test_id_once(trained_run: Path, demo_prepared: Path) -> None:
     for task_id in (0, 1):  # as a Slurm array: the shard comes from SLURM_ARRAY_TASK_ID
         proc = _run(
@@ -79,6 +80,7 @@ def test_two_shards_cover_every_test_id_once(trained_run: Path, demo_prepared: P
         assert (r["parsed"] is None) <= (r["parse_error"] is not None)
 
 
+@pytest.mark.slow
 def test_gpus_of_one_job_split_the_grid(trained_run: Path, demo_prepared: Path) -> None:
     # one job with 2 GPUs, not an array: worker i takes grid items i, i+2, ...
     outs = []
@@ -116,6 +118,7 @@ def test_worker_arguments_are_checked(trained_run: Path, demo_prepared: Path) ->
     assert proc.returncode == 2 and "--shard decodes one checkpoint" in proc.stderr
 
 
+@pytest.mark.slow
 def test_killed_shard_resumes_to_the_same_lines(trained_run: Path, demo_prepared: Path) -> None:
     args = ["--checkpoint", "epoch-1", "--prepared", str(demo_prepared), "--shard", "0"]
     full = _run(["--run-dir", str(trained_run), *args])
@@ -141,6 +144,7 @@ def test_killed_shard_resumes_to_the_same_lines(trained_run: Path, demo_prepared
     assert "nothing to do" in again.stderr and _lines(out) == _lines(reference)
 
 
+@pytest.mark.slow
 def test_base_checkpoint_needs_config_for_a_fresh_run_dir(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:

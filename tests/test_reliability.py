@@ -48,6 +48,7 @@ def _epochs(run: Path) -> list[str]:
 # --- 1. kill -9 during an epoch save -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_epoch_lost_to_a_kill_during_its_save_is_rebuilt(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:
@@ -103,9 +104,14 @@ def test_kill_9_at_random_points_of_epoch_saves_loses_nothing(
 
 @pytest.mark.slow
 def test_two_workers_on_one_shard_never_write_twice(
-    trained_run: Path, demo_prepared: Path
+    trained_run: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:
-    args = ["--run-dir", str(trained_run), "--checkpoint", "epoch-2"]
+    run = tmp_path / "run"  # a fresh predictions folder over the trained run's checkpoints
+    run.mkdir()
+    for name in ("run.json", "config.yaml"):
+        (run / name).write_bytes((trained_run / name).read_bytes())
+    (run / "checkpoints").symlink_to(trained_run / "checkpoints")
+    args = ["--run-dir", str(run), "--checkpoint", "epoch-1"]
     args += ["--prepared", str(demo_prepared), "--shard", "0"]
     first, second = _job("infer.py", *args), _job("infer.py", *args)
     results = [p.communicate(timeout=600) for p in (first, second)]
@@ -114,7 +120,7 @@ def test_two_workers_on_one_shard_never_write_twice(
     pairs = zip((first, second), results, strict=True)
     refused = next(err for p, (_, err) in pairs if p.returncode == 2)
     assert "is in use by host" in refused and "delete" in refused
-    out, done = shard_paths(trained_run, "epoch-2", 0, 1)
+    out, done = shard_paths(run, "epoch-1", 0, 1)
     ids = [r["id"] for r in read_jsonl(out)]
     assert len(ids) == len(set(ids)) == len(read_jsonl(demo_prepared / "test.jsonl"))
     assert json.loads(done.read_text())["instances"] == len(ids)
@@ -369,6 +375,7 @@ def test_bad_prepared_dir_exits_2_naming_file_and_line(
 # --- 13. the project's own lines are not buried -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_stage_output_carries_no_third_party_advice(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:

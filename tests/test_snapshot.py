@@ -150,6 +150,7 @@ def _first_loss(model_dir: Path, rows: list[dict], silence: bool = False) -> flo
         return float(loaded.model(**batch).loss)
 
 
+@pytest.mark.slow
 def test_hub_style_adapter_is_applied_like_peft_style(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:
@@ -182,6 +183,7 @@ def test_hub_style_adapter_is_applied_like_peft_style(
         load_model(load_config("smoke"), zero_dir)
 
 
+@pytest.mark.slow
 def test_silence_in_place_of_speech_changes_the_loss(
     tiny_model: Path, demo_prepared: Path
 ) -> None:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from pronlora.atomic import read_jsonl
 from pronlora.collate import IGNORE_INDEX, Collator, SequenceTooLongError
 from pronlora.config import ConfigError, load_config
-from pronlora.errors import SnapshotError
+from pronlora.errors import DataError, SnapshotError
 from pronlora.model.load import AUDIO_MODULES, load_model
 from pronlora.model.snapshot import ADAPTER_TARGET_REGEX
 from pronlora.train import EXIT_REQUEUE, NonFiniteLossError, build_trainer, train
@@ -118,10 +118,11 @@ def test_config_errors_name_the_key(tiny_model: Path, tmp_path: Path) -> None:
         load_model(cfg, tiny_model)
     with pytest.raises(SnapshotError, match=f"{tmp_path}: no config.json; not a model snapshot"):
         load_model(load_config("smoke"), tmp_path)
-    with pytest.raises(ConfigError, match="no train.jsonl"):
+    with pytest.raises(DataError, match="no train.jsonl"):
         train(load_config("smoke"), tmp_path, tiny_model, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_loss_falls_when_overfitting(tiny_model: Path, demo_prepared: Path, tmp_path: Path) -> None:
     prepared = tmp_path / "few"
     prepared.mkdir()
@@ -149,6 +150,7 @@ def _adapter(run: Path, epoch: int) -> dict[str, torch.Tensor]:
     return load_file(str(run / "checkpoints" / f"epoch-{epoch}" / "adapter_model.safetensors"))
 
 
+@pytest.mark.slow
 def test_signal_mid_epoch_then_resume_equals_uninterrupted(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:
@@ -193,6 +195,7 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(
     assert all(torch.equal(ua[k], ub[k]) for k in ua)
 
 
+@pytest.mark.slow
 def test_a_stop_on_the_last_step_of_an_epoch_keeps_that_epoch(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:

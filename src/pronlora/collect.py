@@ -20,8 +20,8 @@ from pronlora.atomic import read_jsonl
 from pronlora.errors import DataError
 from pronlora.layout import PreparedDir, RunDir
 from pronlora.metrics import (
+    EditCounts,
     MDDCounts,
-    corpus_rate,
     correlation,
     edit_counts,
     normalise_words,
@@ -31,6 +31,7 @@ from pronlora.metrics import (
 from pronlora.parse import parse_answer
 from pronlora.phones import transcript_phones
 from pronlora.protocol import APA_ASPECTS, MDD_FIELDS, SCORE_RANGE, Task
+from pronlora.uncertainty import BOOT_METRICS, Bootstrap, Samples, interval
 
 METRIC_KEYS = (
     *(f"{a}_pcc" for a in APA_ASPECTS),
@@ -74,6 +75,11 @@ class Entry:
     confusion: Counter = field(default_factory=Counter, repr=False)
     apa_pairs: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict, repr=False)
     per_vs_acc: list[tuple[float, float, float]] = field(default_factory=list, repr=False)
+    # resampled values of each BOOT_METRICS key (same resamples for every entry)
+    boot: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def interval(self, key: str) -> tuple[float, float] | None:
+        return interval(self.boot[key]) if key in self.boot else None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +90,7 @@ class Entry:
             "strategy": self.strategy,
             "partial": self.partial,
             **{k: _clean(self.metrics[k]) for k in METRIC_KEYS},
+            "ci95": {k: self.interval(k) for k in BOOT_METRICS},
             "provenance": self.provenance,
         }
 
@@ -149,14 +156,16 @@ def apa_fallback(train_rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def score_checkpoint(
     test: dict[str, dict], preds: dict[str, dict], fallback: dict[str, float]
-) -> tuple[dict[str, float], Counter, dict, list]:
+) -> tuple[dict[str, float], Counter, dict, list, Samples]:
     metrics: dict[str, float] = {}
+    samples = Samples()
     apa_rows = [r for r in test.values() if r["task"] == Task.APA and r["id"] in preds]
     mdd_rows = [r for r in test.values() if r["task"] == Task.MDD and r["id"] in preds]
     pred_acc: dict[str, float] = {}
     apa_failures = 0
     apa_pairs: dict[str, tuple[list[float], list[float]]] = {a: ([], []) for a in APA_ASPECTS}
     for row in apa_rows:
+        samples.apa_speakers.append(row["speaker"])
         p = preds[row["id"]]
         parsed, error = parse_answer(Task.APA, p.get("output", ""))
         failed = error is not None
@@ -177,28 +186,51 @@ def score_checkpoint(
             }
         )
 
+    samples.apa = apa_pairs
     mdd_failures = 0
-    word_pairs, phone_pairs = [], []
+    word_total, phone_total = EditCounts(), EditCounts()
     counts = MDDCounts()
     per_vs_acc = []
+    stats = samples.mdd
     for row in mdd_rows:
+        samples.mdd_speakers.append(row["speaker"])
         parsed, error = parse_answer(Task.MDD, preds[row["id"]].get("output", ""))
         if error is not None:
             mdd_failures += 1
             parsed = {MDD_FIELDS[0]: "", MDD_FIELDS[1]: ""}
         ref_words = normalise_words(row["text"]).split()
-        word_pairs.append((ref_words, normalise_words(parsed[MDD_FIELDS[0]]).split()))
+        words = edit_counts(ref_words, normalise_words(parsed[MDD_FIELDS[0]]).split())
         perceived = transcript_phones(row["perceived_phones"])
         recognised = recognised_phones(parsed[MDD_FIELDS[1]])
-        phone_pairs.append((perceived, recognised))
-        counts.add(row["canonical_phones"], row["perceived_phones"], recognised)
-        utt_per = edit_counts(perceived, recognised).rate
+        phones = edit_counts(perceived, recognised)
+        word_total.add(words)
+        phone_total.add(phones)
+        utt = MDDCounts()
+        utt.add(row["canonical_phones"], row["perceived_phones"], recognised)
+        counts.merge(utt)
+        match = phone_match_prf([(perceived, recognised)], counts_only=True)
+        for key, value in (
+            ("word_err", words.errors),
+            ("word_n", words.reference_length),
+            ("phone_err", phones.errors),
+            ("phone_n", phones.reference_length),
+            ("ta", utt.ta),
+            ("fr", utt.fr),
+            ("fa", utt.fa),
+            ("cd", utt.cd),
+            ("de", utt.de),
+            ("pm_hits", match["hits"]),
+            ("pm_hyp", match["n_hyp"]),
+            ("pm_ref", match["n_ref"]),
+        ):
+            stats[key].append(value)
+        utt_per = phones.rate
         human_acc = float(row["scores"]["accuracy"])
         per_vs_acc.append((utt_per, human_acc, pred_acc.get(row["utt_id"], math.nan)))
-    metrics["wer"] = corpus_rate(word_pairs).rate
-    metrics["per"] = corpus_rate(phone_pairs).rate
+    metrics["wer"] = word_total.rate
+    metrics["per"] = phone_total.rate
     metrics.update({f"mdd_{k}": v for k, v in counts.rates().items()})
-    metrics.update({f"phone_match_{k}": v for k, v in phone_match_prf(phone_pairs).items()})
+    metrics.update({f"phone_match_{k}": v for k, v in _match_rates(stats).items()})
     finite = [(u, h, p) for u, h, p in per_vs_acc if not math.isnan(u)]
     metrics["per_acc_pcc_human"] = correlation(
         [u for u, _, _ in finite], [h for _, h, _ in finite]
@@ -213,7 +245,14 @@ def score_checkpoint(
         apa_parse_failures=apa_failures,
         mdd_parse_failures=mdd_failures,
     )
-    return metrics, counts.confusion, apa_pairs, per_vs_acc
+    return metrics, counts.confusion, apa_pairs, per_vs_acc, samples
+
+
+def _match_rates(stats: dict[str, list[float]]) -> dict[str, float]:
+    hits, n_hyp, n_ref = (sum(stats[k]) for k in ("pm_hits", "pm_hyp", "pm_ref"))
+    p = hits / n_hyp if n_hyp else math.nan
+    r = hits / n_ref if n_ref else math.nan
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else math.nan}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -248,6 +287,7 @@ def collect(prepared: Path, runs: list[Path], allow_partial: bool = False) -> li
         raise DataError(f"--prepared {prep.root}: no test.jsonl (run jobs/prep.py first)")
     test_rows = read_jsonl(prep.split_path("test"))
     test = {r["id"]: r for r in test_rows}
+    speakers = sorted({r["speaker"] for r in test_rows})
     train_path = prep.split_path("train")
     fallback = apa_fallback(read_jsonl(train_path) if train_path.is_file() else [])
     entries = []
@@ -260,7 +300,10 @@ def collect(prepared: Path, runs: list[Path], allow_partial: bool = False) -> li
         label, strategy, prov = run_label(run_dir)
         for pred_dir in pred_dirs:
             preds, partial = read_predictions(pred_dir, set(test), allow_partial)
-            metrics, confusion, apa_pairs, per_vs_acc = score_checkpoint(test, preds, fallback)
+            metrics, confusion, apa_pairs, per_vs_acc, samples = score_checkpoint(
+                test, preds, fallback
+            )
+            boot = Bootstrap(samples.apa_speakers, samples.mdd_speakers, speakers).metrics(samples)
             meta = _read_json(run.checkpoint(pred_dir.name) / "meta.json")
             entries.append(
                 Entry(
@@ -275,6 +318,7 @@ def collect(prepared: Path, runs: list[Path], allow_partial: bool = False) -> li
                     confusion=confusion,
                     apa_pairs=apa_pairs,
                     per_vs_acc=per_vs_acc,
+                    boot=boot,
                 )
             )
     entries.sort(key=lambda e: (e.run, e.epoch, e.checkpoint))

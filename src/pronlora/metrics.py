@@ -66,6 +66,10 @@ class EditCounts:
         self.reference_length += other.reference_length
 
     @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
     def rate(self) -> float:
         if self.reference_length == 0:
             return math.nan
@@ -198,6 +202,14 @@ class MDDCounts:
             else:
                 self.de += 1
 
+    def merge(self, other: MDDCounts) -> None:
+        self.ta += other.ta
+        self.fr += other.fr
+        self.fa += other.fa
+        self.cd += other.cd
+        self.de += other.de
+        self.confusion.update(other.confusion)
+
     def rates(self) -> dict[str, float]:
         """Precision TR/(TR+FR), recall TR/(TR+FA), F1, false-acceptance rate FA/(FA+TR),
         false-rejection rate FR/(FR+TA), diagnosis error rate DE/(CD+DE); NaN when undefined."""
@@ -222,16 +234,21 @@ class MDDCounts:
         }
 
 
-def phone_match_prf(pairs: Sequence[tuple[Sequence[str], Sequence[str]]]) -> dict[str, float]:
+def phone_match_prf(
+    pairs: Sequence[tuple[Sequence[str], Sequence[str]]], counts_only: bool = False
+) -> dict[str, float]:
     """Sequence-match precision/recall/F1 of recognised vs perceived phones: hits of the
     Levenshtein alignment over the recognised (P) and the perceived (R) lengths. Not the
-    hierarchical protocol; a candidate for the paper's undefined P/R/F1 (P ~ R ~ F1)."""
+    hierarchical protocol; a candidate for the paper's undefined P/R/F1 (P ~ R ~ F1).
+    ``counts_only``: the hits and lengths instead (for bootstrap resampling)."""
     hits = n_hyp = n_ref = 0
     for ref, hyp in pairs:
         n_ref += len(ref)
         n_hyp += len(hyp)
         if ref and hyp:
             hits += jiwer.process_words(" ".join(ref), " ".join(hyp)).hits
+    if counts_only:
+        return {"hits": hits, "n_hyp": n_hyp, "n_ref": n_ref}
     p = hits / n_hyp if n_hyp else math.nan
     r = hits / n_ref if n_ref else math.nan
     f1 = 2 * p * r / (p + r) if p + r else math.nan
