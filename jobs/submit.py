@@ -5,6 +5,9 @@
   --executor slurm    submitit on Slurm (checkpointable training that resubmits itself)
   --executor local    submitit on this machine, one stage after another
 
+  --experiment table3 [--seeds N]   the paper's Table 3 grid (both strategies, epochs 1-4), one
+                                    collect job over all runs
+
 Site settings come from env.sh (environment overrides apply). --dry-run prints the plan (and,
 for sbatch, the commands) and submits nothing. Prints run_dir=, <job>_job=, report= lines.
 Exit 2: a bad argument, config or site setting, or a scheduler that refuses.
@@ -13,12 +16,14 @@ Exit 2: a bad argument, config or site setting, or a scheduler that refuses.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from pronlora.cli import run_job
-from pronlora.config import available
+from pronlora.config import ConfigError, available
+from pronlora.experiment import available_experiments, experiment_runs, load_experiment
 from pronlora.launch import site_settings, submit
-from pronlora.plan import build_plan
+from pronlora.plan import build_plan, plan_runs
 from pronlora.sbatch import submit_sbatch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +33,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--config", required=True, help=f"one of {available()} or a YAML path")
+    ap.add_argument("--config", help=f"one of {available()} or a YAML path")
+    ap.add_argument(
+        "--experiment",
+        help=f"a grid of runs: one of {available_experiments()} or a YAML path "
+        "(--config then replaces its base config, e.g. smoke for a CPU demo)",
+    )
+    ap.add_argument("--seeds", type=int, default=0, help="repeat every run with seed=1..N")
     ap.add_argument("--executor", choices=["sbatch", "slurm", "local"], default="slurm")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     ap.add_argument("--epochs", help="comma list of epochs to evaluate (default: all)")
@@ -39,18 +50,33 @@ def main() -> int:
     ap.add_argument("--no-prep", action="store_true")
     ap.add_argument("--set", action="append", default=[], help="config override key=value")
     args = ap.parse_args()
-    epochs = _epochs(args.epochs)
-    plan = build_plan(
-        args.config,
-        args.set,
-        epochs,
-        args.shards,
-        args.run_dir,
-        site_settings(REPO),
-        prep=not args.no_prep,
-        nodes=args.nodes,
-        gpus_per_node=args.gpus_per_node,
-    )
+    settings = site_settings(REPO)
+    if args.experiment:
+        if args.epochs:
+            raise ConfigError("--epochs: an experiment evaluates every epoch of its runs")
+        exp = load_experiment(args.experiment)
+        root = Path(args.run_dir or _stamped(settings, exp.name)).resolve()
+        runs = experiment_runs(exp, root, args.seeds, args.config, tuple(args.set))
+        plan = plan_runs(
+            runs, args.shards, settings, not args.no_prep, args.nodes, args.gpus_per_node,
+            str(root),
+        )
+    else:
+        if not args.config:
+            raise ConfigError("--config or --experiment is required")
+        if args.seeds:
+            raise ConfigError("--seeds applies to an --experiment")
+        plan = build_plan(
+            args.config,
+            args.set,
+            _epochs(args.epochs),
+            args.shards,
+            args.run_dir,
+            settings,
+            prep=not args.no_prep,
+            nodes=args.nodes,
+            gpus_per_node=args.gpus_per_node,
+        )
     print(plan.describe())
     if args.executor == "sbatch":
         ids = submit_sbatch(plan, dry_run=args.dry_run)
@@ -68,9 +94,14 @@ def main() -> int:
     return 0
 
 
-def _epochs(text: str | None) -> list[int] | None:
-    from pronlora.config import ConfigError
+def _stamped(settings: dict[str, str], name: str) -> str:
+    runs = settings.get("PRONLORA_RUNS")
+    if not runs:
+        raise ConfigError("env.sh: PRONLORA_RUNS is empty")
+    return str(Path(runs) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
+
+def _epochs(text: str | None) -> list[int] | None:
     if not text:
         return None
     try:

@@ -4,6 +4,7 @@
 #   slurm/pipeline.sh --config paper_r64 [--epochs 1,2,3] [--shards 4] [--run-dir DIR]
 #                     [--nodes N] [--gpus-per-node G] [--no-prep] [--set key=value ...]
 #                     [--dry-run]
+#   slurm/pipeline.sh --experiment table3 [--seeds N] [--config smoke] [...]   a grid
 #
 # Prints the plan, then the run dir and job ids as key=value lines (--dry-run: the sbatch
 # commands, nothing submitted). The plan is jobs/submit.py's (one plan, built and validated in
@@ -16,7 +17,7 @@ export PRONLORA_ROOT=${PRONLORA_ROOT:-$(dirname "$here")}
 # shellcheck source=lib/common.sh
 source "$here/lib/common.sh"
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 for arg in "$@"; do
     case "$arg" in -h|--help) usage 0 ;; esac
 done

@@ -77,6 +77,7 @@ class Entry:
     per_vs_acc: list[tuple[float, float, float]] = field(default_factory=list, repr=False)
     # resampled values of each BOOT_METRICS key (same resamples for every entry)
     boot: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    apa_failed: list[bool] = field(default_factory=list, repr=False)
 
     def interval(self, key: str) -> tuple[float, float] | None:
         return interval(self.boot[key]) if key in self.boot else None
@@ -170,6 +171,7 @@ def score_checkpoint(
         parsed, error = parse_answer(Task.APA, p.get("output", ""))
         failed = error is not None
         apa_failures += failed
+        samples.apa_failed.append(failed)
         for a in APA_ASPECTS:
             value = fallback[a] if failed else float(parsed[a])
             apa_pairs[a][0].append(value)
@@ -319,6 +321,7 @@ def collect(prepared: Path, runs: list[Path], allow_partial: bool = False) -> li
                     apa_pairs=apa_pairs,
                     per_vs_acc=per_vs_acc,
                     boot=boot,
+                    apa_failed=samples.apa_failed,
                 )
             )
     entries.sort(key=lambda e: (e.run, e.epoch, e.checkpoint))

@@ -20,6 +20,13 @@ from pronlora.layout import BASE_CHECKPOINT, RunDir
 
 Stage = Literal["prep", "train", "infer", "collect"]
 
+# One H100, full-size checkpoint, the full SpeechOcean762 (2,500 + 2,500 training instances,
+# 5,000 test generations), measured by jobs/bench.py with the real tokenizer:
+# bench/results/nvidia-h100-80gb-hbm3-2026-11-26-bf16-real-tokenizer.md (bf16) and
+# ...-2026-11-24-nf4-train-current.md (nf4, before the real tokenizer).
+TRAIN_MIN_PER_EPOCH = {"bf16": 11.74 / 3, "nf4": 18.8 / 3}
+INFER_MIN_PER_CHECKPOINT = {"bf16": 165 / 60, "nf4": 306 / 60}
+
 
 @dataclass(frozen=True)
 class TrainRun:
@@ -89,7 +96,21 @@ class LaunchPlan:
             )
         lines.append(f"report: {self.report_dir}")
         lines += [f"  {j.describe()}" for j in self.jobs]
+        train_h, infer_h = self.gpu_hours()
+        lines.append(
+            f"estimate: {train_h:.1f} GPU-h training + {infer_h:.1f} GPU-h inference on H100s "
+            "for the full SpeechOcean762 (jobs/bench.py figures; data-parallel overhead not "
+            "included)"
+        )
         return "\n".join(lines)
+
+    def gpu_hours(self) -> tuple[float, float]:
+        train = infer = 0.0
+        for r in self.runs:
+            quant = load_config(r.config, list(r.overrides)).quantization
+            train += r.epochs * TRAIN_MIN_PER_EPOCH[quant] / 60
+            infer += len(r.evaluate) * INFER_MIN_PER_CHECKPOINT[quant] / 60
+        return train, infer
 
 
 def _positive(value: int | None, what: str, default: str | None) -> int:

@@ -19,6 +19,7 @@ from pronlora.collect import METRIC_KEYS, Entry
 from pronlora.layout import PreparedDir
 from pronlora.paper import FIG5_PER_ACC_PCC, TABLE3
 from pronlora.protocol import APA_ASPECTS
+from pronlora.uncertainty import BOOT_METRICS, differs, mean_sd
 
 # Table 3 columns: (header, metrics key, higher is better)
 COLUMNS: list[tuple[str, str, bool]] = [
@@ -34,6 +35,8 @@ COLUMNS: list[tuple[str, str, bool]] = [
 ]
 NOT_SIGNIFICANT = "†"  # Pearson p >= 0.05
 BEST = "*"
+OFF_PAPER = "‡"  # the paper's value lies outside our 95 % interval
+BETTER, WORSE = "↑", "↓"  # vs the previous epoch of the same run, paired bootstrap
 
 
 def layers_label(e: Entry) -> str:
@@ -50,46 +53,117 @@ def _fmt(value: float | None) -> str:
     )
 
 
+def undefined_reason(e: Entry, key: str) -> str | None:
+    """Why ``key`` of ``e`` is undefined or degenerate (no result to rank), or None."""
+    m = e.metrics
+    if key.endswith("_pcc"):
+        if m["n_apa"] == 0:
+            return "no APA predictions"
+        if m["apa_parse_failures"] == m["n_apa"]:
+            return (
+                "constant predictions: every APA answer failed to parse (each scored as the "
+                "training mean)"
+            )
+        pred = e.apa_pairs.get(key[: -len("_pcc")], ([], []))[0]
+        if pred and len(set(pred)) == 1:
+            return "constant predictions: the model gave the same score to every utterance"
+        if math.isnan(m[key]):
+            return "undefined: the human scores are constant on this test set"
+        return None
+    if m["n_mdd"] == 0:
+        return "no MDD predictions"
+    if m["mdd_parse_failures"] == m["n_mdd"]:
+        return "every MDD answer failed to parse (scored as empty transcripts)"
+    if math.isnan(m[key]):
+        return "undefined: 0/0 (no mispronunciation detected or annotated)"
+    return None
+
+
 def _best(entries: list[Entry]) -> dict[str, float]:
     best = {}
     for _, key, higher in COLUMNS:
-        values = [e.metrics[key] for e in entries if not math.isnan(e.metrics[key])]
+        values = [
+            e.metrics[key]
+            for e in entries
+            if not math.isnan(e.metrics[key]) and undefined_reason(e, key) is None
+        ]
         if values:
             best[key] = max(values) if higher else min(values)
     return best
 
 
-def _cells(e: Entry, best: dict[str, float]) -> list[str]:
+def _paper_row(e: Entry) -> tuple | None:
+    return next((r for r in TABLE3 if r[0] == layers_label(e) and r[1] == e.epoch), None)
+
+
+def _previous(e: Entry, entries: list[Entry]) -> Entry | None:
+    earlier = [x for x in entries if x.run == e.run and x.epoch < e.epoch and x.boot]
+    return max(earlier, key=lambda x: x.epoch) if earlier else None
+
+
+class Notes:
+    """Numbered reasons for n/a and degenerate cells, listed under the table."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def mark(self, reason: str) -> str:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        return f"[{self.reasons.index(reason) + 1}]"
+
+
+def _cells(
+    e: Entry, best: dict[str, float], entries: list[Entry], notes: Notes, with_ci: bool = True
+) -> list[str]:
     cells = []
-    for _, key, _ in COLUMNS:
+    paper = _paper_row(e)
+    before = _previous(e, entries)
+    for i, (_, key, higher) in enumerate(COLUMNS):
         v = e.metrics[key]
+        reason = undefined_reason(e, key)
         text = _fmt(v)
+        ci = e.interval(key)
+        if with_ci and ci:
+            text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+        if reason:  # shown, never ranked or compared: the note says why
+            cells.append(f"{text} {notes.mark(reason)}")
+            continue
         if key.endswith("_pcc"):
             p = e.metrics[f"{key}_p"]
             if not math.isnan(p) and p >= 0.05:
                 text += NOT_SIGNIFICANT
-        if key in best and not math.isnan(v) and v == best[key]:
+        if paper is not None and ci and not ci[0] <= paper[2 + i] <= ci[1]:
+            text += OFF_PAPER
+        comparable = before is not None and key in e.boot and key in before.boot
+        if comparable and undefined_reason(before, key) is None and differs(
+            e.boot[key], before.boot[key]
+        ):
+            text += BETTER if (v > before.metrics[key]) == higher else WORSE
+        if key in best and v == best[key]:
             text += BEST
         cells.append(text)
     return cells
 
 
+def _fails(e: Entry) -> str:
+    m = e.metrics
+    return f"{m['apa_parse_failures']}/{m['n_apa']}, {m['mdd_parse_failures']}/{m['n_mdd']}"
+
+
 def table3_markdown(entries: list[Entry]) -> str:
     best = _best(entries)
+    notes = Notes()
     head = (
         "| run | layers | ep | " + " | ".join(c for c, _, _ in COLUMNS) + " | parse fail APA/MDD |"
     )
     lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
     for e in entries:
         partial = " (partial)" if e.partial else ""
-        fails = (
-            f"{e.metrics['apa_parse_failures']}/{e.metrics['n_apa']}, "
-            f"{e.metrics['mdd_parse_failures']}/{e.metrics['n_mdd']}"
-        )
         lines.append(
             f"| {e.label}{partial} | {layers_label(e)} | {e.epoch} | "
-            + " | ".join(_cells(e, best))
-            + f" | {fails} |"
+            + " | ".join(_cells(e, best, entries, notes))
+            + f" | {_fails(e)} |"
         )
     for row in TABLE3:
         lines.append(
@@ -99,11 +173,43 @@ def table3_markdown(entries: list[Entry]) -> str:
         )
     lines += [
         "",
-        f"APA columns: Pearson r with human scores ({NOT_SIGNIFICANT} p >= 0.05); "
-        "WER/PER: corpus-level edit rates; F1/P/R: hierarchical MDD protocol. "
-        f"{BEST} best of our rows. Failed answers count as wrong (see report.md).",
+        f"Cells: value [95 % interval, bootstrap over test speakers]. APA columns: Pearson r "
+        f"with human scores ({NOT_SIGNIFICANT} p >= 0.05); WER/PER: corpus-level edit rates; "
+        f"F1/P/R: hierarchical MDD protocol. {BEST} best of our rows with a defined, "
+        f"non-degenerate value; {OFF_PAPER} the paper's value for this row lies outside our "
+        f"interval; {BETTER}/{WORSE} better/worse than the run's previous epoch (paired "
+        "bootstrap, 95 %). Failed answers count as wrong: APA as the training mean, MDD as "
+        "an empty transcript (counts in the last column).",
     ]
+    if notes.reasons:
+        lines += [""] + [f"[{i}] n/a or degenerate: {r}" for i, r in enumerate(notes.reasons, 1)]
+    lines += _seed_table(entries)
     return "\n".join(lines) + "\n"
+
+
+def _seed_table(entries: list[Entry]) -> list[str]:
+    """Mean +- sd over seeds where several runs share config, strategy and epoch."""
+    groups: dict[tuple, list[Entry]] = {}
+    for e in entries:
+        cfg = e.provenance.get("config") or {}
+        groups.setdefault((cfg.get("name"), layers_label(e), e.epoch), []).append(e)
+    multi = {k: v for k, v in groups.items() if len(v) > 1 and k[2] > 0}
+    if not multi:
+        return []
+    lines = [
+        "",
+        "Over seeds (mean +- sd of the seed runs' values):",
+        "",
+        "| config | layers | ep | seeds | " + " | ".join(c for c, _, _ in COLUMNS) + " |",
+        "|" + "---|" * (len(COLUMNS) + 4),
+    ]
+    for (name, layers, epoch), group in sorted(multi.items(), key=lambda kv: kv[0][1:]):
+        cells = []
+        for _, key, _ in COLUMNS:
+            ms = mean_sd([g.metrics[key] for g in group if undefined_reason(g, key) is None])
+            cells.append(f"{ms[0]:.3f} +- {ms[1]:.3f}" if ms else "n/a")
+        lines.append(f"| {name} | {layers} | {epoch} | {len(group)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _tex_escape(text: str) -> str:
@@ -119,11 +225,14 @@ def table3_latex(entries: list[Entry]) -> str:
         "Run & Layers & Ep & " + " & ".join(c for c, _, _ in COLUMNS) + r" \\",
         r"\midrule",
     ]
+    notes = Notes()
     for e in entries:
         cells = []
-        for text in _cells(e, best):
+        for text in _cells(e, best, entries, notes):
             bold = text.endswith(BEST)
             text = text.rstrip(BEST).replace(NOT_SIGNIFICANT, r"$^\dagger$")
+            text = text.replace(OFF_PAPER, r"$^\ddagger$").replace(BETTER, r"$\uparrow$")
+            text = text.replace(WORSE, r"$\downarrow$")
             cells.append(r"\textbf{" + text + "}" if bold else text)
         out.append(
             f"{_tex_escape(e.label)} & {layers_label(e)} & {e.epoch} & "
@@ -142,7 +251,8 @@ def table3_latex(entries: list[Entry]) -> str:
 def table3_csv(entries: list[Entry]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["run", "checkpoint", "layers", "epoch", "partial", *METRIC_KEYS])
+    ci_cols = [f"{k}_ci{side}" for k in BOOT_METRICS for side in ("_lo", "_hi")]
+    w.writerow(["run", "checkpoint", "layers", "epoch", "partial", *METRIC_KEYS, *ci_cols])
     for e in entries:
         w.writerow(
             [
@@ -156,6 +266,11 @@ def table3_csv(entries: list[Entry]) -> str:
                     if isinstance(e.metrics[k], float) and math.isnan(e.metrics[k])
                     else repr(e.metrics[k])
                     for k in METRIC_KEYS
+                ),
+                *(
+                    "" if e.interval(k) is None else repr(e.interval(k)[side])
+                    for k in BOOT_METRICS
+                    for side in (0, 1)
                 ),
             ]
         )
@@ -183,9 +298,24 @@ def plots(entries: list[Entry], out: Path) -> list[str]:
 
     for run, e in sorted(last.items()):
         fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+        failed = e.apa_failed or [False] * len(e.apa_pairs[APA_ASPECTS[0]][0])
         for ax, aspect in zip(axes, APA_ASPECTS, strict=True):
             pred, human = e.apa_pairs[aspect]
-            ax.scatter(human, pred, s=10, alpha=0.6)
+            ok = [(h, p) for h, p, f in zip(human, pred, failed, strict=True) if not f]
+            fb = [(h, p) for h, p, f in zip(human, pred, failed, strict=True) if f]
+            if ok:
+                ax.scatter(*zip(*ok, strict=True), s=10, alpha=0.6, label="parsed answer")
+            if fb:
+                ax.scatter(
+                    *zip(*fb, strict=True), s=14, marker="x", color="tab:red", alpha=0.6,
+                    label="failed answer: training mean",
+                )
+                ax.legend(fontsize=6, loc="upper left")
+            if not ok:
+                ax.text(
+                    5, 9.5, "every answer failed to parse:\nno predicted score to show",
+                    ha="center", va="top", fontsize=7,
+                )
             ax.plot([0, 10], [0, 10], color="grey", lw=0.8)
             ax.set(
                 xlim=(-0.5, 10.5),
@@ -248,13 +378,42 @@ def plots(entries: list[Entry], out: Path) -> list[str]:
 
     runs = sorted({e.run for e in entries})
     fig, axes = plt.subplots(3, 3, figsize=(12, 9))
-    for ax, (header, key, _) in zip(axes.flat, COLUMNS, strict=True):
+    for i, (ax, (header, key, _)) in enumerate(zip(axes.flat, COLUMNS, strict=True)):
+        drawn = 0
+        reasons = set()
         for run in runs:
-            pts = sorted((e.epoch, e.metrics[key]) for e in entries if e.run == run)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=run)
+            pts = []
+            for e in sorted((x for x in entries if x.run == run), key=lambda x: x.epoch):
+                why = undefined_reason(e, key)
+                if why:
+                    reasons.add(why)
+                    continue
+                pts.append((e.epoch, e.metrics[key], e.interval(key)))
+            if not pts:
+                continue
+            drawn += 1
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            line = ax.plot(xs, ys, marker="o", label=run)[0]
+            cis = [(x, ci) for x, _, ci in pts if ci]
+            if cis:
+                ax.fill_between(
+                    [x for x, _ in cis], [c[0] for _, c in cis], [c[1] for _, c in cis],
+                    color=line.get_color(), alpha=0.15,
+                )
+        for layers, style in (("LoRA", "--"), ("Unfreeze", ":")):
+            ref = [(r[1], r[2 + i]) for r in TABLE3 if r[0] in (layers, "no training")]
+            ax.plot(*zip(*ref, strict=True), style, color="grey", lw=1, label=f"paper {layers}")
+        if not drawn:
+            why = "; ".join(sorted(reasons)) or "no checkpoint"
+            ax.text(
+                0.5, 0.5, "nothing of ours to draw:\n" + why[:90], transform=ax.transAxes,
+                ha="center", va="center", fontsize=7, wrap=True,
+            )
         ax.set(title=header, xlabel="epoch")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle("Metrics per epoch (epoch 0 = no training)")
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle(
+        "Metrics per epoch (epoch 0 = no training; bands: 95 % intervals; grey: the paper)"
+    )
     fig.tight_layout()
     write_bytes(out / "epochs.png", _png(fig))
     plt.close(fig)

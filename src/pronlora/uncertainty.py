@@ -59,6 +59,7 @@ class Samples:
 
     apa_speakers: list[str] = field(default_factory=list)
     apa: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # pred, human
+    apa_failed: list[bool] = field(default_factory=list)  # scored with the training mean
     mdd_speakers: list[str] = field(default_factory=list)
     mdd: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in MDD_COUNTS})
 
