@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pronlora.atomic import read_jsonl, write_jsonl
 from pronlora.collect import CoverageError, apa_fallback, collect
 from pronlora.data.prep import prepare
 from pronlora.phones import transcript_phones
-from pronlora.protocol import format_mdd_answer
+from pronlora.protocol import format_apa_answer, format_mdd_answer
 from pronlora.report import write_outputs
 
 from .conftest import REPO
@@ -168,3 +169,40 @@ def test_outputs_round_trip_and_are_byte_identical(mini_prepared: Path, tmp_path
                 assert (float(row[key]) if row[key] else None) == value, key
     md = (tmp_path / "a" / "table3.md").read_text()
     assert "| run | no training | 0 |" in md and "paper (reference)" in md
+
+
+def test_intervals_in_outputs_and_no_star_on_degenerate_rows(
+    mini_prepared: Path, tmp_path: Path
+) -> None:
+    test = read_jsonl(mini_prepared / "test.jsonl")
+    def near(i: int, row: dict) -> str:  # the human scores, accuracy off by -1/0/+1
+        if row["task"] != "APA":
+            return row["target"]
+        s = {k: round(v) for k, v in row["scores"].items()}
+        s["accuracy"] = min(10, max(0, s["accuracy"] + i % 3 - 1))
+        return format_apa_answer(s)
+
+    preds = [_pred(r, near(i, r)) for i, r in enumerate(test)]
+    _write_run(tmp_path / "run", preds, checkpoint="epoch-1")
+    _write_run(tmp_path / "run", [_pred(r, "no idea") for r in test], checkpoint="base")
+    exact = [_pred(r, r["target"]) for r in test]
+    _write_run(tmp_path / "run", exact, checkpoint="epoch-2")
+    entries = collect(mini_prepared, [tmp_path / "run"])
+    write_outputs(entries, tmp_path / "out", synthetic=False)
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    metrics = {m["checkpoint"]: m for m in written}
+    lo, hi = metrics["epoch-1"]["ci95"]["accuracy_pcc"]
+    assert lo <= metrics["epoch-1"]["accuracy_pcc"] <= hi and hi - lo > 0  # a real spread
+    assert metrics["base"]["ci95"]["accuracy_pcc"] is None  # constant predictions
+    md = (tmp_path / "out" / "table3.md").read_text()
+    base_row = next(line for line in md.splitlines() if "| no training | 0 |" in line)
+    oracle_row = next(line for line in md.splitlines() if line.startswith("| run | unknown | 1 |"))
+    assert "*" not in base_row and "n/a [1]" in base_row
+    assert "[1] n/a or degenerate: constant predictions: every APA answer failed" in md
+    assert "every MDD answer failed to parse (scored as empty transcripts)" in md
+    assert re.search(r"\| 1\.000 \[1\.00, 1\.00\]\S*\* \| ", oracle_row)  # fluency: exact
+    assert "↑" not in oracle_row  # never compared with a degenerate row
+    exact_row = next(line for line in md.splitlines() if line.startswith("| run | unknown | 2 |"))
+    assert exact_row.split(" | ")[3].startswith("1.000 [1.00, 1.00]↑*")  # paired: better
+    csv_text = (tmp_path / "out" / "table3.csv").read_text()
+    assert "accuracy_pcc_ci_lo" in csv_text.splitlines()[0]

@@ -308,3 +308,44 @@ def test_both_launchers_print_the_same_plan(tmp_path: Path) -> None:
 
     assert plan(via_pipeline.stdout) == plan(via_submit.stdout)
     assert len(plan(via_submit.stdout)) == 6  # 2 header lines + 4 jobs
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_table3_grid_plan_under_both_launchers(tmp_path: Path, seeds: int) -> None:
+    args = ["--experiment", "table3", "--seeds", str(seeds), "--run-dir", str(tmp_path / "t3")]
+    via_submit = _submit(*args, "--dry-run")
+    via_pipeline = _pipeline(*args, "--dry-run")
+    assert via_submit.returncode == 0 == via_pipeline.returncode, via_pipeline.stderr
+    plan = [line for line in via_submit.stdout.splitlines() if line.startswith("  ")]
+    assert plan == [line for line in via_pipeline.stdout.splitlines() if line.startswith("  ")][
+        : len(plan)
+    ]
+    runs = [f"{s}-s{k}" for s in ("lora", "unfreeze") for k in range(1, seeds + 1)]
+    trains = [line for line in plan if line.startswith("  train:")]
+    assert [line.split(":")[1] for line in trains] == runs
+    assert all("after prep" in line for line in trains)
+    infers = [line for line in plan if line.startswith("  infer:")]
+    arrays = [re.search(r"array of (\d+)", line).group(1) for line in infers]
+    assert arrays == ["5"] + ["4"] * (len(runs) - 1)  # base decoded once, epochs 1-4 each
+    collect = next(line for line in plan if line.startswith("  collect:"))
+    assert collect.endswith("after " + ",".join(f"infer:{r}" for r in runs))
+    assert f"-> {tmp_path / 't3' / 'lora-s1'} (evaluates base," in via_submit.stdout
+    assert "epochs=4 strategy=unfreeze seed=1" in via_submit.stdout
+    assert "GPU-h training" in via_submit.stdout
+    sbatch = [line for line in via_pipeline.stdout.splitlines() if line.startswith("sbatch ")]
+    assert len(sbatch) == 2 + 2 * len(runs)
+    infer_ids = ":".join(str(103 + 2 * i) for i in range(len(runs)))  # dry-run ids from 101
+    assert f"--dependency=afterok:{infer_ids}" in sbatch[-1]
+
+
+def test_experiment_errors_name_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "exp.yaml"
+    bad.write_text("config: paper_r64\nruns:\n  a: [lora.rank=4]\n")
+    proc = _submit("--experiment", str(bad), "--dry-run")
+    assert proc.returncode == 2
+    assert re.search(r"experiment exp, run a: .*unknown key\(s\) lora\.rank", proc.stderr)
+    bad.write_text("config: paper_r64\nrun: {}\n")
+    proc = _submit("--experiment", str(bad), "--dry-run")
+    assert proc.returncode == 2 and "unknown key(s) ['run']" in proc.stderr
+    proc = _submit("--experiment", "table4", "--dry-run")
+    assert proc.returncode == 2 and "no experiment named 'table4'" in proc.stderr
