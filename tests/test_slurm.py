@@ -227,3 +227,26 @@ def test_training_over_two_nodes(site: dict[str, str], tmp_path: Path) -> None:
     a, b = load_file(str(reference / name)), load_file(str(run_dir / name))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+
+
+def test_table3_grid_through_pipeline(site: dict[str, str], tmp_path: Path) -> None:
+    # the experiment with the smoke recipe, 1 epoch per run: 2 trainings, 2 inference arrays
+    # (base decoded once), one collect over both runs
+    sets = ["--set", "epochs=1", "--set", "save_steps=100"]
+    args = ["--experiment", "table3", "--config", "smoke", "--run-dir", str(tmp_path / "t3")]
+    out = subprocess.run(
+        [str(REPO / "slurm" / "pipeline.sh"), *args, *sets],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **site},
+        check=True,
+    ).stdout
+    ids = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    jobs = [v for k, v in ids.items() if k.endswith("_job")]
+    assert len(jobs) == 6, ids  # prep, train x2, infer x2, collect
+    _wait(jobs)
+    metrics = json.loads((tmp_path / "t3" / "report" / "metrics.json").read_text())
+    rows = sorted((m["run"], m["checkpoint"]) for m in metrics)
+    assert rows == [("lora", "base"), ("lora", "epoch-1"), ("unfreeze", "epoch-1")]
+    assert all("ci95" in m for m in metrics)
+    assert "Unfreeze" in (tmp_path / "t3" / "report" / "table3.md").read_text()

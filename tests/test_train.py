@@ -244,3 +244,31 @@ def test_non_finite_loss_stops_with_a_clear_message(
     trainer = build_trainer(cfg, loaded, rows, tmp_path / "run")
     with pytest.raises(NonFiniteLossError, match="loss became nan at step 1"):
         trainer.train()
+
+
+def test_one_process_never_wraps_the_model_in_data_parallel(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulate a node where one process sees 4 GPUs (what TrainingArguments then reports)."""
+    from transformers import TrainingArguments
+
+    original = TrainingArguments._setup_devices
+
+    def four_gpus(self):  # cached, like the real one: resolved once per arguments object
+        first = "_simulated" not in self.__dict__
+        device = original.__get__(self, TrainingArguments)
+        if first:
+            self.__dict__["_simulated"] = True
+            self._n_gpu = 4
+        return device
+
+    monkeypatch.setattr(TrainingArguments, "_setup_devices", property(four_gpus))
+    cfg = load_config("smoke")
+    loaded = load_model(cfg, tiny_model)
+    rows = read_jsonl(demo_prepared / "train.jsonl")
+    (tmp_path / "run").mkdir()
+    trainer = build_trainer(cfg, loaded, rows, tmp_path / "run")
+    assert trainer.args.n_gpu == 1
+    assert not isinstance(trainer._wrap_model(trainer.model), torch.nn.DataParallel)
+    trainer.args._n_gpu = 4  # without the guard the Trainer would take the DataParallel path
+    assert isinstance(trainer._wrap_model(trainer.model), torch.nn.DataParallel)

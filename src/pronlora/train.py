@@ -283,6 +283,7 @@ def build_trainer(
         deepspeed=deepspeed_config(engine, load_universal) if deepspeed else None,
         accelerator_config={"use_configured_state": cpu_deepspeed},
     )
+    one_device_per_process(args)
     collator = Collator(
         loaded.tokenizer,
         loaded.feature_extractor,
@@ -300,6 +301,28 @@ def build_trainer(
     save_epoch.trainer = trainer
     trainer.stop_state = stop
     return trainer
+
+
+def one_device_per_process(args: Any) -> None:
+    """Never nn.DataParallel: a single process trains on exactly one GPU.
+
+    The Trainer wraps the model in DataParallel when one process sees several GPUs (an
+    interactive allocation of 4 GPUs, say); our fast paths break in its replicas and the
+    throughput is far below data-parallel training. Several GPUs are used through torchrun
+    (or the Slurm template, which starts it), one process each.
+    """
+    visible = args.n_gpu  # resolves the device first
+    if visible > 1 and world_size() == 1:
+        log.warning(
+            "this process sees %d GPUs and uses only %s; to train on all of them start one "
+            "process per GPU: torchrun --nproc-per-node=%d jobs/train.py ... (slurm/pipeline.sh "
+            "--gpus-per-node %d does this)",
+            visible,
+            args.device,
+            visible,
+            visible,
+        )
+        args._n_gpu = 1  # what the Trainer itself sets under model parallelism
 
 
 def _check_same_run(run_dir: Path, resolved: dict[str, Any], model: Path, prepared: Path) -> None:
