@@ -83,17 +83,21 @@ def _release_requeued(job: str) -> None:
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
 
 
-def _pipeline(site: dict[str, str], run_dir: Path, *args: str) -> dict[str, str]:
-    script = str(REPO / "slurm" / "pipeline.sh")
+def _submitted(site: dict[str, str], *args: str) -> dict[str, str]:
+    """slurm/pipeline.sh's key=value lines (run_dir, <job>_job, report)."""
     out = subprocess.run(
-        [script, "--config", "smoke", "--run-dir", str(run_dir), *args],
+        [str(REPO / "slurm" / "pipeline.sh"), *args],
         capture_output=True,
         text=True,
         env={**os.environ, **site},
         check=True,
     ).stdout
-    ids = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    return {k: v.split()[0] for k, v in ids.items()}
+    lines = [line for line in out.splitlines() if re.match(r"^\w+=", line)]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def _pipeline(site: dict[str, str], run_dir: Path, *args: str) -> dict[str, str]:
+    return _submitted(site, "--config", "smoke", "--run-dir", str(run_dir), *args)
 
 
 @pytest.fixture(scope="module")
@@ -234,14 +238,7 @@ def test_table3_grid_through_pipeline(site: dict[str, str], tmp_path: Path) -> N
     # (base decoded once), one collect over both runs
     sets = ["--set", "epochs=1", "--set", "save_steps=100"]
     args = ["--experiment", "table3", "--config", "smoke", "--run-dir", str(tmp_path / "t3")]
-    out = subprocess.run(
-        [str(REPO / "slurm" / "pipeline.sh"), *args, *sets],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **site},
-        check=True,
-    ).stdout
-    ids = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    ids = _submitted(site, *args, *sets)
     jobs = [v for k, v in ids.items() if k.endswith("_job")]
     assert len(jobs) == 6, ids  # prep, train x2, infer x2, collect
     _wait(jobs)

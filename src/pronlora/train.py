@@ -116,24 +116,21 @@ def build_trainer(
     loaded: Loaded,
     rows: list[dict[str, Any]],
     run_dir: Path,
-    stop_signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
+    stop: dict[str, Any] | None = None,
     engine: str = "ddp",
     load_universal: bool = False,
     stop_file: Path | None = None,
 ) -> Any:
-    """The Trainer for one run; ``engine`` is resolved (see distributed.resolve_engine)."""
+    """The Trainer for one run; ``engine`` is resolved (see distributed.resolve_engine).
+
+    ``stop`` is the request a signal handler fills in (``install_stop_signals``, called by the
+    training stage only: building a Trainer, e.g. in a benchmark, installs no handler).
+    """
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     cuda = torch.cuda.is_available()
     deepspeed = engine in DEEPSPEED_ENGINES
-    stop: dict[str, Any] = {"signal": None}
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
-        stop["signal"] = signal.Signals(signum).name
-
-    for sig in stop_signals:
-        signal.signal(sig, on_signal)
+    stop = stop if stop is not None else {"signal": None}
 
     class StopOnSignal(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -260,7 +257,7 @@ def build_trainer(
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a fraction of all steps
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         logging_steps=cfg.logging_steps,
@@ -301,6 +298,19 @@ def build_trainer(
     save_epoch.trainer = trainer
     trainer.stop_state = stop
     return trainer
+
+
+def install_stop_signals(signals: tuple[signal.Signals, ...]) -> dict[str, Any]:
+    """Make ``signals`` request a checkpoint and a stop at the end of the current step."""
+    stop: dict[str, Any] = {"signal": None}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
+        stop["signal"] = signal.Signals(signum).name
+
+    for sig in signals:
+        signal.signal(sig, on_signal)
+    return stop
 
 
 def one_device_per_process(args: Any) -> None:
@@ -385,7 +395,8 @@ def _train_ranks(
         engine,
     )
     stop_path = Path(stop_file) if stop_file else None
-    trainer = build_trainer(cfg, loaded, rows, run_dir, stop_signals, engine, universal, stop_path)
+    stop = install_stop_signals(stop_signals)
+    trainer = build_trainer(cfg, loaded, rows, run_dir, stop, engine, universal, stop_path)
     if resume:
         log.info("resuming from %s%s", resume, " (universal form)" if universal else "")
     steps_per_epoch = math.ceil(len(rows) / cfg.effective_batch)

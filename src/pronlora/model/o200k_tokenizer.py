@@ -119,6 +119,18 @@ def special_tokens() -> dict[int, str]:
     }
 
 
+def _added_token(tok: str) -> dict:
+    """An added token's flags: special, not normalised; chat tokens strip space on the right."""
+    return {
+        "content": tok,
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": tok in RSTRIP_TOKENS,
+        "single_word": False,
+        "special": True,
+    }
+
+
 def tokenizer_json(raw: bytes) -> dict:
     ranks = _ranks(raw)
     to_text = _bytes_to_unicode()
@@ -128,18 +140,7 @@ def tokenizer_json(raw: bytes) -> dict:
 
     vocab = {text(tok): rank for tok, rank in ranks.items()}
     merges = [[text(a), text(b)] for a, b in _merges(ranks)]
-    added = [
-        {
-            "id": idx,
-            "content": tok,
-            "single_word": False,
-            "lstrip": False,
-            "rstrip": tok in RSTRIP_TOKENS,
-            "normalized": False,
-            "special": True,
-        }
-        for idx, tok in special_tokens().items()
-    ]
+    added = [{"id": idx, **_added_token(tok)} for idx, tok in special_tokens().items()]
     return {
         "version": "1.0",
         "truncation": None,
@@ -187,17 +188,7 @@ def tokenizer_json(raw: bytes) -> dict:
 
 def tokenizer_config() -> dict:
     """``tokenizer_config.json`` as the native conversion writes it (flags as on the Hub)."""
-    decoder = {
-        str(idx): {
-            "content": tok,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": tok in RSTRIP_TOKENS,
-            "single_word": False,
-            "special": True,
-        }
-        for idx, tok in special_tokens().items()
-    }
+    decoder = {str(idx): _added_token(tok) for idx, tok in special_tokens().items()}
     return {
         "add_bos_token": False,
         "add_eos_token": False,
