@@ -105,6 +105,14 @@ def test_prompts_and_real_targets_encode_as_o200k(
     assert len(targets) > 150  # distinct APA dicts and MDD transcripts of the real corpus
     ours = tok(targets, add_special_tokens=False)["input_ids"]
     assert ours == [o200k.encode(t) for t in targets]
+    # and any text: digits, contractions, whitespace runs, accents, CJK, emoji
+    import random
+    import string
+
+    rng = random.Random(0)
+    alphabet = string.printable + "éüß日本語😀’—"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 80))) for _ in range(300)]
+    assert tok(texts, add_special_tokens=False)["input_ids"] == [o200k.encode(t) for t in texts]
 
 
 def test_label_mask_is_the_o200k_answer_plus_end(

@@ -88,22 +88,31 @@ def _ranks(raw: bytes) -> dict[bytes, int]:
     return ranks
 
 
-def _merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
-    """BPE merges equivalent to tiktoken's rank order.
+def _split(ranks: dict[bytes, int], token: bytes, rank: int) -> tuple[bytes, bytes]:
+    """The last merge tiktoken makes to build ``token``: BPE on its bytes with lower ranks."""
+    parts = [token[i : i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+        best, at = rank, -1
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < best:
+                best, at = r, i
+        if at < 0:
+            break
+        parts[at : at + 2] = [parts[at] + parts[at + 1]]
+    if len(parts) != 2:
+        raise EnvironmentProblem(f"o200k_base: token rank {rank} is not reachable by merges")
+    return parts[0], parts[1]
 
-    tiktoken always merges the adjacent pair whose concatenation has the lowest rank; listing,
-    for every token, each split into two lower-ranked tokens, ordered by the token's rank,
-    gives a merge table with the same priorities.
+
+def _merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """One merge per multi-byte token, in rank order: the BPE merge table tiktoken implies.
+
+    tiktoken always merges the adjacent pair whose concatenation has the lowest rank, so the
+    merge that forms a token is found by running that procedure on the token's own bytes.
     """
-    found: list[tuple[int, int, int, bytes, bytes]] = []
-    for token, rank in ranks.items():
-        for i in range(1, len(token)):
-            left, right = token[:i], token[i:]
-            lr, rr = ranks.get(left), ranks.get(right)
-            if lr is not None and rr is not None and lr < rank and rr < rank:
-                found.append((rank, lr, rr, left, right))
-    found.sort()
-    return [(left, right) for _, _, _, left, right in found]
+    ordered = sorted((r, t) for t, r in ranks.items() if len(t) > 1)
+    return [_split(ranks, token, rank) for rank, token in ordered]
 
 
 def special_tokens() -> dict[int, str]:
