@@ -12,7 +12,7 @@ out=$(mkdir -p "${DEMO_DIR:-demo}" && cd "${DEMO_DIR:-demo}" && pwd)
 $py jobs/make_demo_corpus.py --out "$out/corpus" --utterances 24
 [ -f "$out/model/config.json" ] || $py jobs/make_random_checkpoint.py --size tiny --out "$out/model"
 export PRONLORA_DATA="$out/corpus" PRONLORA_PREPARED="$out/prepared" PRONLORA_MODEL="$out/model" \
-    PRONLORA_RUNS="$out/runs" PRONLORA_CACHE="$out/cache" PRONLORA_GRES= PRONLORA_MEM= \
+    PRONLORA_RUNS="$out/runs" PRONLORA_CACHE="$out/cache" PRONLORA_GRES='' PRONLORA_MEM='' \
     PRONLORA_GPUS_PER_NODE=1 PRONLORA_NODES=1
 $py jobs/submit.py --experiment table3 --config smoke --set epochs=2 --executor local \
     --run-dir "$out/table3"

@@ -27,7 +27,7 @@ pytestmark = [
         reason="needs the Slurm daemons that .ci/run starts (PRONLORA_SLURM_TESTS=1)",
     ),
 ]
-OVERRIDES = ["epochs=3", "micro_batch=2", "grad_accum=1", "save_steps=2"]
+OVERRIDES = ["epochs=2", "micro_batch=2", "grad_accum=1", "save_steps=2"]
 
 
 def _job_state(job_id: str) -> str:
@@ -138,12 +138,12 @@ def test_pipeline_survives_a_requeue_mid_training(site: dict[str, str], tmp_path
 
     train_out = "\n".join(p.read_text() for p in (run_dir / "logs").glob("pronlora-train-*.out"))
     assert "received SIGTERM" in train_out and "resuming from" in train_out, train_out[-3000:]
-    _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-1", "epoch-2", "epoch-3"])
+    _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-1", "epoch-2"])
 
     reference = tmp_path / "uninterrupted"
     cfg = load_config("smoke", OVERRIDES)
     assert train(cfg, site["PRONLORA_PREPARED"], site["PRONLORA_MODEL"], reference) == 0
-    for epoch in (1, 2, 3):
+    for epoch in (1, 2):
         name = f"checkpoints/epoch-{epoch}/adapter_model.safetensors"
         a, b = load_file(str(reference / name)), load_file(str(run_dir / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), epoch
