@@ -12,7 +12,7 @@ fi
 model=$1
 shift
 work=$(mktemp -d)
-python3 -c "import sys; from pathlib import Path; from pronlora.bench import make_bench_data
+python3 -c "import sys; from pathlib import Path; from pronlora.devtools.bench import make_bench_data
 make_bench_data(Path(sys.argv[1]), Path('bench/mini_durations.json'), 64)" "$work/prepared"
 "${launcher[@]}" jobs/train.py --config paper_r64 \
     --prepared "$work/prepared" --model "$model" --run-dir "$work/run" epochs=1 logging_steps=1 "$@"

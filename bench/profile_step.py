@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from pronlora.bench import make_bench_data
 from pronlora.config import load_config
+from pronlora.devtools.bench import make_bench_data
 from pronlora.layout import PreparedDir
 from pronlora.model.load import load_model
 from pronlora.train import build_trainer

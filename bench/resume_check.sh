@@ -7,7 +7,7 @@ set -euo pipefail
 model=$1 out=$2
 shift 2
 work=$(mktemp -d)
-python3 -c "import sys; from pathlib import Path; from pronlora.bench import make_bench_data
+python3 -c "import sys; from pathlib import Path; from pronlora.devtools.bench import make_bench_data
 make_bench_data(Path(sys.argv[1]), Path('bench/mini_durations.json'), 128)" "$work/prepared"
 train() {
     python3 -m torch.distributed.run --nproc-per-node=1 jobs/train.py --config paper_r64 \

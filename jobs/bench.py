@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 
 from pronlora.atomic import write_text
-from pronlora.bench import (
+from pronlora.cli import run_job
+from pronlora.config import ConfigError, load_config
+from pronlora.devtools.bench import (
     VARIANTS,
     bench_infer,
     bench_train,
@@ -27,8 +29,6 @@ from pronlora.bench import (
     results_header,
     write_results,
 )
-from pronlora.cli import run_job
-from pronlora.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def main() -> int:
         raise ConfigError(f"--what: {args.what!r}; expected train and/or infer")
     model = Path(args.model).resolve()
     if args.make_checkpoint and not (model / "config.json").is_file():
-        from pronlora.model.random_checkpoint import make_random_checkpoint
+        from pronlora.devtools.random_checkpoint import make_random_checkpoint
 
         make_random_checkpoint("full", model)
     work = Path(tempfile.mkdtemp(prefix="pronlora-bench-"))

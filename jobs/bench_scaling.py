@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark data-parallel training on 1..N GPUs of one node (see pronlora.bench_scaling).
+"""Benchmark data-parallel training on 1..N GPUs of one node (see pronlora.devtools.bench_scaling).
 
 Writes bench/results/<gpu>-<date>-scaling<tag>.json and .md. Example (a node of 4 GPUs):
   python jobs/bench_scaling.py --model /tmp/full --make-checkpoint --config paper_r64 \
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from pronlora.bench import make_bench_data, results_header, write_results
-from pronlora.bench_scaling import compare, markdown, run_point
 from pronlora.cli import run_job
 from pronlora.config import ConfigError, accumulation_steps, load_config
+from pronlora.devtools.bench import make_bench_data, results_header, write_results
+from pronlora.devtools.bench_scaling import compare, markdown, run_point
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def main() -> int:
         raise ConfigError(f"--steps {args.steps} must exceed --warmup {args.warmup}")
     model = Path(args.model).resolve()
     if args.make_checkpoint and not (model / "config.json").is_file():
-        from pronlora.model.random_checkpoint import make_random_checkpoint
+        from pronlora.devtools.random_checkpoint import make_random_checkpoint
 
         make_random_checkpoint("full", model)
     plans = []
@@ -69,7 +69,15 @@ def main() -> int:
             run_dir = work / "runs" / f"{setup.replace(' ', '-')}-{n}"
             try:
                 point = run_point(
-                    n, args.config, overrides, model, prepared, run_dir, args.steps, args.warmup
+                    REPO / "jobs" / "train.py",
+                    n,
+                    args.config,
+                    overrides,
+                    model,
+                    prepared,
+                    run_dir,
+                    args.steps,
+                    args.warmup,
                 )
             except Exception as exc:  # record it: one failure must not void the rest
                 traceback.print_exc()

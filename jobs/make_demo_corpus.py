@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from pronlora.cli import run_job
-from pronlora.data.synthetic import make_demo_corpus
+from pronlora.devtools.synthetic_corpus import make_demo_corpus
 
 
 def main() -> int:

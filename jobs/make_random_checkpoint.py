@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from pronlora.cli import run_job
-from pronlora.model.random_checkpoint import SIZES, make_random_checkpoint
+from pronlora.devtools.random_checkpoint import SIZES, make_random_checkpoint
 
 
 def main() -> int:

@@ -71,7 +71,7 @@ def write_hf_parquet(corpus: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pronlora.model.random_checkpoint import make_random_checkpoint
+    from pronlora.devtools.random_checkpoint import make_random_checkpoint
 
     return make_random_checkpoint("tiny", tmp_path_factory.mktemp("tiny"))
 
@@ -79,7 +79,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pronlora.data.prep import prepare
-    from pronlora.data.synthetic import make_demo_corpus
+    from pronlora.devtools.synthetic_corpus import make_demo_corpus
 
     root = tmp_path_factory.mktemp("demo")
     corpus = make_demo_corpus(root / "corpus", utterances=12, seed=1)

@@ -49,6 +49,13 @@ def test_no_stage_imports_another_stage() -> None:
             assert not reached, f"stage {stage} ({module}) imports {sorted(reached)}"
 
 
+def test_no_stage_depends_on_the_developer_tools() -> None:
+    for stage, modules in STAGES.items():
+        for module in modules:
+            tools = sorted(m for m in _closure(module) if m.startswith("pronlora.devtools"))
+            assert not tools, f"stage {stage} ({module}) imports {tools}"
+
+
 def test_run_dir_layout_is_spelled_in_layout_py_only() -> None:
     names = r"run\.json|predictions|checkpoints|trainer|train_log\.jsonl|manifest\.json"
     spellings = re.compile(rf'"({names})"')

@@ -177,7 +177,7 @@ def test_a_stop_request_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
 
 
 def test_scaling_report_measures_the_steady_state_and_the_loss_gap() -> None:
-    from pronlora.bench_scaling import compare, steady_state
+    from pronlora.devtools.bench_scaling import compare, steady_state
 
     # 2 warm-up steps (slow), then 3 steps of 1,000 tokens in 0.5 s each
     log = [{"step": s, "tokens": 1000, "tokens_per_s": 100.0} for s in (1, 2)]

@@ -9,7 +9,7 @@ import soundfile as sf
 
 from pronlora.atomic import read_jsonl
 from pronlora.data.prep import PrepError, prepare
-from pronlora.data.synthetic import make_demo_corpus
+from pronlora.devtools.synthetic_corpus import make_demo_corpus
 
 from .conftest import REPO, write_hf_parquet
 

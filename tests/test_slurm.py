@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from pronlora.atomic import read_jsonl
 from pronlora.config import load_config
-from pronlora.data.synthetic import make_demo_corpus
+from pronlora.devtools.synthetic_corpus import make_demo_corpus
 from pronlora.train import train
 
 from .conftest import REPO

@@ -28,6 +28,7 @@ from pronlora.metrics import (
     phone_match_prf,
     recognised_phones,
 )
+from pronlora.model.snapshot import RANDOM_WEIGHTS_MARKER
 from pronlora.parse import parse_answer
 from pronlora.phones import transcript_phones
 from pronlora.protocol import APA_ASPECTS, MDD_FIELDS, SCORE_RANGE, Task
@@ -272,7 +273,7 @@ def run_label(run_dir: Path) -> tuple[str, str, dict[str, Any]]:
         return run_dir.name, "unknown", {"config": None, "note": "no run.json: labelled by folder"}
     cfg = run["config"]
     model = Path(run["model"])
-    random_weights = (model / "pronlora_random_checkpoint.json").is_file()
+    random_weights = (model / RANDOM_WEIGHTS_MARKER).is_file()
     prov = {
         "config": cfg,
         "model": str(model),

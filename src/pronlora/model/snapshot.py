@@ -64,6 +64,9 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
 )
 
+# Written by pronlora's random-weight checkpoints (devtools): reports say "meaningless".
+RANDOM_WEIGHTS_MARKER = "pronlora_random_checkpoint.json"
+
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
 
 
@@ -288,7 +291,7 @@ def describe_snapshot(model_dir: str | Path) -> str:
     adapter_cfg = read_json(model_dir / SPEECH_ADAPTER_DIR / ADAPTER_CONFIG)
     keys = sorted(safetensors_header(model_dir / SPEECH_ADAPTER_DIR / ADAPTER_WEIGHTS))
     style, modules = adapter_modules(keys, model_dir / SPEECH_ADAPTER_DIR / ADAPTER_WEIGHTS)
-    random = (model_dir / "pronlora_random_checkpoint.json").is_file()
+    random = (model_dir / RANDOM_WEIGHTS_MARKER).is_file()
     return (
         f"{len(files)} weight file(s), {sum(len(k) for k in files.values())} tensors; "
         f"speech adapter r={adapter_cfg['r']} alpha={adapter_cfg['lora_alpha']} on "

@@ -20,7 +20,6 @@ from pronlora.atomic import read_jsonl
 from pronlora.distributed import free_port
 from pronlora.layout import RunDir
 
-REPO = Path(__file__).resolve().parents[2]
 # Loss curves of the same samples on different rank counts differ by reduction order only;
 # more than this relative gap means the data-parallel setup changed the optimisation.
 LOSS_AGREEMENT_RTOL = 0.02
@@ -41,6 +40,7 @@ def steady_state(entries: list[dict[str, Any]], warmup: int) -> dict[str, float]
 
 
 def run_point(
+    train_script: Path,
     procs: int,
     config: str,
     overrides: list[str],
@@ -50,14 +50,15 @@ def run_point(
     steps: int,
     warmup: int,
 ) -> dict[str, Any]:
-    """One training run on ``procs`` processes; its throughput and loss curve."""
+    """One training run of the stage's entry point (``jobs/train.py`` of the checkout) on
+    ``procs`` processes under torchrun; its throughput and loss curve."""
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         f"--nproc-per-node={procs}",
         f"--master-port={free_port()}",
-        str(REPO / "jobs" / "train.py"),
+        str(train_script),
         "--config",
         config,
         "--prepared",

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from pronlora.atomic import follow_umask, write_text
-from pronlora.model.o200k_tokenizer import write_phi4_tokenizer
+from pronlora.devtools.o200k_tokenizer import write_phi4_tokenizer
 from pronlora.model.snapshot import (
     ADAPTER_TARGET_REGEX,
     ADAPTER_WEIGHTS,
@@ -27,6 +27,7 @@ from pronlora.model.snapshot import (
     EOS_TOKEN_IDS,
     IMAGE_SPECIAL_TOKEN,
     PEFT_KEY_PREFIX,
+    RANDOM_WEIGHTS_MARKER,
     REAL_SPECIAL_IDS,
     SPEECH_ADAPTER_DIR,
     VOCAB_SIZE,
@@ -34,7 +35,6 @@ from pronlora.model.snapshot import (
 
 log = logging.getLogger(__name__)
 
-MARKER = "pronlora_random_checkpoint.json"
 
 
 # Token ids as the native conversion writes them into config.json and generation_config.json.
@@ -194,7 +194,7 @@ def make_random_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
     write_speech_adapter(out, lora, _adapter_state(peft_model), style="hub")
     n_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
     write_text(
-        out / MARKER,
+        out / RANDOM_WEIGHTS_MARKER,
         json.dumps(
             {"size": size, "seed": seed, "random_weights": True, "params": n_params}, indent=2
         )
