@@ -206,3 +206,30 @@ def test_intervals_in_outputs_and_no_star_on_degenerate_rows(
     assert exact_row.split(" | ")[3].startswith("1.000 [1.00, 1.00]↑*")  # paired: better
     csv_text = (tmp_path / "out" / "table3.csv").read_text()
     assert "accuracy_pcc_ci_lo" in csv_text.splitlines()[0]
+
+
+def test_strategies_are_compared_on_the_same_resamples(mini_prepared: Path, tmp_path: Path) -> None:
+    test = read_jsonl(mini_prepared / "test.jsonl")
+    for strategy, off in (("lora", 0), ("unfreeze", 2)):
+        run = tmp_path / strategy
+        rows = []
+        apa = [r for r in test if r["task"] == "APA"]
+        for r in test:
+            answer = r["target"]
+            i = apa.index(r) if r["task"] == "APA" else -1
+            if off and i % 2 == 1:  # every other APA answer's accuracy off by 2
+                s = {k: round(v) for k, v in r["scores"].items()}
+                s["accuracy"] = min(10, max(0, s["accuracy"] + off * (1 if i % 4 == 1 else -1)))
+                answer = format_apa_answer(s)
+            rows.append(_pred(r, answer))
+        _write_run(run, rows, checkpoint="epoch-1")
+        cfg = {"name": "paper_r64", "strategy": strategy}
+        (run / "run.json").write_text(json.dumps({"config": cfg, "model": str(tmp_path)}))
+    entries = collect(mini_prepared, [tmp_path / "lora", tmp_path / "unfreeze"])
+    write_outputs(entries, tmp_path / "out", synthetic=False)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Strategies compared (paired bootstrap over test speakers)" in report
+    acc = next(line for line in report.splitlines() if line.startswith("| 1 | Acc |"))
+    assert "lora (paper_r64) - unfreeze (paper_r64)" in acc and acc.endswith("| differ |")
+    flu = next(line for line in report.splitlines() if line.startswith("| 1 | Flu |"))
+    assert "+0.000 [+0.000, +0.000] | not distinguishable |" in flu  # identical answers

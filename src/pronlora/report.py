@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from pronlora.collect import METRIC_KEYS, Entry
 from pronlora.layout import PreparedDir
 from pronlora.paper import FIG5_PER_ACC_PCC, TABLE3
 from pronlora.protocol import APA_ASPECTS
-from pronlora.uncertainty import BOOT_METRICS, differs, mean_sd
+from pronlora.uncertainty import BOOT_METRICS, differs, mean_sd, paired_difference
 
 # Table 3 columns: (header, metrics key, higher is better)
 COLUMNS: list[tuple[str, str, bool]] = [
@@ -185,6 +186,42 @@ def table3_markdown(entries: list[Entry]) -> str:
         lines += [""] + [f"[{i}] n/a or degenerate: {r}" for i, r in enumerate(notes.reasons, 1)]
     lines += _seed_table(entries)
     return "\n".join(lines) + "\n"
+
+
+def strategy_comparisons(entries: list[Entry]) -> list[str]:
+    """Paired differences between runs of different strategies at the same epoch."""
+    lines = []
+    by_epoch: dict[int, list[Entry]] = {}
+    for e in entries:
+        if e.epoch > 0 and e.boot:
+            by_epoch.setdefault(e.epoch, []).append(e)
+    for epoch, group in sorted(by_epoch.items()):
+        for i, a in enumerate(group):
+            for b in group[i + 1 :]:
+                if a.strategy == b.strategy:
+                    continue
+                for header, key, _ in COLUMNS:
+                    if undefined_reason(a, key) or undefined_reason(b, key):
+                        continue
+                    iv = paired_difference(a.boot[key], b.boot[key])
+                    if iv is None:
+                        continue
+                    d = a.metrics[key] - b.metrics[key]
+                    verdict = "differ" if iv[0] > 0 or iv[1] < 0 else "not distinguishable"
+                    lines.append(
+                        f"| {epoch} | {header} | {a.label} - {b.label} | {d:+.3f} "
+                        f"[{iv[0]:+.3f}, {iv[1]:+.3f}] | {verdict} |"
+                    )
+    if not lines:
+        return []
+    return [
+        "## Strategies compared (paired bootstrap over test speakers)",
+        "",
+        "| ep | metric | difference | value [95 %] | verdict |",
+        "|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
 
 
 def _seed_table(entries: list[Entry]) -> list[str]:
@@ -405,9 +442,10 @@ def plots(entries: list[Entry], out: Path) -> list[str]:
             ax.plot(*zip(*ref, strict=True), style, color="grey", lw=1, label=f"paper {layers}")
         if not drawn:
             why = "; ".join(sorted(reasons)) or "no checkpoint"
+            text = "nothing of ours to draw:\n" + "\n".join(textwrap.wrap(why, 38))
             ax.text(
-                0.5, 0.5, "nothing of ours to draw:\n" + why[:90], transform=ax.transAxes,
-                ha="center", va="center", fontsize=7, wrap=True,
+                0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=6,
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
             )
         ax.set(title=header, xlabel="epoch")
     axes.flat[0].legend(fontsize=6)
@@ -438,6 +476,7 @@ def report_markdown(entries: list[Entry], plot_files: list[str], synthetic: bool
         "",
         table3_markdown(entries).rstrip(),
         "",
+        *strategy_comparisons(entries),
         "## Rules",
         "",
         "- APA: Pearson r (two-sided p), Spearman, MSE per aspect. A failed answer (not "
