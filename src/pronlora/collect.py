@@ -24,8 +24,9 @@ from pronlora.metrics import (
     MDDCounts,
     correlation,
     edit_counts,
+    match_rates,
     normalise_words,
-    phone_match_prf,
+    phone_match_counts,
     recognised_phones,
 )
 from pronlora.model.snapshot import RANDOM_WEIGHTS_MARKER
@@ -211,7 +212,7 @@ def score_checkpoint(
         utt = MDDCounts()
         utt.add(row["canonical_phones"], row["perceived_phones"], recognised)
         counts.merge(utt)
-        match = phone_match_prf([(perceived, recognised)], counts_only=True)
+        hits, n_hyp, n_ref = phone_match_counts(perceived, recognised)
         for key, value in (
             ("word_err", words.errors),
             ("word_n", words.reference_length),
@@ -222,9 +223,9 @@ def score_checkpoint(
             ("fa", utt.fa),
             ("cd", utt.cd),
             ("de", utt.de),
-            ("pm_hits", match["hits"]),
-            ("pm_hyp", match["n_hyp"]),
-            ("pm_ref", match["n_ref"]),
+            ("pm_hits", hits),
+            ("pm_hyp", n_hyp),
+            ("pm_ref", n_ref),
         ):
             stats[key].append(value)
         utt_per = phones.rate
@@ -233,7 +234,8 @@ def score_checkpoint(
     metrics["wer"] = word_total.rate
     metrics["per"] = phone_total.rate
     metrics.update({f"mdd_{k}": v for k, v in counts.rates().items()})
-    metrics.update({f"phone_match_{k}": v for k, v in _match_rates(stats).items()})
+    totals = (sum(stats[k]) for k in ("pm_hits", "pm_hyp", "pm_ref"))
+    metrics.update({f"phone_match_{k}": v for k, v in match_rates(*totals).items()})
     finite = [(u, h, p) for u, h, p in per_vs_acc if not math.isnan(u)]
     metrics["per_acc_pcc_human"] = correlation(
         [u for u, _, _ in finite], [h for _, h, _ in finite]
@@ -249,13 +251,6 @@ def score_checkpoint(
         mdd_parse_failures=mdd_failures,
     )
     return metrics, counts.confusion, apa_pairs, per_vs_acc, samples
-
-
-def _match_rates(stats: dict[str, list[float]]) -> dict[str, float]:
-    hits, n_hyp, n_ref = (sum(stats[k]) for k in ("pm_hits", "pm_hyp", "pm_ref"))
-    p = hits / n_hyp if n_hyp else math.nan
-    r = hits / n_ref if n_ref else math.nan
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else math.nan}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -10,7 +10,6 @@ on the local executor.
 
 from __future__ import annotations
 
-import math
 import os
 import shlex
 import shutil
@@ -111,6 +110,7 @@ class InferTask:
     checkpoints: list[str]
     num_shards: int
     workers_per_task: int
+    tasks: int  # the array's size (the plan's job.array)
 
     def __call__(self, task: int) -> list[dict[str, Any]]:
         from pronlora.cli import setup_logging
@@ -122,9 +122,7 @@ class InferTask:
         from pronlora.infer import run_shard, worker_items
 
         setup_logging()
-        n_workers = self.workers_per_task * math.ceil(
-            len(self.checkpoints) * self.num_shards / self.workers_per_task
-        )
+        n_workers = self.workers_per_task * self.tasks
         worker = task * self.workers_per_task + local
         items = worker_items(self.checkpoints, self.num_shards, worker, n_workers)
         return [
@@ -196,8 +194,9 @@ def _callable(plan: LaunchPlan, job: Job) -> Any:
     if job.stage == "train":
         prepared, model = s["PRONLORA_PREPARED"], s["PRONLORA_MODEL"]
         return TrainStage(run.config, list(run.overrides), prepared, model, run.run_dir)
+    prepared = s["PRONLORA_PREPARED"]
     return InferTask(
-        run.run_dir, s["PRONLORA_PREPARED"], list(run.evaluate), plan.shards, job.procs_per_node
+        run.run_dir, prepared, list(run.evaluate), plan.shards, job.procs_per_node, job.array
     )
 
 

@@ -234,21 +234,21 @@ class MDDCounts:
         }
 
 
-def phone_match_prf(
-    pairs: Sequence[tuple[Sequence[str], Sequence[str]]], counts_only: bool = False
-) -> dict[str, float]:
+def phone_match_counts(ref: Sequence[str], hyp: Sequence[str]) -> tuple[int, int, int]:
+    """(hits of the Levenshtein alignment, recognised length, perceived length) of one pair."""
+    hits = jiwer.process_words(" ".join(ref), " ".join(hyp)).hits if ref and hyp else 0
+    return hits, len(hyp), len(ref)
+
+
+def phone_match_prf(pairs: Sequence[tuple[Sequence[str], Sequence[str]]]) -> dict[str, float]:
     """Sequence-match precision/recall/F1 of recognised vs perceived phones: hits of the
     Levenshtein alignment over the recognised (P) and the perceived (R) lengths. Not the
-    hierarchical protocol; a candidate for the paper's undefined P/R/F1 (P ~ R ~ F1).
-    ``counts_only``: the hits and lengths instead (for bootstrap resampling)."""
-    hits = n_hyp = n_ref = 0
-    for ref, hyp in pairs:
-        n_ref += len(ref)
-        n_hyp += len(hyp)
-        if ref and hyp:
-            hits += jiwer.process_words(" ".join(ref), " ".join(hyp)).hits
-    if counts_only:
-        return {"hits": hits, "n_hyp": n_hyp, "n_ref": n_ref}
+    hierarchical protocol; a candidate for the paper's undefined P/R/F1 (P ~ R ~ F1)."""
+    counts = [phone_match_counts(ref, hyp) for ref, hyp in pairs]
+    return match_rates(*(sum(c[i] for c in counts) for i in range(3)))
+
+
+def match_rates(hits: float, n_hyp: float, n_ref: float) -> dict[str, float]:
     p = hits / n_hyp if n_hyp else math.nan
     r = hits / n_ref if n_ref else math.nan
     f1 = 2 * p * r / (p + r) if p + r else math.nan
