@@ -20,7 +20,7 @@ from pronlora.config import load_config
 from pronlora.devtools.bench import make_bench_data
 from pronlora.layout import PreparedDir
 from pronlora.model.load import load_model
-from pronlora.train import build_trainer
+from pronlora.trainer import build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -58,7 +58,12 @@ def main() -> int:
         root = Path(args.run_dir or _stamped(settings, exp.name)).resolve()
         runs = experiment_runs(exp, root, args.seeds, args.config, tuple(args.set))
         plan = plan_runs(
-            runs, args.shards, settings, not args.no_prep, args.nodes, args.gpus_per_node,
+            runs,
+            args.shards,
+            settings,
+            not args.no_prep,
+            args.nodes,
+            args.gpus_per_node,
             str(root),
         )
     else:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Stage 2: fine-tune Phi-4-multimodal with a named config; rerun to resume.
 
-Exit status 3 means a stop signal arrived and a checkpoint was saved: requeue the job.
-Under torchrun the workers exit 0 instead (torchrun reports any other status as a failure)
-and --requeue-marker is the file that says so.
+USR1, USR2 or TERM (or --stop-file appearing) makes it finish the step, save a checkpoint and
+exit 3: requeue the job. Under torchrun the workers exit 0 instead (torchrun reports any other
+status as a failure) and --requeue-marker is the file that says so.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pronlora.cli import run_job
 from pronlora.collate import SequenceTooLongError
 from pronlora.config import ConfigError, available, load_config
 from pronlora.distributed import launched_by_torchrun
-from pronlora.train import EXIT_REQUEUE, NonFiniteLossError, train
+from pronlora.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
+from pronlora.train import NonFiniteLossError, train
 
 
 def main() -> int:
@@ -28,11 +29,14 @@ def main() -> int:
     ap.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. epochs=4)")
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
+    stop = StopRequest()
+    install_stop_signals(stop)
     rc = train(
         cfg,
         args.prepared,
         args.model,
         args.run_dir,
+        stop=stop,
         stop_file=args.stop_file,
         requeue_marker=args.requeue_marker,
     )

@@ -175,6 +175,7 @@ def test_intervals_in_outputs_and_no_star_on_degenerate_rows(
     mini_prepared: Path, tmp_path: Path
 ) -> None:
     test = read_jsonl(mini_prepared / "test.jsonl")
+
     def near(i: int, row: dict) -> str:  # the human scores, accuracy off by -1/0/+1
         if row["task"] != "APA":
             return row["target"]

@@ -27,6 +27,7 @@ ADAPTER = "checkpoints/epoch-1/adapter_model.safetensors"
 
 pytestmark = pytest.mark.slow  # several processes each: the full suite runs them
 
+
 def torchrun(nproc: int, prepared: Path, model: Path, run: Path, *extra: str) -> str:
     """jobs/train.py under torchrun (nproc 0: plain python); returns stderr (asserting success)."""
     launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]

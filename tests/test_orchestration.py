@@ -115,7 +115,13 @@ def test_submit_plans_one_task_per_gpu_and_keeps_the_batch(tmp_path: Path) -> No
     infer = next(line for line in proc.stdout.splitlines() if "infer:" in line)
     assert "4 GPU(s)/node" in infer and "array of 1," in infer  # 4 checkpoints, 4 workers
     proc = _submit(
-        *args, "--nodes", "2", "--gpus-per-node", "4", "--executor", "sbatch",
+        *args,
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--executor",
+        "sbatch",
         env={"PRONLORA_GRES": "gpu:a100:1"},
     )
     assert "--gres=gpu:a100:4" in proc.stdout and "--nodes=2" in proc.stdout
@@ -317,9 +323,10 @@ def test_table3_grid_plan_under_both_launchers(tmp_path: Path, seeds: int) -> No
     via_pipeline = _pipeline(*args, "--dry-run")
     assert via_submit.returncode == 0 == via_pipeline.returncode, via_pipeline.stderr
     plan = [line for line in via_submit.stdout.splitlines() if line.startswith("  ")]
-    assert plan == [line for line in via_pipeline.stdout.splitlines() if line.startswith("  ")][
-        : len(plan)
-    ]
+    assert (
+        plan
+        == [line for line in via_pipeline.stdout.splitlines() if line.startswith("  ")][: len(plan)]
+    )
     runs = [f"{s}-s{k}" for s in ("lora", "unfreeze") for k in range(1, seeds + 1)]
     trains = [line for line in plan if line.startswith("  train:")]
     assert [line.split(":")[1] for line in trains] == runs

@@ -149,8 +149,13 @@ def test_pipeline_survives_a_requeue_mid_training(site: dict[str, str], tmp_path
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), epoch
 
 
-def test_submitit_chain_on_slurm(site: dict[str, str], tmp_path: Path) -> None:
+def test_submitit_chain_stops_on_its_time_limit_signal_and_resumes(
+    site: dict[str, str], tmp_path: Path
+) -> None:
+    """The submitit backend follows the sbatch backend's protocol (stopping.py): on USR2 both
+    tasks finish the step and save a checkpoint, then submitit requeues the stage."""
     env = {**os.environ, **site}
+    run_dir = tmp_path / "run"
     proc = subprocess.run(
         [
             sys.executable,
@@ -166,7 +171,9 @@ def test_submitit_chain_on_slurm(site: dict[str, str], tmp_path: Path) -> None:
             "--gpus-per-node",
             "2",  # two submitit tasks train together (gloo on this CPU-only node)
             "--run-dir",
-            str(tmp_path / "run"),
+            str(run_dir),
+            "--set",
+            "save_steps=100",  # the resume point can only be the checkpoint of the stop
         ],
         capture_output=True,
         text=True,
@@ -174,9 +181,18 @@ def test_submitit_chain_on_slurm(site: dict[str, str], tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     jobs = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
-    _wait([jobs["train_job"], jobs["infer_job"].split("_")[0], jobs["collect_job"]])
-    _report_ok(tmp_path / "run", Path(site["PRONLORA_PREPARED"]), ["base", "epoch-2"])
-    last = sorted((tmp_path / "run" / "trainer").glob("checkpoint-*"))[-1]
+    train_job = jobs["train_job"]
+    _wait_for_step(run_dir, train_job, 2)
+    # what Slurm sends submitit's tasks signal_delay_s before the time limit (--signal=USR2@...)
+    subprocess.run(["scancel", "--signal=USR2", train_job], check=True)
+    _release_requeued(train_job)
+    _wait([train_job, jobs["infer_job"].split("_")[0], jobs["collect_job"]])
+
+    logs = "\n".join(p.read_text() for p in (run_dir / "submitit").glob(f"{train_job}_*.err"))
+    assert "received SIGUSR2" in logs and "resuming from" in logs, logs[-3000:]
+    assert "Requeued job" in logs, logs[-3000:]
+    _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-2"])
+    last = sorted((run_dir / "trainer").glob("checkpoint-*"))[-1]
     assert json.loads((last / "parallel.json").read_text()) == {"engine": "zero2", "world_size": 2}
 
 

@@ -192,9 +192,7 @@ def test_hub_style_adapter_is_applied_like_peft_style(
 
 
 @pytest.mark.slow
-def test_silence_in_place_of_speech_changes_the_loss(
-    tiny_model: Path, demo_prepared: Path
-) -> None:
+def test_silence_in_place_of_speech_changes_the_loss(tiny_model: Path, demo_prepared: Path) -> None:
     rows = read_jsonl(demo_prepared / "train.jsonl")[:2]
     assert _first_loss(tiny_model, rows, silence=True) != pytest.approx(
         _first_loss(tiny_model, rows), rel=1e-5

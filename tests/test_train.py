@@ -14,7 +14,8 @@ from pronlora.config import ConfigError, load_config
 from pronlora.errors import DataError, SnapshotError
 from pronlora.model.load import AUDIO_MODULES, load_model
 from pronlora.model.snapshot import ADAPTER_TARGET_REGEX
-from pronlora.train import EXIT_REQUEUE, NonFiniteLossError, build_trainer, train
+from pronlora.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
+from pronlora.train import NonFiniteLossError, build_trainer, train
 
 
 def test_collator_labels_cover_exactly_the_answer(tiny_model: Path, demo_prepared: Path) -> None:
@@ -159,26 +160,20 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(
     cfg = load_config("smoke", ["save_steps=100", "strategy=unfreeze"])
     assert train(cfg, demo_prepared, tiny_model, tmp_path / "straight") == 0
 
-    import pronlora.train as train_mod
-
     class SignalAtStep3(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
             if state.global_step == 2:  # the signal lands during step 3
                 os.kill(os.getpid(), signal.SIGUSR1)
 
-    real_build = train_mod.build_trainer
-
-    def build_with_signal(*a, **kw):
-        trainer = real_build(*a, **kw)
-        trainer.add_callback(SignalAtStep3())
-        return trainer
-
     run = tmp_path / "interrupted"
-    train_mod.build_trainer = build_with_signal
+    stop = StopRequest()
+    replaced = install_stop_signals(stop)  # what the entry point does
     try:
-        assert train(cfg, demo_prepared, tiny_model, run) == EXIT_REQUEUE
+        rc = train(cfg, demo_prepared, tiny_model, run, stop=stop, callbacks=[SignalAtStep3()])
     finally:
-        train_mod.build_trainer = real_build
+        for sig, handler in replaced.items():
+            signal.signal(sig, handler)
+    assert rc == EXIT_REQUEUE and stop.reason == "SIGUSR1"
     assert (run / "trainer" / "checkpoint-3" / "trainer_state.json").is_file()
     assert not (run / "checkpoints" / "epoch-1").exists()  # mid-epoch 1 (3 of 4 steps)
     partial = run / "trainer" / "checkpoint-99"  # a save cut off by a kill: must be ignored

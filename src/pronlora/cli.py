@@ -47,9 +47,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         pass
 
 
-def run_job(
-    main: Callable[[], int | None], known: tuple[type[BaseException], ...] = ()
-) -> None:
+def run_job(main: Callable[[], int | None], known: tuple[type[BaseException], ...] = ()) -> None:
     """Run ``main``; an InputError (or one of ``known``) prints its message and exits 2."""
     setup_logging()
     try:

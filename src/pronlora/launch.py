@@ -1,8 +1,9 @@
 """The submitit backend of a launch plan (``plan.py``): the stages as Python callables.
 
-Modelled on dinov2's pattern: the training callable is ``Checkpointable``; when submitit's
-timeout/preemption signal (USR2) arrives it returns a resubmission of itself, and the rerun
-resumes from the newest step checkpoint in the run dir. Several GPUs: one submitit task per
+Modelled on dinov2's pattern: the training callable is ``Checkpointable``; on submitit's
+timeout/preemption signal (USR2) every task saves a step checkpoint at the end of the current
+step (``stopping.py``'s protocol, the same as the sbatch backend's), then submitit requeues a
+resubmission of the stage, which resumes from that checkpoint. Several GPUs: one submitit task per
 GPU (``nodes`` x ``tasks_per_node``), each exporting the torch.distributed environment, as
 dinov2 does. Stages depend on each other with ``afterok`` on Slurm and run one after another
 on the local executor.
@@ -79,6 +80,7 @@ class TrainStage(submitit.helpers.Checkpointable):
 
     def __call__(self) -> int:
         from pronlora.cli import setup_logging
+        from pronlora.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
         from pronlora.train import train
 
         setup_logging()
@@ -87,17 +89,22 @@ class TrainStage(submitit.helpers.Checkpointable):
             # device = LOCAL_RANK among the job's GPUs (train.py sets it)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         cfg = load_config(self.config, self.overrides)
-        # USR2 and TERM belong to submitit (checkpoint() below, then requeue); USR1 still
-        # makes the trainer save and stop, for a manual `scancel --signal=USR1`.
-        rc = train(cfg, self.prepared, self.model, self.run_dir, stop_signals=(signal.SIGUSR1,))
-        if rc != 0:
-            raise RuntimeError(f"training stopped with status {rc}; resubmit to resume")
+        # The same protocol as the sbatch template (stopping.py): USR1, USR2 (submitit's
+        # time-limit signal) and TERM make every task finish the step and save a checkpoint;
+        # then submitit's own USR2 handler, replaced meanwhile, requeues the job through
+        # checkpoint() below.
+        stop = StopRequest()
+        replaced = install_stop_signals(stop)
+        rc = train(cfg, self.prepared, self.model, self.run_dir, stop=stop)
+        if rc == EXIT_REQUEUE:
+            requeue = replaced.get(signal.SIGUSR2)
+            if not callable(requeue):
+                raise RuntimeError(f"training stopped with status {rc}; resubmit to resume")
+            requeue(signal.SIGUSR2, None)  # task 0: requeues and exits; other tasks: returns
         return rc
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        # Step checkpoints are on disk; the resubmitted copy resumes from the newest one (on
-        # several tasks submitit calls this on rank 0 only, mid-step, so it cannot ask the
-        # ranks for a fresh checkpoint: the periodic one is the resume point).
+        # the step checkpoint of the stop is on disk: the resubmitted copy resumes from it
         return submitit.helpers.DelayedSubmission(TrainStage(**asdict(self)))
 
 

@@ -137,8 +137,10 @@ def _cells(
         if paper is not None and ci and not ci[0] <= paper[2 + i] <= ci[1]:
             text += OFF_PAPER
         comparable = before is not None and key in e.boot and key in before.boot
-        if comparable and undefined_reason(before, key) is None and differs(
-            e.boot[key], before.boot[key]
+        if (
+            comparable
+            and undefined_reason(before, key) is None
+            and differs(e.boot[key], before.boot[key])
         ):
             text += BETTER if (v > before.metrics[key]) == higher else WORSE
         if key in best and v == best[key]:
@@ -344,14 +346,22 @@ def plots(entries: list[Entry], out: Path) -> list[str]:
                 ax.scatter(*zip(*ok, strict=True), s=10, alpha=0.6, label="parsed answer")
             if fb:
                 ax.scatter(
-                    *zip(*fb, strict=True), s=14, marker="x", color="tab:red", alpha=0.6,
+                    *zip(*fb, strict=True),
+                    s=14,
+                    marker="x",
+                    color="tab:red",
+                    alpha=0.6,
                     label="failed answer: training mean",
                 )
                 ax.legend(fontsize=6, loc="upper left")
             if not ok:
                 ax.text(
-                    5, 9.5, "every answer failed to parse:\nno predicted score to show",
-                    ha="center", va="top", fontsize=7,
+                    5,
+                    9.5,
+                    "every answer failed to parse:\nno predicted score to show",
+                    ha="center",
+                    va="top",
+                    fontsize=7,
                 )
             ax.plot([0, 10], [0, 10], color="grey", lw=0.8)
             ax.set(
@@ -434,8 +444,11 @@ def plots(entries: list[Entry], out: Path) -> list[str]:
             cis = [(x, ci) for x, _, ci in pts if ci]
             if cis:
                 ax.fill_between(
-                    [x for x, _ in cis], [c[0] for _, c in cis], [c[1] for _, c in cis],
-                    color=line.get_color(), alpha=0.15,
+                    [x for x, _ in cis],
+                    [c[0] for _, c in cis],
+                    [c[1] for _, c in cis],
+                    color=line.get_color(),
+                    alpha=0.15,
                 )
         for layers, style in (("LoRA", "--"), ("Unfreeze", ":")):
             ref = [(r[1], r[2 + i]) for r in TABLE3 if r[0] in (layers, "no training")]
@@ -444,7 +457,13 @@ def plots(entries: list[Entry], out: Path) -> list[str]:
             why = "; ".join(sorted(reasons)) or "no checkpoint"
             text = "nothing of ours to draw:\n" + "\n".join(textwrap.wrap(why, 38))
             ax.text(
-                0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=6,
+                0.5,
+                0.5,
+                text,
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize=6,
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
             )
         ax.set(title=header, xlabel="epoch")

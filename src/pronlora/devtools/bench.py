@@ -182,7 +182,7 @@ def bench_train(
     """Per-task optimizer steps at the config's micro-batch (grad. accumulation 1)."""
     from pronlora.layout import PreparedDir
     from pronlora.model.load import load_model
-    from pronlora.train import build_trainer
+    from pronlora.trainer import build_trainer
 
     rows_all = PreparedDir(prepared).load_split("train")
     cfg = replace(

@@ -36,7 +36,6 @@ from pronlora.model.snapshot import (
 log = logging.getLogger(__name__)
 
 
-
 # Token ids as the native conversion writes them into config.json and generation_config.json.
 _TOKEN_IDS: dict[str, Any] = {
     "bos_token_id": REAL_SPECIAL_IDS[ENDOFTEXT_TOKEN],

@@ -22,9 +22,7 @@ NATIVE_REVISION = "refs/pr/70"
 NATIVE_MODEL_TYPE = "phi4_multimodal"
 REMOTE_CODE_MODEL_TYPE = "phi4mm"
 DOWNLOAD_COMMAND = "python jobs/get_model.py --out DIR"
-HF_CLI_COMMAND = (
-    f"hf download {HUB_REPO} --revision {NATIVE_REVISION} --local-dir DIR"
-)
+HF_CLI_COMMAND = f"hf download {HUB_REPO} --revision {NATIVE_REVISION} --local-dir DIR"
 
 SPEECH_ADAPTER_DIR = "speech-lora"
 ADAPTER_CONFIG = "adapter_config.json"

@@ -78,9 +78,7 @@ def _lora_layers(model: Any, adapter_name: str) -> dict[str, Any]:
     return out
 
 
-def attach_speech_adapter(
-    base: Any, model_dir: Path, *, adapter_name: str, trainable: bool
-) -> Any:
+def attach_speech_adapter(base: Any, model_dir: Path, *, adapter_name: str, trainable: bool) -> Any:
     """PeftModel with the snapshot's speech adapter loaded, checked value by value."""
     from peft import get_peft_model, set_peft_model_state_dict
 
@@ -121,9 +119,7 @@ def merge_speech_adapter(base: Any, model_dir: Path) -> Any:
     layers = _lora_layers(model, "speech")
     before = {n: _fingerprint(layer.base_layer.weight) for n, layer in layers.items()}
     merged = model.merge_and_unload()
-    unchanged = [
-        n for n in before if _fingerprint(merged.get_submodule(n).weight) == before[n]
-    ]
+    unchanged = [n for n in before if _fingerprint(merged.get_submodule(n).weight) == before[n]]
     if unchanged:
         raise SnapshotError(
             f"{model_dir / SPEECH_ADAPTER_DIR}: merging left {len(unchanged)} adapted weights "

@@ -1,0 +1,294 @@
+"""The transformers ``Trainer`` as pronlora trains with it: loss, sampling, logging, stops, epochs.
+
+Uses the transformers ``Trainer`` rather than TRL's ``SFTTrainer``: our collator already does
+what SFTTrainer adds (chat formatting, completion-only labels, audio feature extraction), and
+SFTTrainer's dataset preparation would have to be switched off for audio rows anyway; the
+Trainer gives the rest (AdamW, schedules, exact mid-epoch resumption with RNG and data order).
+``build_trainer`` is the one way to make it (the training recipe and the benchmarks use it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from pronlora.atomic import follow_umask
+from pronlora.collate import Collator, approx_tokens
+from pronlora.config import TrainConfig, accumulation_steps
+from pronlora.distributed import (
+    DEEPSPEED_ENGINES,
+    any_rank,
+    barrier,
+    deepspeed_config,
+    prepare_cpu_deepspeed,
+    sum_over_ranks,
+    world_size,
+    write_checkpoint_parallel,
+)
+from pronlora.errors import InputError
+from pronlora.layout import UNFROZEN_FILE, RunDir
+from pronlora.loss import label_only_loss
+from pronlora.model.load import Loaded, load_unfrozen_state, unfrozen_state
+from pronlora.run_checkpoints import complete_checkpoints, save_epoch
+from pronlora.sampler import LengthGroupedSampler
+from pronlora.stopping import StopRequest
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(InputError, RuntimeError):
+    pass
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+
+class StopOnRequest(TrainerCallback):
+    """Ranks agree on a stop after each optimizer step; a step checkpoint is then saved."""
+
+    def __init__(self, stop: StopRequest, engine: str) -> None:
+        self.stop, self.engine = stop, engine
+
+    def on_step_end(self, args, state, control, **kw):
+        asked = self.stop.asked_here()
+        if any_rank(asked, args.device):  # one all-reduce per optimizer step
+            self.stop.agree("stop file" if asked else "another rank")
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_save(self, args, state, control, **kw):
+        barrier()  # every rank's shard of this checkpoint is on disk
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            follow_umask(ckpt)  # before the marker that makes it count as complete
+            write_checkpoint_parallel(ckpt, self.engine, args.world_size)
+        return control
+
+
+class EpochCheckpoints(TrainerCallback):
+    """An epoch checkpoint at every epoch's end, refused when the trained weights are not finite."""
+
+    def __init__(self, trainer: PronloraTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kw):
+        t = self.trainer
+        epoch = round(state.epoch or 0)
+        # an epoch that ended, also on the step a stop was requested: the resumed run
+        # starts after it and would never write it
+        if abs((state.epoch or 0) - epoch) > 1e-6 or epoch < 1:
+            return control
+        dest = t.run.epoch(epoch)
+        trained = [p for p in t.model.parameters() if p.requires_grad]
+        bad = any(not torch.isfinite(p).all() for p in trained)
+        if any_rank(bad, args.device):
+            raise NonFiniteLossError(
+                f"trainable weights are not finite at the end of epoch {epoch} (lr "
+                f"{t.cfg.lr}); {dest} is not written"
+            )
+        meta = {"epoch": epoch, "global_step": state.global_step, "config": t.cfg.name}
+        save_epoch(t, t.tokenizer_to_save, dest, meta)
+        log.info("saved %s", dest)
+        return control
+
+
+class PronloraTrainer(Trainer):
+    """Label-only loss, length-grouped sampling, token throughput, unfrozen modules, epochs."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        rows: list[dict[str, Any]],
+        tokenizer: Any,
+        **kw: Any,
+    ) -> None:
+        super().__init__(train_dataset=Rows(rows), **kw)
+        self.cfg, self.run, self.lengths = cfg, RunDir(run_dir), [approx_tokens(r) for r in rows]
+        # saved with epoch checkpoints only (as processing_class it would go into every step one)
+        self.tokenizer_to_save = tokenizer
+        self.tokens_total = 0  # non-padding tokens trained on, for throughput and benchmarks
+        self._tokens, self._t0 = 0, time.perf_counter()
+        self.add_callback(EpochCheckpoints(self))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        n = int(inputs["attention_mask"].sum())
+        self._tokens += n
+        self.tokens_total += n
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            last = complete_checkpoints(self.run.trainer)
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at step {self.state.global_step + 1}; stopping. "
+                f"Last good checkpoint: {last[-1] if last else 'none'}"
+            )
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.cfg.label_only_loss or return_outputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss_sum, n = label_only_loss(model, inputs)
+        # Same normalisation as the model's own loss: by the label count of the whole
+        # accumulated batch when the Trainer provides it (so accumulation is exact).
+        denom = num_items_in_batch if num_items_in_batch is not None else n
+        if torch.is_tensor(denom):
+            denom = denom.to(loss_sum.device)
+        loss = loss_sum / denom
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # denom counts every rank's labels and DDP averages gradients over ranks:
+            # scale back up, as the Trainer does for a model's own loss.
+            loss = loss * self.accelerator.num_processes
+        return loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.cfg.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        cfg = self.cfg
+        return LengthGroupedSampler(
+            self.lengths,
+            cfg.micro_batch,
+            mega_batch=cfg.micro_batch * cfg.grad_accum * 4,
+            seed=cfg.seed,
+        )
+
+    def log(self, logs, start_time=None):
+        # every rank logs at the same steps (the Trainer gathers the loss first)
+        now = time.perf_counter()
+        tokens = sum_over_ranks(self._tokens, self.args.device)
+        if "loss" in logs:  # a step entry; the end-of-training summary has its own rates
+            logs["tokens"] = tokens  # non-padding tokens of all ranks since the last entry
+            logs["tokens_per_s"] = round(tokens / max(now - self._t0, 1e-9), 1)
+            self._tokens, self._t0 = 0, now
+        if torch.cuda.is_available():
+            logs["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        super().log(logs, start_time)
+        if not self.is_world_process_zero():
+            return
+        entry = {"step": self.state.global_step, "epoch": self.state.epoch, **logs}
+        with open(self.run.train_log, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        if self.cfg.strategy == "unfreeze":
+            from safetensors.torch import save_file
+
+            save_file(unfrozen_state(self.model), str(Path(output_dir) / UNFROZEN_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.cfg.strategy == "unfreeze":
+            load_unfrozen_state(self.model, Path(resume_from_checkpoint) / UNFROZEN_FILE)
+
+
+def training_arguments(
+    cfg: TrainConfig, run_dir: Path, engine: str, load_universal: bool
+) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    deepspeed = engine in DEEPSPEED_ENGINES
+    cpu_deepspeed = deepspeed and not cuda
+    if cpu_deepspeed:
+        prepare_cpu_deepspeed()
+    args = TrainingArguments(
+        output_dir=str(RunDir(run_dir).trainer),
+        per_device_train_batch_size=cfg.micro_batch,
+        gradient_accumulation_steps=accumulation_steps(cfg, world_size()),
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        # transformers 5 takes the warm-up as steps, or as a fraction of all steps when < 1
+        # (validated in config.py); it has no separate ratio argument any more
+        warmup_steps=cfg.warmup_ratio,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=False,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.keep_step_checkpoints,
+        bf16=cfg.dtype == "bf16" and cuda,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        gradient_checkpointing=cfg.use_gradient_checkpointing,
+        ddp_find_unused_parameters=False,  # every trainable weight is used by every batch
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        dataloader_num_workers=cfg.dataloader_workers,
+        remove_unused_columns=False,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=not cuda and not deepspeed,
+        deepspeed=deepspeed_config(engine, load_universal) if deepspeed else None,
+        accelerator_config={"use_configured_state": cpu_deepspeed},
+    )
+    one_device_per_process(args)
+    return args
+
+
+def one_device_per_process(args: TrainingArguments) -> None:
+    """Never nn.DataParallel: a single process trains on exactly one GPU.
+
+    The Trainer wraps the model in DataParallel when one process sees several GPUs (an
+    interactive allocation of 4 GPUs, say); our fast paths break in its replicas and the
+    throughput is far below data-parallel training. Several GPUs are used through torchrun
+    (or the Slurm template, which starts it), one process each.
+    """
+    visible = args.n_gpu  # resolves the device first
+    if visible > 1 and world_size() == 1:
+        log.warning(
+            "this process sees %d GPUs and uses only %s; to train on all of them start one "
+            "process per GPU: torchrun --nproc-per-node=%d jobs/train.py ... (slurm/pipeline.sh "
+            "--gpus-per-node %d does this)",
+            visible,
+            args.device,
+            visible,
+            visible,
+        )
+        args._n_gpu = 1  # what the Trainer itself sets under model parallelism
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    loaded: Loaded,
+    rows: list[dict[str, Any]],
+    run_dir: Path,
+    stop: StopRequest | None = None,
+    engine: str = "ddp",
+    load_universal: bool = False,
+) -> PronloraTrainer:
+    """The Trainer for one run; ``engine`` is resolved (see distributed.resolve_engine).
+
+    ``stop`` is the request the entry point's signal handlers fill in; without one only
+    ``max_steps`` or the epochs end the run.
+    """
+    collator = Collator(
+        loaded.tokenizer,
+        loaded.feature_extractor,
+        max_length=cfg.max_length,
+        pad_to_multiple_of=cfg.pad_to_multiple_of,
+    )
+    return PronloraTrainer(
+        cfg,
+        run_dir,
+        rows,
+        loaded.tokenizer,
+        model=loaded.model,
+        args=training_arguments(cfg, run_dir, engine, load_universal),
+        data_collator=collator,
+        callbacks=[StopOnRequest(stop or StopRequest(), engine)],
+    )
