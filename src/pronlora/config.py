@@ -73,6 +73,8 @@ class TrainConfig:
     # PEFT casts every LoRA input to the fp32 adapter dtype, a full copy of each activation
     # that bf16 autocast then casts back for the matmul: off, the matmuls see the same values.
     lora_input_cast: bool = False
+    # Regional torch.compile of the language model's decoder layers (model/load.py).
+    compile_layers: bool = False
     save_steps: int = 50
     keep_step_checkpoints: int = 2
     logging_steps: int = 5

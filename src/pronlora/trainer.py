@@ -159,12 +159,8 @@ class PronloraTrainer(Trainer):
         if not self.cfg.group_by_length:
             return super()._get_train_sampler(train_dataset)
         cfg = self.cfg
-        return LengthGroupedSampler(
-            self.lengths,
-            cfg.micro_batch,
-            mega_batch=cfg.micro_batch * cfg.grad_accum * 4,
-            seed=cfg.seed,
-        )
+        # one optimizer step = grad_accum micro-batches of the recipe, on any rank count
+        return LengthGroupedSampler(self.lengths, cfg.micro_batch, cfg.grad_accum, cfg.seed)
 
     def log(self, logs, start_time=None):
         # every rank logs at the same steps (the Trainer gathers the loss first)
