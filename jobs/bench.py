@@ -38,7 +38,7 @@ def _train(cfg, model, prepared, run_dir, args):
 
 
 def _infer(cfg, model, prepared, run_dir, args):
-    return bench_infer(cfg, model, prepared, args.infer_per_task)
+    return bench_infer(cfg, model, prepared, run_dir / "infer")
 
 
 def main() -> int:
@@ -49,8 +49,9 @@ def main() -> int:
     ap.add_argument("--quantization", default="bf16,nf4")
     ap.add_argument("--what", default="train,infer")
     ap.add_argument("--train-steps", type=int, default=6)
-    ap.add_argument("--infer-per-task", type=int, default=128)
-    ap.add_argument("--utterances", type=int, default=256)
+    ap.add_argument(
+        "--utterances", type=int, default=256, help="bench clips (x2 instances; the test split)"
+    )
     ap.add_argument("--variants", default="naive,pronlora", help=f"of {', '.join(VARIANTS)}")
     ap.add_argument("--set", action="append", default=[], help="config override key=value")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))

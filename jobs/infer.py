@@ -2,9 +2,10 @@
 """Stage 3: greedy predictions for shards of a split, for checkpoints (or the base model).
 
 The work is the grid --checkpoint (comma list) x --num-shards. Each worker (one GPU) decodes
-its share: worker = array task x --gpus-per-task + --local-worker, out of array tasks x
---gpus-per-task workers (SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT; one task when not an
-array). --shard decodes one shard of one checkpoint instead.
+its share, a contiguous block of the grid, loading each checkpoint once: worker = array task
+x --gpus-per-task + --local-worker, out of array tasks x --gpus-per-task workers
+(SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT; one task when not an array). --shard decodes
+one shard of one checkpoint instead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from pronlora.cli import run_job
 from pronlora.collate import SequenceTooLongError
 from pronlora.config import ConfigError
-from pronlora.infer import run_shard, worker_items
+from pronlora.infer import Models, run_shard, worker_items
 
 
 def main() -> int:
@@ -51,6 +52,7 @@ def main() -> int:
         workers = tasks * args.gpus_per_task
         worker = task * args.gpus_per_task + args.local_worker
         items = worker_items(checkpoints, args.num_shards, worker, workers)
+    models = Models()  # consecutive shards of one checkpoint share one load
     for checkpoint, shard in items:
         summary = run_shard(
             args.run_dir,
@@ -61,6 +63,7 @@ def main() -> int:
             args.num_shards,
             args.config,
             args.model,
+            models,
         )
         print(f"shard {shard}/{args.num_shards} of {checkpoint}: {summary['by_task']}")
     if not items:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pronlora.atomic import read_jsonl
-from pronlora.config import ConfigError
+from pronlora.config import ConfigError, load_config
 from pronlora.infer import BASE, shard_of, shard_paths, worker_items
 
 from .conftest import REPO
@@ -39,6 +39,9 @@ def test_workers_cover_the_grid_once_whatever_the_split() -> None:
     everything = [(c, s) for c in grid for s in range(2)]
     # one array task per item (the default), as in a 6-task array
     assert [worker_items(grid, 2, t, 6) for t in range(6)] == [[item] for item in everything]
+    # contiguous blocks: a worker's items are shards of as few checkpoints as possible
+    assert [worker_items(grid, 2, w, 3) for w in range(3)] == [[(c, 0), (c, 1)] for c in grid]
+    assert [len(worker_items(grid, 2, w, 4)) for w in range(4)] == [2, 2, 1, 1]
     # 2 array tasks x 2 GPUs, and one 4-GPU job: every item exactly once
     for workers in (4, 1, 5):
         dealt = [i for w in range(workers) for i in worker_items(grid, 2, w, workers)]
@@ -185,3 +188,34 @@ def test_merged_adapter_generates_the_same_tokens(trained_run: Path, demo_prepar
     plain = load_for_inference(replace(spec, cfg=plain_cfg), ckpt)
     assert not hasattr(merged.model, "peft_config") and hasattr(plain.model, "peft_config")
     assert generate(merged, spec.cfg, rows) == generate(plain, plain_cfg, rows)
+
+
+def test_a_worker_loads_a_checkpoint_once_and_benchmarks_decode_real_lengths(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    from pronlora.infer import Models, generate, run_shard
+
+    rows = read_jsonl(demo_prepared / "test.jsonl")
+    lengths = {r["id"]: 3 + i % 5 for i, r in enumerate(rows)}  # as a bench would ask
+    models = Models()
+    for shard in (0, 1):  # two shards of one checkpoint, as consecutive items of one worker
+        summary = run_shard(
+            tmp_path / "run",
+            BASE,
+            demo_prepared,
+            "test",
+            shard,
+            2,
+            "smoke",
+            str(tiny_model),
+            models=models,
+            decode_lengths=lengths,
+        )
+        assert summary["instances"] > 0
+    assert models.loads == 1
+    cfg = load_config("smoke")
+    batch = [r for r in rows if r["task"] == "MDD"][:3]
+    answers = generate(models.loaded, cfg, batch, decode_lengths=lengths)
+    assert [n for _, n in answers] == [lengths[r["id"]] for r in batch]
+    # without the benchmark's lengths the same rows run to their own stop or the cap
+    assert [n for _, n in generate(models.loaded, cfg, batch)] != [lengths[r["id"]] for r in batch]

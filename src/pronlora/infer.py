@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,14 +51,18 @@ def worker_items(
 ) -> list[tuple[str, int]]:
     """The (checkpoint, shard) items of the checkpoints x shards grid that one worker decodes.
 
-    A worker is one GPU: array task t of a job with G GPUs runs workers t*G .. t*G+G-1, and
-    the grid is dealt out round-robin, so one array task per item, one multi-GPU job for the
-    whole grid, and anything between all cover every item exactly once.
+    A worker is one GPU: array task t of a job with G GPUs runs workers t*G .. t*G+G-1. The
+    grid is cut into ``workers`` contiguous blocks whose sizes differ by one at most, so a
+    worker's items are mostly shards of one checkpoint, which it loads and merges once
+    (``Models``); one array task per item, one multi-GPU job for the whole grid, and anything
+    between all cover every item exactly once.
     """
     if not 0 <= worker < workers:
         raise ConfigError(f"worker {worker} outside 0..{workers - 1}")
     grid = [(c, s) for c in checkpoints for s in range(num_shards)]
-    return grid[worker::workers]  # empty for the spare workers of a grid smaller than workers
+    per, extra = divmod(len(grid), workers)
+    start = worker * per + min(worker, extra)
+    return grid[start : start + per + (worker < extra)]  # empty for a spare worker
 
 
 def shard_paths(
@@ -104,9 +108,10 @@ class RunSpec:
     model_dir: Path
 
 
-def ensure_run(run_dir: Path, config: str | None, model: str | None) -> RunSpec:
+def ensure_run(run_dir: Path, config: str | TrainConfig | None, model: str | None) -> RunSpec:
     """Config and model of a run dir from its run.json; for an inference-only run (no
-    training ran there), the run.json is written first from ``config`` and ``model``."""
+    training ran there), the run.json is written first from ``config`` (a name, or a
+    resolved config) and ``model``."""
     run_json = RunDir(run_dir).run_json
     if run_json.is_file():
         saved = json.loads(run_json.read_text())
@@ -118,7 +123,7 @@ def ensure_run(run_dir: Path, config: str | None, model: str | None) -> RunSpec:
             f"--run-dir {run_dir} has no run.json (no training ran there); "
             "give --config and --model to evaluate the base model"
         )
-    cfg = load_config(config)
+    cfg = config if isinstance(config, TrainConfig) else load_config(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(
         run_json,
@@ -168,6 +173,32 @@ def load_for_inference(spec: RunSpec, checkpoint_dir: Path | None) -> Loaded:
     return Loaded(model, loaded.tokenizer, loaded.feature_extractor)
 
 
+class Models:
+    """The model a worker decodes with, loaded and merged once for all shards of a checkpoint.
+
+    A worker's items are consecutive shards of the grid (``worker_items``); only a change of
+    checkpoint loads again (the previous model is released first).
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple[str, str] | None = None
+        self.loaded: Loaded | None = None
+        self.loads = 0
+
+    def get(self, spec: RunSpec, run_dir: Path, checkpoint: str, ckpt_dir: Path | None) -> Loaded:
+        key = (str(run_dir), checkpoint)
+        if key != self.key or self.loaded is None:
+            self.key, self.loaded = None, None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            t0 = time.perf_counter()
+            self.loaded = load_for_inference(spec, ckpt_dir)
+            self.key = key
+            self.loads += 1
+            log.info("loaded %s of %s in %.1f s", checkpoint, run_dir, time.perf_counter() - t0)
+        return self.loaded
+
+
 def generation_batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
     """Same-task batches of similar length, longest first (fail fast on memory)."""
     out = []
@@ -209,14 +240,37 @@ def stop_token_ids(loaded: Loaded) -> list[int]:
     return sorted({*eos, special_token_id(loaded.tokenizer, END_TOKEN)})
 
 
+class ExactLengths:
+    """A logits processor for benchmarks of random weights, which never stop by themselves:
+    row i ends with ``<|end|>`` after exactly ``lengths[i]`` tokens (a real target's length),
+    so a benchmark decodes what a trained model would."""
+
+    def __init__(self, lengths: list[int], prompt_len: int, end_id: int, stop: list[int]):
+        self.lengths, self.prompt_len, self.end_id, self.stop = lengths, prompt_len, end_id, stop
+        self._due: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._due is None:
+            self._due = torch.tensor(self.lengths, device=scores.device)
+        step = input_ids.shape[1] - self.prompt_len  # tokens generated before this one
+        scores[:, self.stop] = float("-inf")
+        ending = torch.full_like(scores, float("-inf"))
+        ending[:, self.end_id] = 0.0
+        return torch.where((self._due == step)[:, None], ending, scores)
+
+
 @torch.inference_mode()
 def generate(
     loaded: Loaded,
     cfg: TrainConfig,
     batch_rows: list[dict[str, Any]],
     batch: dict[str, torch.Tensor] | None = None,
+    decode_lengths: Mapping[str, int] | None = None,
 ) -> list[tuple[str, int]]:
-    """Greedy answers (text up to ``<|end|>``) and their token counts."""
+    """Greedy answers (text up to ``<|end|>``) and their token counts.
+
+    ``decode_lengths`` (benchmarks only): answer tokens per instance id, see ExactLengths.
+    """
     tok = loaded.tokenizer
     if batch is None:
         batch = generation_collator(loaded, cfg)(batch_rows)
@@ -229,6 +283,15 @@ def generate(
     if cfg.infer.cache == "static" and dev.type == "cuda":
         extra["cache_implementation"] = "static"
     limit = cfg.infer.max_new_tokens_apa if task is Task.APA else cfg.infer.max_new_tokens_mdd
+    if decode_lengths is not None:
+        lengths = [decode_lengths[r["id"]] for r in batch_rows]
+        end = special_token_id(tok, END_TOKEN)
+        prompt_len = batch["input_ids"].shape[1]
+        from transformers import LogitsProcessorList
+
+        processor = ExactLengths(lengths, prompt_len, end, stop)
+        extra["logits_processor"] = LogitsProcessorList([processor])
+        limit = max(lengths) + 1
     out = loaded.model.generate(
         **batch,
         **extra,
@@ -252,9 +315,16 @@ def run_shard(
     split: str = "test",
     shard: int = 0,
     num_shards: int = 1,
-    config: str | None = None,
+    config: str | TrainConfig | None = None,
     model: str | None = None,
+    models: Models | None = None,
+    decode_lengths: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
+    """Decode one shard into its predictions file (resuming what is written).
+
+    ``models``: the worker's model holder, so consecutive shards of one checkpoint share a
+    load; ``decode_lengths``: benchmarks only (see ExactLengths).
+    """
     run_dir, prepared = Path(run_dir).resolve(), Path(prepared).resolve()
     if not 0 <= shard < num_shards:
         raise ConfigError(f"--shard {shard} outside 0..{num_shards - 1}")
@@ -262,19 +332,29 @@ def run_shard(
     rows = PreparedDir(prepared).load_split(split)
     rows = [r for r in rows if shard_of(r["id"], num_shards) == shard]
     with OutputLock(lock, f"predictions shard {out_path}"):
-        return _write_shard(run_dir, checkpoint, split, shard, num_shards, rows, config, model)
+        return _write_shard(
+            run_dir,
+            checkpoint,
+            split,
+            (shard, num_shards),
+            rows,
+            (config, model),
+            models or Models(),
+            decode_lengths,
+        )
 
 
 def _write_shard(
     run_dir: Path,
     checkpoint: str,
     split: str,
-    shard: int,
-    num_shards: int,
+    shard_of_n: tuple[int, int],
     rows: list[dict[str, Any]],
-    config: str | None,
-    model: str | None,
+    config_model: tuple[str | TrainConfig | None, str | None],
+    models: Models,
+    decode_lengths: Mapping[str, int] | None,
 ) -> dict[str, Any]:
+    shard, num_shards = shard_of_n
     out_path, done_path = shard_paths(run_dir, checkpoint, shard, num_shards, split)
     ids = {r["id"] for r in rows}
     written = read_written(out_path)
@@ -285,7 +365,7 @@ def _write_shard(
     if not todo and done_path.is_file():
         log.info("%s is complete (%d instances); nothing to do", out_path, len(rows))
         return json.loads(done_path.read_text())
-    spec = ensure_run(run_dir, config, model)
+    spec = ensure_run(run_dir, *config_model)
     ckpt_dir = None
     if checkpoint != BASE:
         ckpt_dir = RunDir(run_dir).checkpoint(checkpoint)
@@ -303,14 +383,14 @@ def _write_shard(
     t0 = time.perf_counter()
     n_tokens = n_new = 0
     if todo:
-        loaded = load_for_inference(spec, ckpt_dir)
+        loaded = models.get(spec, run_dir, checkpoint, ckpt_dir)
         t0 = time.perf_counter()
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with open(out_path, "a", encoding="utf-8") as fh:
             batches = generation_batches(todo, spec.cfg.infer.batch_size)
             collate = generation_collator(loaded, spec.cfg)
             for batch_rows, batch in prefetched(batches, collate):
-                answers = generate(loaded, spec.cfg, batch_rows, batch)
+                answers = generate(loaded, spec.cfg, batch_rows, batch, decode_lengths)
                 lines = []
                 for row, (text, n) in zip(batch_rows, answers, strict=True):
                     parsed, error = parse_answer(row["task"], text)

@@ -283,7 +283,9 @@ def load_model(
     if trainable and not cfg.lora_input_cast:
         set_lora_input_cast(model, enabled=False)
     if trainable and cfg.compile_layers:
-        log.info("compiled %d decoder layers (regional torch.compile)", compile_decoder_layers(model))
+        log.info(
+            "compiled %d decoder layers (regional torch.compile)", compile_decoder_layers(model)
+        )
     if not trainable:
         model.eval()
     return Loaded(model, tokenizer, fe)
