@@ -137,6 +137,21 @@ def test_a_prediction_file_with_an_id_twice_is_refused(trained_run: Path, tmp_pa
         read_written(path)
 
 
+def test_answers_with_unicode_line_separators_read_back_whole(tmp_path: Path) -> None:
+    """Found on a GPU: random-weight answers hold U+2028/U+0085, which JSON leaves unescaped
+    and str.splitlines() breaks at; a resumed shard must read such lines back as written."""
+    from pronlora.atomic import jsonl_line
+    from pronlora.infer import read_written
+
+    path = tmp_path / "shard-0-of-1.jsonl"
+    rows = [
+        {"id": f"u{i}-APA", "utt_id": f"u{i}", "task": "APA", "output": text, "parsed": None}
+        for i, text in enumerate(["a\u2028b", "c\x85d\x1ce", "plain"])
+    ]
+    path.write_text("".join(jsonl_line(r) for r in rows), encoding="utf-8")
+    assert list(read_written(path).values()) == rows
+
+
 # --- 7. another split never collides with the test predictions ----------------------------
 
 

@@ -83,10 +83,12 @@ def read_written(path: Path) -> dict[str, dict[str, Any]]:
         with open(path, "r+b") as fh:
             fh.truncate(keep)
     done: dict[str, dict[str, Any]] = {}
-    for n, line in enumerate(data[:keep].decode("utf-8").splitlines(), 1):
+    # split on b"\n" only: str.splitlines() also breaks at U+2028, U+0085 and others, which
+    # JSON leaves unescaped in an answer's text
+    for n, raw in enumerate(data[:keep].split(b"\n")[:-1], 1):
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             raise DataError(
                 f"{path}:{n}: corrupt prediction line (not the last line); delete the file "
                 "to decode this shard again"
@@ -176,17 +178,18 @@ def load_for_inference(spec: RunSpec, checkpoint_dir: Path | None) -> Loaded:
 class Models:
     """The model a worker decodes with, loaded and merged once for all shards of a checkpoint.
 
-    A worker's items are consecutive shards of the grid (``worker_items``); only a change of
-    checkpoint loads again (the previous model is released first).
+    A worker's items are consecutive shards of the grid (``worker_items``); only another
+    checkpoint (another snapshot, config or checkpoint dir) loads again, after the previous
+    model is released.
     """
 
     def __init__(self) -> None:
-        self.key: tuple[str, str] | None = None
+        self.key: str | None = None
         self.loaded: Loaded | None = None
         self.loads = 0
 
-    def get(self, spec: RunSpec, run_dir: Path, checkpoint: str, ckpt_dir: Path | None) -> Loaded:
-        key = (str(run_dir), checkpoint)
+    def get(self, spec: RunSpec, ckpt_dir: Path | None) -> Loaded:
+        key = json.dumps([str(spec.model_dir), to_dict(spec.cfg), str(ckpt_dir)], sort_keys=True)
         if key != self.key or self.loaded is None:
             self.key, self.loaded = None, None
             if torch.cuda.is_available():
@@ -195,7 +198,8 @@ class Models:
             self.loaded = load_for_inference(spec, ckpt_dir)
             self.key = key
             self.loads += 1
-            log.info("loaded %s of %s in %.1f s", checkpoint, run_dir, time.perf_counter() - t0)
+            what = ckpt_dir or f"base model {spec.model_dir}"
+            log.info("loaded %s in %.1f s", what, time.perf_counter() - t0)
         return self.loaded
 
 
@@ -383,7 +387,7 @@ def _write_shard(
     t0 = time.perf_counter()
     n_tokens = n_new = 0
     if todo:
-        loaded = models.get(spec, run_dir, checkpoint, ckpt_dir)
+        loaded = models.get(spec, ckpt_dir)
         t0 = time.perf_counter()
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with open(out_path, "a", encoding="utf-8") as fh:

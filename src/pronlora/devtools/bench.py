@@ -74,6 +74,8 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
         "bf16": ["infer.cache=static", "infer.batch_size=256"],
         "nf4": ["infer.cache=static", "infer.batch_size=256"],
     },
+    # Regional torch.compile of the decoder layers (config key compile_layers).
+    "compile": {"bf16": ["compile_layers=true"], "nf4": ["compile_layers=true"]},
     # Same optimisation (64 instances per step, loss normalised over the whole step).
     "mb16": {"bf16": ["micro_batch=16", "grad_accum=4"], "nf4": ["micro_batch=16", "grad_accum=4"]},
 }
