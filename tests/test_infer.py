@@ -85,7 +85,8 @@ def test_two_shards_cover_every_test_id_once(trained_run: Path, demo_prepared: P
 
 @pytest.mark.slow
 def test_gpus_of_one_job_split_the_grid(trained_run: Path, demo_prepared: Path) -> None:
-    # one job with 2 GPUs, not an array: worker i takes grid items i, i+2, ...
+    # one job with 2 GPUs, not an array: worker i takes the i-th contiguous block of the grid
+    # (both shards of one checkpoint: one load each)
     outs = []
     for worker in (0, 1):
         proc = _run(
@@ -106,8 +107,8 @@ def test_gpus_of_one_job_split_the_grid(trained_run: Path, demo_prepared: Path) 
         )
         assert proc.returncode == 0, proc.stderr
         outs.append(proc.stdout)
-    assert "shard 0/2 of base" in outs[0] and "shard 0/2 of epoch-1" in outs[0]
-    assert "shard 1/2 of base" in outs[1] and "shard 1/2 of epoch-1" in outs[1]
+    assert "shard 0/2 of base" in outs[0] and "shard 1/2 of base" in outs[0]
+    assert "shard 0/2 of epoch-1" in outs[1] and "shard 1/2 of epoch-1" in outs[1]
     for ckpt in ("base", "epoch-1"):
         for shard in (0, 1):
             assert shard_paths(trained_run, ckpt, shard, 2)[1].is_file()

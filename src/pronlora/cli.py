@@ -28,6 +28,16 @@ class _DropMessages(logging.Filter):
         return not any(f in record.getMessage() for f in self.fragments)
 
 
+def quiet_third_party() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# at import: the entry points import the stages (and through them bitsandbytes, which logs
+# its advice while being imported) before run_job sets up logging
+quiet_third_party()
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(
         level=level,
@@ -36,8 +46,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         stream=sys.stderr,
         force=True,
     )
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_third_party()
     logging.getLogger("DeepSpeed").addFilter(_DropMessages("Setting accelerator to CPU"))
     try:  # progress bars of weight loading: carriage returns in batch logs
         from transformers.utils import logging as hf_logging

@@ -241,7 +241,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
 
 
 # Keys that change how a run executes but not what it trains (a resume may change them).
-EXECUTION_KEYS = ("engine", "dataloader_workers")
+EXECUTION_KEYS = ("engine", "dataloader_workers", "compile_layers")
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
