@@ -138,12 +138,12 @@ def test_pipeline_survives_a_requeue_mid_training(site: dict[str, str], tmp_path
 
     train_out = "\n".join(p.read_text() for p in (run_dir / "logs").glob("pronlora-train-*.out"))
     assert "received SIGTERM" in train_out and "resuming from" in train_out, train_out[-3000:]
-    _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-1", "epoch-2"])
+    _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-1"])
 
     reference = tmp_path / "uninterrupted"
     cfg = load_config("smoke", OVERRIDES)
     assert train(cfg, site["PRONLORA_PREPARED"], site["PRONLORA_MODEL"], reference) == 0
-    for epoch in (1, 2):
+    for epoch in (1,):
         name = f"checkpoints/epoch-{epoch}/adapter_model.safetensors"
         a, b = load_file(str(reference / name)), load_file(str(run_dir / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), epoch
@@ -166,12 +166,12 @@ def test_submitit_chain_stops_on_its_time_limit_signal_and_resumes(
             "slurm",
             "--shards",
             "2",
-            "--epochs",
-            "2",
             "--gpus-per-node",
             "2",  # two submitit tasks train together (gloo on this CPU-only node)
             "--run-dir",
             str(run_dir),
+            "--set",
+            "epochs=1",
             "--set",
             "save_steps=100",  # the resume point can only be the checkpoint of the stop
         ],
@@ -191,7 +191,7 @@ def test_submitit_chain_stops_on_its_time_limit_signal_and_resumes(
     logs = "\n".join(p.read_text() for p in (run_dir / "submitit").glob(f"{train_job}_*.err"))
     assert "received SIGUSR2" in logs and "resuming from" in logs, logs[-3000:]
     assert "Requeued job" in logs, logs[-3000:]
-    _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-2"])
+    _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-1"])
     last = sorted((run_dir / "trainer").glob("checkpoint-*"))[-1]
     assert json.loads((last / "parallel.json").read_text()) == {"engine": "zero2", "world_size": 2}
 
@@ -201,7 +201,7 @@ def test_two_process_training_stops_on_the_time_limit_signal_and_resumes(
 ) -> None:
     # 2 processes per node (CPU-only: gloo), ZeRO-2; infer: 2 workers per array task. No
     # dropout: ranks draw different random streams than one process, the rest must agree.
-    overrides = ["epochs=2", "micro_batch=1", "grad_accum=2", "save_steps=2", "lora.dropout=0.0"]
+    overrides = ["epochs=1", "micro_batch=1", "grad_accum=2", "save_steps=2", "lora.dropout=0.0"]
     sets = [a for o in overrides for a in ("--set", o)]
     ids = _pipeline(site, tmp_path / "run", "--gpus-per-node", "2", *sets)
     run_dir, train_job = Path(ids["run_dir"]), ids["train_job"]
@@ -215,12 +215,12 @@ def test_two_process_training_stops_on_the_time_limit_signal_and_resumes(
     assert "1 node(s) x 2 process(es)" in out and "asking the ranks to stop" in out, out[-3000:]
     assert "stop requested (stop file)" in out and "requeueing job" in out, out[-3000:]
     assert "resuming from" in out and "2 process(es), engine zero2" in out, out[-3000:]
-    _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-1", "epoch-2"])
+    _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-1"])
 
     reference = tmp_path / "uninterrupted"
     cfg = load_config("smoke", overrides)
     assert train(cfg, site["PRONLORA_PREPARED"], site["PRONLORA_MODEL"], reference) == 0
-    for epoch in (1, 2):
+    for epoch in (1,):
         name = f"checkpoints/epoch-{epoch}/adapter_model.safetensors"
         a, b = load_file(str(reference / name)), load_file(str(run_dir / name))
         assert a.keys() == b.keys()

@@ -267,3 +267,18 @@ def test_one_process_never_wraps_the_model_in_data_parallel(
     assert not isinstance(trainer._wrap_model(trainer.model), torch.nn.DataParallel)
     trainer.args._n_gpu = 4  # without the guard the Trainer would take the DataParallel path
     assert isinstance(trainer._wrap_model(trainer.model), torch.nn.DataParallel)
+
+
+def test_step_counts_move_to_their_parameters_device_after_a_resume() -> None:
+    """DeepSpeed's universal loading leaves AdamW step counts on the CPU, which the fused
+    kernel refuses on a GPU; the callback moves them (``meta`` stands in for the GPU here)."""
+    from types import SimpleNamespace
+
+    from pronlora.trainer import OptimizerStateOnDevice
+
+    param = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    adamw = torch.optim.AdamW([param])
+    adamw.state[param]["step"] = torch.tensor(7.0)  # as the universal loader leaves it
+    wrapped = SimpleNamespace(optimizer=SimpleNamespace(optimizer=adamw))  # accelerate, ZeRO
+    OptimizerStateOnDevice(SimpleNamespace(optimizer=wrapped)).on_train_begin(None, None, None)
+    assert adamw.state[param]["step"].device.type == "meta"

@@ -80,6 +80,31 @@ class StopOnRequest(TrainerCallback):
         return control
 
 
+class OptimizerStateOnDevice(TrainerCallback):
+    """Put every AdamW step count on its parameter's device once the checkpoint is loaded.
+
+    DeepSpeed's universal loading (a ZeRO-2 run resumed on another GPU count) restores the
+    step counts as CPU tensors, which the fused AdamW kernel refuses ("state_steps is on cpu");
+    found resuming a 2-GPU run on 1 GPU.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kw):
+        opt = self.trainer.optimizer
+        while getattr(opt, "optimizer", None) is not None:  # accelerate's, DeepSpeed's wrappers
+            opt = opt.optimizer
+        if not isinstance(opt, torch.optim.Optimizer):
+            return control
+        for group in opt.param_groups:
+            for p in group["params"]:
+                step = opt.state.get(p, {}).get("step")
+                if torch.is_tensor(step) and step.device != p.device:
+                    opt.state[p]["step"] = step.to(p.device)
+        return control
+
+
 class EpochCheckpoints(TrainerCallback):
     """An epoch checkpoint at every epoch's end, refused when the trained weights are not finite."""
 
@@ -125,6 +150,7 @@ class PronloraTrainer(Trainer):
         self.tokens_total = 0  # non-padding tokens trained on, for throughput and benchmarks
         self._tokens, self._t0 = 0, time.perf_counter()
         self.add_callback(EpochCheckpoints(self))
+        self.add_callback(OptimizerStateOnDevice(self))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         n = int(inputs["attention_mask"].sum())
