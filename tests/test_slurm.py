@@ -27,7 +27,7 @@ pytestmark = [
         reason="needs the Slurm daemons that .ci/run starts (PRONLORA_SLURM_TESTS=1)",
     ),
 ]
-OVERRIDES = ["epochs=2", "micro_batch=2", "grad_accum=1", "save_steps=2"]
+OVERRIDES = ["epochs=1", "micro_batch=2", "grad_accum=1", "save_steps=2"]
 
 
 def _job_state(job_id: str) -> str:
