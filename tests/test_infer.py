@@ -191,6 +191,7 @@ def test_merged_adapter_generates_the_same_tokens(trained_run: Path, demo_prepar
     assert generate(merged, spec.cfg, rows) == generate(plain, plain_cfg, rows)
 
 
+@pytest.mark.slow
 def test_a_worker_loads_a_checkpoint_once_and_benchmarks_decode_real_lengths(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:

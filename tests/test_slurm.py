@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from pronlora.atomic import read_jsonl
 from pronlora.config import load_config
+from pronlora.data.prep import prepare
 from pronlora.devtools.synthetic_corpus import make_demo_corpus
 from pronlora.train import train
 
@@ -105,6 +106,8 @@ def site(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     subprocess.run(["sinfo"], check=True, capture_output=True)
     root = tmp_path_factory.mktemp("site")
     corpus = make_demo_corpus(root / "corpus", utterances=24, seed=5)  # 32 train instances
+    # prepared here once; the pipeline and grid tests also run the prep job, the others skip it
+    prepare("kaldi", corpus, root / "prepared")
     env = {
         "PRONLORA_GRES": "",
         "PRONLORA_MEM": "",
@@ -164,6 +167,7 @@ def test_submitit_chain_stops_on_its_time_limit_signal_and_resumes(
             "smoke",
             "--executor",
             "slurm",
+            "--no-prep",
             "--gpus-per-node",
             "2",  # two submitit tasks train together (gloo on this CPU-only node)
             "--run-dir",
@@ -201,7 +205,7 @@ def test_two_process_training_stops_on_the_time_limit_signal_and_resumes(
     # dropout: ranks draw different random streams than one process, the rest must agree.
     overrides = ["epochs=1", "micro_batch=1", "grad_accum=2", "save_steps=2", "lora.dropout=0.0"]
     sets = [a for o in overrides for a in ("--set", o)]
-    ids = _pipeline(site, tmp_path / "run", "--gpus-per-node", "2", *sets)
+    ids = _pipeline(site, tmp_path / "run", "--no-prep", "--gpus-per-node", "2", *sets)
     run_dir, train_job = Path(ids["run_dir"]), ids["train_job"]
     _wait_for_step(run_dir, train_job, 3)
     # what Slurm does PRONLORA_SIGNAL_GRACE_S before the time limit (--signal=B:USR1@...)
@@ -230,7 +234,9 @@ def test_training_over_two_nodes(site: dict[str, str], tmp_path: Path) -> None:
     # one torchrun per node through srun, c10d rendezvous on the first node's address
     overrides = ["epochs=1", "micro_batch=1", "grad_accum=2", "lora.dropout=0.0"]
     sets = [a for o in overrides for a in ("--set", o)]
-    ids = _pipeline(site, tmp_path / "run", "--nodes", "2", "--gpus-per-node", "1", *sets)
+    ids = _pipeline(
+        site, tmp_path / "run", "--no-prep", "--nodes", "2", "--gpus-per-node", "1", *sets
+    )
     run_dir = Path(ids["run_dir"])
     _wait([ids["train_job"], ids["infer_job"], ids["collect_job"]])
     out = "\n".join(p.read_text() for p in (run_dir / "logs").glob("pronlora-train-*.out"))
