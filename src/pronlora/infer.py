@@ -190,8 +190,8 @@ class Models:
 
     def get(self, spec: RunSpec, ckpt_dir: Path | None) -> Loaded:
         key = json.dumps([str(spec.model_dir), to_dict(spec.cfg), str(ckpt_dir)], sort_keys=True)
-        if key != self.key or self.loaded is None:
-            self.key, self.loaded = None, None
+        if key != self.key:
+            self.key, self.loaded = None, None  # released before the next one loads
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             t0 = time.perf_counter()
@@ -200,6 +200,7 @@ class Models:
             self.loads += 1
             what = ckpt_dir or f"base model {spec.model_dir}"
             log.info("loaded %s in %.1f s", what, time.perf_counter() - t0)
+        assert self.loaded is not None
         return self.loaded
 
 
@@ -340,11 +341,13 @@ def run_shard(
             run_dir,
             checkpoint,
             split,
-            (shard, num_shards),
+            shard,
+            num_shards,
             rows,
-            (config, model),
-            models or Models(),
-            decode_lengths,
+            config,
+            model,
+            models=models or Models(),
+            decode_lengths=decode_lengths,
         )
 
 
@@ -352,13 +355,14 @@ def _write_shard(
     run_dir: Path,
     checkpoint: str,
     split: str,
-    shard_of_n: tuple[int, int],
+    shard: int,
+    num_shards: int,
     rows: list[dict[str, Any]],
-    config_model: tuple[str | TrainConfig | None, str | None],
+    config: str | TrainConfig | None,
+    model: str | None,
     models: Models,
     decode_lengths: Mapping[str, int] | None,
 ) -> dict[str, Any]:
-    shard, num_shards = shard_of_n
     out_path, done_path = shard_paths(run_dir, checkpoint, shard, num_shards, split)
     ids = {r["id"] for r in rows}
     written = read_written(out_path)
@@ -369,7 +373,7 @@ def _write_shard(
     if not todo and done_path.is_file():
         log.info("%s is complete (%d instances); nothing to do", out_path, len(rows))
         return json.loads(done_path.read_text())
-    spec = ensure_run(run_dir, *config_model)
+    spec = ensure_run(run_dir, config, model)
     ckpt_dir = None
     if checkpoint != BASE:
         ckpt_dir = RunDir(run_dir).checkpoint(checkpoint)

@@ -139,6 +139,16 @@ def results_header() -> dict[str, Any]:
     }
 
 
+def results_heading(title: str, results: dict[str, Any]) -> list[str]:
+    """The first lines of every results file: what was measured, where, when, by which command."""
+    return [
+        f"# {title}: {results['device']} ({results['date']})",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+    ]
+
+
 def write_results(results: dict[str, Any], out: Path, suffix: str, md: str) -> Path:
     """``<device>-<date><suffix>.json`` and ``.md`` under ``out``; returns the JSON path."""
     device = re.sub(r"[^A-Za-z0-9]+", "-", results["device"]).strip("-").lower()
@@ -297,10 +307,14 @@ def bench_infer(cfg: TrainConfig, model_dir: Path, prepared: Path, run_dir: Path
     return result
 
 
+def _failed_row(r: dict[str, Any], stage: str, columns: int) -> str:
+    return f"| {r['setup']} | failed: {r[stage]['error'][:80]} |" + " |" * (columns - 2)
+
+
 def _train_row(r: dict[str, Any]) -> str:
     t = r["train"]
     if "error" in t:
-        return f"| {r['setup']} | failed: {t['error'][:80]} | | | | | |"
+        return _failed_row(r, "train", 7)
     return (
         f"| {r['setup']} | {t['APA']['tokens_per_s']:,.0f} | {t['MDD']['tokens_per_s']:,.0f} | "
         f"{t['mixed']['tokens_per_s']:,.0f} | {t['mixed']['step_s']} | {t['peak_gb']} | "
@@ -311,7 +325,7 @@ def _train_row(r: dict[str, Any]) -> str:
 def _infer_row(r: dict[str, Any]) -> str:
     t = r["infer"]
     if "error" in t:
-        return f"| {r['setup']} | failed: {t['error'][:80]} | | | | | | |"
+        return _failed_row(r, "infer", 9)
     if "cache" not in t:  # results of the earlier per-task generate() benchmark
         rate = f"APA {t['APA']['instances_per_s']} / MDD {t['MDD']['instances_per_s']}"
         tail = f"{t['peak_gb']} | {t['projected_test_set_s']} |"
@@ -326,10 +340,7 @@ def _infer_row(r: dict[str, Any]) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """The results table people read; rendered from the JSON so runs can be re-rendered."""
     lines = [
-        f"# Benchmark: {results['device']} ({results['date']})",
-        "",
-        f"Command: `{results['command']}`",
-        "",
+        *results_heading("Benchmark", results),
         "Random-weight full-size checkpoint: speeds and memory are real, outputs meaningless. "
         "`naive` is the plain HF + PEFT path of the anchor measurement, measured in the same run.",
         "",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pronlora.atomic import read_jsonl
+from pronlora.devtools.bench import results_heading
 from pronlora.distributed import free_port
 from pronlora.layout import RunDir
 
@@ -106,10 +107,7 @@ def compare(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        f"# Data-parallel scaling: {results['device']} ({results['date']})",
-        "",
-        f"Command: `{results['command']}`",
-        "",
+        *results_heading("Data-parallel scaling", results),
         "Random-weight checkpoint: speeds and memory are real, losses meaningless "
         "(they only have to agree between GPU counts). Each row is `jobs/train.py` under "
         f"torchrun for {results['steps']} optimizer steps at the recipe's effective batch; "
