@@ -241,6 +241,65 @@ def test_non_finite_loss_stops_with_a_clear_message(
         trainer.train()
 
 
+def test_micro_batches_per_pass_runs_the_same_optimizer_step_in_fewer_passes(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    """Two of the recipe's micro-batches in one pass: same instances, loss and gradients."""
+    from transformers import TrainerCallback
+
+    rows = read_jsonl(demo_prepared / "train.jsonl")
+    seen = {}
+    for per_pass in (1, 2):
+        cfg = load_config(
+            "smoke", ["lora.dropout=0", "max_steps=1", f"micro_batches_per_pass={per_pass}"]
+        )
+        torch.manual_seed(0)
+        loaded = load_model(cfg, tiny_model)
+        with torch.no_grad():  # non-zero LoRA B so every LoRA weight gets a gradient
+            for n, p in loaded.model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+        run = tmp_path / f"run{per_pass}"
+        run.mkdir()
+        trainer = build_trainer(cfg, loaded, rows, run)
+        passes: list[list[str]] = []
+        grads: dict[str, torch.Tensor] = {}
+        step = trainer.training_step
+
+        def record(model, inputs, num_items_in_batch=None, step=step, passes=passes):
+            passes.append(inputs["input_ids"].shape[0])
+            return step(model, inputs, num_items_in_batch)
+
+        class Grads(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, grads=grads, **kw):
+                for n, p in loaded.model.named_parameters():
+                    if p.requires_grad:
+                        grads[n] = p.grad.detach().clone()
+
+        trainer.training_step = record
+        trainer.add_callback(Grads())
+        trainer.train()
+        loss = [e["loss"] for e in read_jsonl(run / "train_log.jsonl") if "loss" in e]
+        seen[per_pass] = (passes, loss, grads)
+    assert seen[1][0] == [2, 2] and seen[2][0] == [4]
+    assert seen[2][1] == pytest.approx(seen[1][1], rel=1e-5)
+    g1, g2 = seen[1][2], seen[2][2]
+    assert g1.keys() == g2.keys() and len(g1) > 0
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-7)
+
+
+def test_micro_batches_per_pass_must_divide_each_process_share_of_a_step() -> None:
+    from pronlora.config import accumulation_steps
+
+    cfg = load_config("paper_r64", ["micro_batches_per_pass=2"])
+    assert [accumulation_steps(cfg, w) for w in (1, 2, 4)] == [4, 2, 1]
+    with pytest.raises(ConfigError, match="micro_batches_per_pass: 2 does not divide the 1"):
+        accumulation_steps(cfg, 8)
+    with pytest.raises(ConfigError, match="micro_batches_per_pass"):
+        load_config("paper_r64", ["micro_batches_per_pass=0"])
+
+
 def test_one_process_never_wraps_the_model_in_data_parallel(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

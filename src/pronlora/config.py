@@ -57,6 +57,10 @@ class TrainConfig:
     epochs: int = 3
     micro_batch: int = 8
     grad_accum: int = 8
+    # How many of the recipe's micro-batches go through the model in one forward/backward pass
+    # (neighbouring ones of the same optimizer step, so of similar length): fewer, fuller
+    # passes, the same 64 instances per optimizer step and the same loss. An execution choice.
+    micro_batches_per_pass: int = 1
     lr: float = 2e-5
     weight_decay: float = 0.0
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
@@ -102,6 +106,7 @@ _POSITIVE = (
     "epochs",
     "micro_batch",
     "grad_accum",
+    "micro_batches_per_pass",
     "max_length",
     "save_steps",
     "keep_step_checkpoints",
@@ -241,7 +246,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
 
 
 # Keys that change how a run executes but not what it trains (a resume may change them).
-EXECUTION_KEYS = ("engine", "dataloader_workers", "compile_layers")
+EXECUTION_KEYS = ("engine", "dataloader_workers", "compile_layers", "micro_batches_per_pass")
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -249,11 +254,17 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def accumulation_steps(cfg: TrainConfig, world: int) -> int:
-    """Gradient accumulation that keeps the effective batch whatever the process count."""
+    """Passes per process and optimizer step: the effective batch whatever the process count."""
     per_step = cfg.micro_batch * world
     if cfg.effective_batch % per_step:
         raise ConfigError(
             f"micro_batch: {cfg.micro_batch} x {world} processes does not divide the effective "
             f"batch {cfg.effective_batch} (micro_batch x grad_accum); pick a micro_batch that does"
         )
-    return cfg.effective_batch // per_step
+    if cfg.effective_batch % (per_step * cfg.micro_batches_per_pass):
+        raise ConfigError(
+            f"micro_batches_per_pass: {cfg.micro_batches_per_pass} does not divide the "
+            f"{cfg.effective_batch // per_step} micro-batches each of {world} processes runs per "
+            "optimizer step; pick one that does"
+        )
+    return cfg.effective_batch // (per_step * cfg.micro_batches_per_pass)

@@ -228,7 +228,9 @@ def training_arguments(
         prepare_cpu_deepspeed()
     args = TrainingArguments(
         output_dir=str(RunDir(run_dir).trainer),
-        per_device_train_batch_size=cfg.micro_batch,
+        # the sampler orders each step's micro-batches longest first, so a pass of several
+        # takes neighbouring ones (see sampler.py)
+        per_device_train_batch_size=cfg.micro_batch * cfg.micro_batches_per_pass,
         gradient_accumulation_steps=accumulation_steps(cfg, world_size()),
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Profile training steps of named config variants: what bounds a step (see devtools/profile.py).
+
+Writes bench/results/<gpu>-<date>-profile<tag>.json and .md, rewritten after every variant so
+a run cut short keeps what it measured. Example (one H100):
+  python jobs/bench_profile.py --model /tmp/full --config paper_r64 --quantization bf16 \
+      --variants naive,pronlora,compile,compile-pass2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch
+
+from pronlora.cli import run_job
+from pronlora.config import ConfigError, load_config
+from pronlora.devtools.bench import VARIANTS, make_bench_data, results_header, write_results
+from pronlora.devtools.profile import markdown, profile_training
+from pronlora.layout import PreparedDir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", required=True, help="snapshot dir")
+    ap.add_argument("--config", default="paper_r64")
+    ap.add_argument("--quantization", default="bf16")
+    ap.add_argument("--variants", default="pronlora,compile", help=f"of {', '.join(VARIANTS)}")
+    ap.add_argument("--warmup", type=int, default=2, help="optimizer steps before timing")
+    ap.add_argument("--steps", type=int, default=2, help="steps timed, then as many profiled")
+    ap.add_argument("--set", action="append", default=[], help="config override key=value")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise ConfigError("bench_profile needs a GPU (CUDA kernel times)")
+    plans = []
+    for quant in args.quantization.split(","):
+        for variant in args.variants.split(","):
+            if variant not in VARIANTS:
+                raise ConfigError(f"--variants: unknown {variant!r}; known {list(VARIANTS)}")
+            overrides = [f"quantization={quant}", *VARIANTS[variant][quant], *args.set]
+            plans.append((f"{args.config} {quant} {variant}", overrides))
+    cfgs = [load_config(args.config, o) for _, o in plans]  # all validated before any load
+    work = Path(tempfile.mkdtemp(prefix="pronlora-profile-"))
+    n_rows = max(c.effective_batch for c in cfgs) * (args.warmup + 2 * args.steps)
+    prepared = make_bench_data(
+        work / "prepared", REPO / "bench" / "mini_durations.json", (n_rows + 1) // 2
+    )
+    rows = PreparedDir(prepared).load_split("train")
+    results = {**results_header(), "warmup": args.warmup, "steps": args.steps, "runs": []}
+    for (setup, overrides), cfg in zip(plans, cfgs, strict=True):
+        run_dir = work / "runs" / setup.replace(" ", "-")
+        run_dir.mkdir(parents=True)
+        try:
+            profile = profile_training(
+                cfg, Path(args.model), rows, run_dir, args.warmup, args.steps
+            )
+        except Exception as exc:  # record it: one failure must not void the rest
+            traceback.print_exc()
+            profile = {"error": f"{type(exc).__name__}: {exc}"[-2000:]}
+        print(setup, json.dumps(profile), flush=True)
+        results["runs"].append({"setup": setup, "overrides": overrides, "profile": profile})
+        write_results(results, Path(args.out), f"-profile{args.tag}", markdown(results))
+        torch.cuda.empty_cache()
+    shutil.rmtree(work, ignore_errors=True)
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    run_job(main, (ConfigError,))

@@ -1,0 +1,247 @@
+"""Where a training step's time goes: kernel time by category, GPU busy share, syncs, MFU.
+
+Reads the Chrome trace that ``torch.profiler`` exports: its event format (``cat`` kernel /
+gpu_memcpy / gpu_memset / cuda_runtime, ``ts`` and ``dur`` in microseconds) has held across
+torch releases, where the Python event API renamed its time fields twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pronlora.devtools.bench import PAPER_EPOCHS, PAPER_TRAIN_PER_TASK, results_heading
+
+# First match wins: nccl before the generic patterns, dequantisation before matmul.
+CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("communication", r"nccl"),
+    ("attention", r"flash|fmha|attention|sdpa"),
+    ("nf4 dequantize", r"dequant|4bit|bnb"),
+    ("matmul", r"gemm|cutlass|nvjet|xmma|cublas|wgmma|matmul|splitk"),
+    ("optimizer", r"multi_tensor|adam|foreach"),
+    ("compiled (triton)", r"^triton"),
+    ("norm/softmax/reduce", r"norm|softmax|reduce|cross_entropy|scan"),
+    ("copy/cast/gather", r"copy|cast|convert|index|gather|scatter"),
+    ("elementwise", r"elementwise|vectorized|unrolled|pointwise|fill"),
+)
+GPU_CATS = {"kernel": None, "gpu_memcpy": "memcpy", "gpu_memset": "memset"}
+SYNC_CALLS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"}
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    for category, pattern in CATEGORIES:
+        if re.search(pattern, low):
+            return category
+    return "other"
+
+
+def _union_s(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by (start, end) microsecond intervals (kernels of several streams
+    overlap; their sum would count the overlap twice)."""
+    total, end = 0.0, float("-inf")
+    for s, e in sorted(intervals):
+        if s > end:
+            total += e - s
+            end = e
+        elif e > end:
+            total += e - end
+            end = e
+    return total / 1e6
+
+
+def summarize_trace(trace: dict[str, Any], wall_s: float, steps: int) -> dict[str, Any]:
+    """GPU time by category, the busy share of ``wall_s``, per-step syncs and launches."""
+    by_cat: Counter[str] = Counter()
+    by_name: Counter[str] = Counter()
+    intervals = []
+    launches = syncs = dtoh = runtime = 0
+    for e in trace.get("traceEvents", []):
+        if e.get("ph") != "X":
+            continue
+        cat, name = e.get("cat"), e.get("name", "")
+        if cat in GPU_CATS:
+            dur = float(e.get("dur", 0))
+            by_cat[GPU_CATS[cat] or kernel_category(name)] += dur
+            by_name[name] += dur
+            intervals.append((float(e["ts"]), float(e["ts"]) + dur))
+            launches += cat == "kernel"
+            dtoh += cat == "gpu_memcpy" and "DtoH" in name
+        elif cat == "cuda_runtime":
+            runtime += 1
+            syncs += name in SYNC_CALLS
+    gpu_total = sum(by_cat.values()) or 1.0
+    busy = _union_s(intervals)
+    return {
+        "gpu_busy_s": round(busy, 4),
+        "gpu_busy_share": round(busy / wall_s, 3) if wall_s > 0 else None,
+        "categories": {
+            k: {"s": round(v / 1e6, 4), "share": round(v / gpu_total, 3)}
+            for k, v in by_cat.most_common()
+        },
+        "top_kernels": [
+            {"name": n[:120], "s": round(v / 1e6, 4), "share": round(v / gpu_total, 3)}
+            for n, v in by_name.most_common(8)
+        ],
+        "kernels_per_step": round(launches / steps),
+        # None, not 0, when the trace holds no runtime calls to count them in
+        "host_syncs_per_step": round(syncs / steps, 1) if runtime else None,
+        "dtoh_copies_per_step": round(dtoh / steps, 1),
+    }
+
+
+def language_model_linear_params(model: Any) -> int:
+    """Weights multiplied per token by the language model's decoder layers (LoRA included).
+
+    Counted from in/out features, so 4-bit layers (packed weights) count their real size; the
+    audio and vision encoders are left out (their work scales with audio, not tokens).
+    """
+    total = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or "embed_tokens_extend" in name:
+            continue
+        if re.search(r"\.layers\.\d+\.", name):
+            total += module.in_features * module.out_features
+    return total
+
+
+def training_flops_per_token(linear_params: int, recompute: bool) -> dict[str, int]:
+    """Useful FLOPs (forward 2N, activation gradients 2N: the base is frozen, so no weight
+    gradients) and what the GPU executes (plus a second forward under checkpointing)."""
+    useful = 4 * linear_params
+    return {"useful": useful, "executed": useful + (2 * linear_params if recompute else 0)}
+
+
+def matmul_ceiling_tflops() -> float:
+    """bf16 TFLOP/s of a large square matmul on this GPU: the roof MFU is quoted against."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12
+
+
+def profile_training(
+    cfg: Any, model_dir: Path, rows: list[dict[str, Any]], run_dir: Path, warmup: int, steps: int
+) -> dict[str, Any]:
+    """Optimizer steps of the stage's Trainer at the config's real accumulation: ``warmup``
+    steps (compilation, allocator), ``steps`` timed without the profiler, ``steps`` profiled."""
+    from transformers import TrainerCallback
+
+    from pronlora.model.load import load_model
+    from pronlora.trainer import build_trainer
+
+    cfg = replace(cfg, max_steps=warmup + 2 * steps, save_steps=10**6, logging_steps=10**6)
+    torch.manual_seed(cfg.seed)
+    loaded = load_model(cfg, model_dir)
+    trainer = build_trainer(cfg, loaded, rows, run_dir)
+    prof = torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    )
+    marks: dict[str, tuple[float, int]] = {}
+
+    class Windows(TrainerCallback):
+        def __init__(self, trainer: Any) -> None:
+            self.trainer = trainer
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step in (warmup, warmup + steps):
+                torch.cuda.synchronize()
+                marks[str(state.global_step)] = (time.perf_counter(), self.trainer.tokens_total)
+                if state.global_step == warmup + steps:
+                    prof.start()
+
+        def on_train_end(self, args, state, control, **kw):
+            torch.cuda.synchronize()
+            marks["end"] = (time.perf_counter(), self.trainer.tokens_total)
+            prof.stop()
+
+    trainer.add_callback(Windows(trainer))
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    (t0, k0), (t1, k1), (t2, _) = marks[str(warmup)], marks[str(warmup + steps)], marks["end"]
+    trace_file = run_dir / "trace.json"
+    prof.export_chrome_trace(str(trace_file))
+    trace = json.loads(trace_file.read_text())
+    trace_file.unlink()
+    step_s = (t1 - t0) / steps
+    linear = language_model_linear_params(loaded.model)
+    flops = training_flops_per_token(linear, cfg.use_gradient_checkpointing)
+    tokens_per_s = (k1 - k0) / (t1 - t0)
+    ceiling = matmul_ceiling_tflops()
+    result = {
+        "instances_per_step": cfg.effective_batch,
+        "passes_per_step": cfg.grad_accum // cfg.micro_batches_per_pass,
+        "step_s": round(step_s, 4),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "projected_3_epochs_min": round(
+            PAPER_EPOCHS * 2 * PAPER_TRAIN_PER_TASK / cfg.effective_batch * step_s / 60, 2
+        ),
+        "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "lm_linear_params": linear,
+        "model_tflops": round(flops["useful"] * tokens_per_s / 1e12, 1),
+        "executed_tflops": round(flops["executed"] * tokens_per_s / 1e12, 1),
+        "matmul_ceiling_tflops": round(ceiling, 1),
+        "mfu": round(flops["useful"] * tokens_per_s / 1e12 / ceiling, 3),
+        "profiled_step_s": round((t2 - t1) / steps, 4),
+        # GPU time of the profiled steps over the wall time of the same number of plain ones
+        **summarize_trace(trace, t1 - t0, steps),
+    }
+    del trainer, loaded
+    torch.cuda.empty_cache()
+    return result
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The profile tables people read; rendered from the JSON."""
+    runs = [r for r in results["runs"] if "error" not in r["profile"]]
+    failed = [r for r in results["runs"] if "error" in r["profile"]]
+    lines = [
+        *results_heading("Training-step profile", results),
+        "Random-weight full-size checkpoint. Optimizer steps of the stage's Trainer at the "
+        "recipe's accumulation (its effective batch per step, the run's own sampler over APA+MDD "
+        f"rows), after {results['warmup']} warm-up steps: {results['steps']} timed, then "
+        f"{results['steps']} under the profiler. Model TFLOP/s counts 4 x the language model's "
+        "linear weights per token (forward, activation gradients; the base is frozen); MFU is "
+        "that over the matmul ceiling measured in the same process. GPU busy: kernel time of "
+        "the profiled steps over the wall time of the timed ones.",
+        "",
+        "| setup | s/step | tok/s | 3 epochs (min) | peak GB | GPU busy | model TFLOP/s | MFU "
+        "| syncs/step | kernels/step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        p = r["profile"]
+        lines.append(
+            f"| {r['setup']} | {p['step_s']} | {p['tokens_per_s']:,.0f} | "
+            f"{p['projected_3_epochs_min']} | {p['peak_gb']} | {p['gpu_busy_share']:.0%} | "
+            f"{p['model_tflops']} | {p['mfu']:.0%} | {p['host_syncs_per_step']} | "
+            f"{p['kernels_per_step']:,} |"
+        )
+    lines += [f"| {r['setup']} | failed: {r['profile']['error'][:80]} |" for r in failed]
+    cats = sorted({c for r in runs for c in r["profile"]["categories"]})
+    if runs:
+        lines += [
+            "",
+            "GPU time by kernel category (share of the profiled steps' kernel time):",
+            "",
+            "| setup | " + " | ".join(cats) + " |",
+            "|---|" + "---|" * len(cats),
+        ]
+        for r in runs:
+            c = r["profile"]["categories"]
+            cells = [f"{c[k]['share']:.0%}" if k in c else "-" for k in cats]
+            lines.append(f"| {r['setup']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,86 @@
+"""The training-step profile's arithmetic: what it reads from a trace and counts in a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pronlora.devtools.profile import (
+    kernel_category,
+    language_model_linear_params,
+    summarize_trace,
+    training_flops_per_token,
+)
+
+
+def _kernel(name: str, ts: float, dur: float, cat: str = "kernel") -> dict:
+    return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur}
+
+
+def test_kernel_names_fall_into_the_categories_the_tables_show() -> None:
+    assert kernel_category("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128") == "matmul"
+    assert kernel_category("nvjet_hsh_128x256_64x4_1x2_h_bz_coopA_NNT") == "matmul"
+    assert kernel_category("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == (
+        "attention"
+    )
+    assert kernel_category("void kDequantizeBlockwise<__nv_bfloat16, 512, 64, 8, 2>") == (
+        "nf4 dequantize"
+    )
+    assert kernel_category("ncclDevKernel_ReduceScatter_Sum_bf16_RING_LL") == "communication"
+    assert kernel_category("triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0") == (
+        "compiled (triton)"
+    )
+    assert kernel_category("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == (
+        "optimizer"
+    )
+    assert kernel_category("void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add>") == (
+        "elementwise"
+    )
+    assert kernel_category("something_new") == "other"
+
+
+def test_trace_summary_counts_overlapping_streams_once_and_per_step() -> None:
+    trace = {
+        "traceEvents": [
+            _kernel("sm90_xmma_gemm_x", 0, 600),
+            _kernel("vectorized_elementwise_kernel", 500, 200),  # overlaps the gemm by 100
+            _kernel("Memcpy DtoH (Device -> Pinned)", 1000, 100, cat="gpu_memcpy"),
+            {"ph": "X", "cat": "cuda_runtime", "name": "cudaStreamSynchronize", "ts": 0, "dur": 5},
+            {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 0, "dur": 5},
+            {"ph": "i", "cat": "kernel", "name": "instant, not a span", "ts": 0},
+        ]
+    }
+    s = summarize_trace(trace, wall_s=0.002, steps=2)
+    assert s["gpu_busy_s"] == pytest.approx(0.0008)  # 0-700 and 1000-1100 microseconds
+    assert s["gpu_busy_share"] == pytest.approx(0.4)
+    assert s["categories"]["matmul"] == {"s": 0.0006, "share": pytest.approx(0.667, abs=1e-3)}
+    assert s["categories"]["memcpy"]["s"] == pytest.approx(0.0001)
+    assert s["kernels_per_step"] == 1
+    assert s["host_syncs_per_step"] == 0.5
+    assert s["dtoh_copies_per_step"] == 0.5
+    # a trace without runtime calls cannot say how many syncs there were
+    no_runtime = {"traceEvents": trace["traceEvents"][:3]}
+    assert summarize_trace(no_runtime, 0.002, 2)["host_syncs_per_step"] is None
+
+
+def test_model_flops_count_the_decoder_layers_linear_weights_only(tiny_model: Path) -> None:
+    from pronlora.config import load_config
+    from pronlora.model.load import load_model
+
+    model = load_model(load_config("smoke"), tiny_model).model
+    cfg = model.config
+    text = getattr(cfg, "text_config", cfg)
+    h, inter, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
+    heads, kv = text.num_attention_heads, text.num_key_value_heads
+    head = h // heads
+    base = h * (h + 2 * kv * head) + h * h + h * 2 * inter + inter * h  # qkv, o, gate_up, down
+    counted = language_model_linear_params(model)
+    lora = counted - layers * base
+    r = 8  # smoke's LoRA rank
+    assert 0 < lora < layers * r * 2 * (4 * h + 2 * inter)  # the adapters, nothing else
+    assert training_flops_per_token(counted, recompute=False) == {
+        "useful": 4 * counted,
+        "executed": 4 * counted,
+    }
+    assert training_flops_per_token(counted, recompute=True)["executed"] == 6 * counted
