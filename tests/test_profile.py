@@ -34,9 +34,8 @@ def test_kernel_names_fall_into_the_categories_the_tables_show() -> None:
     assert kernel_category("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == (
         "optimizer"
     )
-    assert kernel_category("void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add>") == (
-        "elementwise"
-    )
+    elementwise = "void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add>"
+    assert kernel_category(elementwise) == "elementwise"
     assert kernel_category("something_new") == "other"
 
 

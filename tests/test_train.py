@@ -272,7 +272,7 @@ def test_micro_batches_per_pass_runs_the_same_optimizer_step_in_fewer_passes(
 
         class Grads(TrainerCallback):
             def on_pre_optimizer_step(self, args, state, control, grads=grads, **kw):
-                for n, p in loaded.model.named_parameters():
+                for n, p in kw["model"].named_parameters():
                     if p.requires_grad:
                         grads[n] = p.grad.detach().clone()
 
