@@ -58,6 +58,7 @@ def test_trace_summary_counts_overlapping_streams_once_and_per_step() -> None:
     assert s["kernels_per_step"] == 1
     assert s["host_syncs_per_step"] == 0.5
     assert s["dtoh_copies_per_step"] == 0.5
+    assert s["sync_sources"] == {"-": 1}  # no frame around it in this trace
     # a trace without runtime calls cannot say how many syncs there were
     no_runtime = {"traceEvents": trace["traceEvents"][:3]}
     assert summarize_trace(no_runtime, 0.002, 2)["host_syncs_per_step"] is None
@@ -83,3 +84,29 @@ def test_model_flops_count_the_decoder_layers_linear_weights_only(tiny_model: Pa
         "executed": 4 * counted,
     }
     assert training_flops_per_token(counted, recompute=True)["executed"] == 6 * counted
+
+
+def test_syncs_are_attributed_to_the_innermost_python_frame_around_them() -> None:
+    def span(cat: str, name: str, ts: float, dur: float, tid: int = 1) -> dict:
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "tid": tid}
+
+    trace = {
+        "traceEvents": [
+            span("python_function", "model.py(10): forward", 0, 1000),
+            span("python_function", "audio.py(50): encode", 100, 300),
+            span("python_function", "audio.py(60): helper", 120, 10),  # over before the sync
+            span("cpu_op", "aten::nonzero", 200, 50),
+            span("cuda_runtime", "cudaStreamSynchronize", 210, 5),
+            span("cuda_runtime", "cudaStreamSynchronize", 600, 5),
+            span("cuda_runtime", "cudaStreamSynchronize", 50, 5, tid=2),  # no frames there
+            span("cpu_op", "aten::item", 40, 20, tid=2),
+            span("user_annotation", "enumerate(DataLoader)#_MultiProcessingDataLoaderIter", 0, 300),
+        ]
+    }
+    s = summarize_trace(trace, wall_s=0.001, steps=1)
+    assert s["sync_sources"] == {
+        "audio.py(50): encode": 1,
+        "model.py(10): forward": 1,
+        "[op] aten::item": 1,
+    }
+    assert s["dataloader_wait_s_per_step"] == 0.0003

@@ -7,6 +7,7 @@ torch releases, where the Python event API renamed its time fields twice.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import time
@@ -57,15 +58,58 @@ def _union_s(intervals: list[tuple[float, float]]) -> float:
     return total / 1e6
 
 
+def _innermost(spans: list[tuple[float, float, str]], starts: list[float], ts: float) -> str:
+    """Name of the innermost span (sorted by start) that contains ``ts``; nested spans of one
+    thread: the latest-starting one that still contains it."""
+    i = bisect.bisect_right(starts, ts) - 1
+    while i >= 0:
+        _, end, name = spans[i]
+        if end >= ts:
+            return name
+        i -= 1
+    return "-"
+
+
+def sync_sources(events: list[dict[str, Any]], syncs: list[dict[str, Any]]) -> dict[str, int]:
+    """Where the host waits for the GPU: the innermost Python frame (with_stack traces) or else
+    the innermost operator around each synchronising call, counted."""
+    frames: dict[Any, list[tuple[float, float, str]]] = {}
+    for e in events:
+        if e.get("cat") in ("python_function", "cpu_op"):
+            ts = float(e["ts"])
+            name = e.get("name", "")
+            if e["cat"] == "cpu_op":
+                name = f"[op] {name}"
+            frames.setdefault((e.get("cat"), e.get("tid")), []).append(
+                (ts, ts + float(e.get("dur", 0)), name)
+            )
+    for spans in frames.values():
+        spans.sort()
+    starts = {k: [s[0] for s in v] for k, v in frames.items()}
+    found: Counter[str] = Counter()
+    for e in syncs:
+        where = "-"
+        for cat in ("python_function", "cpu_op"):
+            key = (cat, e.get("tid"))
+            if key in frames:
+                where = _innermost(frames[key], starts[key], float(e["ts"]))
+                if where != "-":
+                    break
+        found[where] += 1
+    return dict(found.most_common(12))
+
+
 def summarize_trace(trace: dict[str, Any], wall_s: float, steps: int) -> dict[str, Any]:
-    """GPU time by category, the busy share of ``wall_s``, per-step syncs and launches."""
+    """GPU time by category, the busy share of ``wall_s``, per-step syncs, launches and data
+    loading waits, and where the syncs come from."""
     by_cat: Counter[str] = Counter()
     by_name: Counter[str] = Counter()
     intervals = []
-    launches = syncs = dtoh = runtime = 0
-    for e in trace.get("traceEvents", []):
-        if e.get("ph") != "X":
-            continue
+    launches = dtoh = runtime = 0
+    loader_us = 0.0
+    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
+    sync_events = []
+    for e in events:
         cat, name = e.get("cat"), e.get("name", "")
         if cat in GPU_CATS:
             dur = float(e.get("dur", 0))
@@ -76,7 +120,11 @@ def summarize_trace(trace: dict[str, Any], wall_s: float, steps: int) -> dict[st
             dtoh += cat == "gpu_memcpy" and "DtoH" in name
         elif cat == "cuda_runtime":
             runtime += 1
-            syncs += name in SYNC_CALLS
+            if name in SYNC_CALLS:
+                sync_events.append(e)
+        elif cat == "user_annotation" and name.startswith("enumerate(DataLoader)"):
+            loader_us += float(e.get("dur", 0))
+    syncs = len(sync_events)
     gpu_total = sum(by_cat.values()) or 1.0
     busy = _union_s(intervals)
     return {
@@ -94,6 +142,8 @@ def summarize_trace(trace: dict[str, Any], wall_s: float, steps: int) -> dict[st
         # None, not 0, when the trace holds no runtime calls to count them in
         "host_syncs_per_step": round(syncs / steps, 1) if runtime else None,
         "dtoh_copies_per_step": round(dtoh / steps, 1),
+        "dataloader_wait_s_per_step": round(loader_us / 1e6 / steps, 4),
+        "sync_sources": sync_sources(events, sync_events),
     }
 
 
@@ -148,7 +198,8 @@ def profile_training(
     loaded = load_model(cfg, model_dir)
     trainer = build_trainer(cfg, loaded, rows, run_dir)
     prof = torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
+        with_stack=True,  # Python frames: where the host waits for the GPU
     )
     marks: dict[str, tuple[float, int]] = {}
 
