@@ -24,17 +24,17 @@ train() {
         --prepared "$work/prepared" --model "$model" "$@"
 }
 common=(max_steps=3 logging_steps=1 save_steps=1000000 "$@")
-train "$first" --run-dir "$work/straight" "${common[@]}"
-train "$first" --run-dir "$work/again" "${common[@]}"
+mkdir -p "$out"
+keep() {  # each run's log as soon as it is written: a run cut short keeps the earlier ones
+    cp "$work/$1/train_log.jsonl" "$out/resume-check-$1.jsonl"
+}
+train "$first" --run-dir "$work/straight" "${common[@]}" && keep straight
+train "$first" --run-dir "$work/again" "${common[@]}" && keep again
 mkdir -p "$work/resumed" && touch "$work/stop"
 train "$first" --run-dir "$work/resumed" --stop-file "$work/stop" \
     --requeue-marker "$work/requeue.json" "${common[@]}"
 rm "$work/stop"
-train "$then" --run-dir "$work/resumed" "${common[@]}"
-mkdir -p "$out"
-for run in straight again resumed; do
-    cp "$work/$run/train_log.jsonl" "$out/resume-check-$run.jsonl"
-done
+train "$then" --run-dir "$work/resumed" "${common[@]}" && keep resumed
 python3 - "$work" <<'PY'
 import json, sys
 from pathlib import Path

@@ -50,7 +50,8 @@ def main() -> int:
             plans.append((f"{args.config} {quant} {variant}", overrides))
     cfgs = [load_config(args.config, o) for _, o in plans]  # all validated before any load
     work = Path(tempfile.mkdtemp(prefix="pronlora-profile-"))
-    n_rows = max(c.effective_batch for c in cfgs) * (args.warmup + 2 * args.steps)
+    # one step more than the run takes: no epoch end (and its checkpoint) inside the windows
+    n_rows = max(c.effective_batch for c in cfgs) * (args.warmup + 2 * args.steps + 1)
     prepared = make_bench_data(
         work / "prepared", REPO / "bench" / "mini_durations.json", (n_rows + 1) // 2
     )

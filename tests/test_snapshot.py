@@ -315,3 +315,50 @@ def test_download_asks_for_the_native_revision(
             "local_dir": str(tmp_path),
         }
     ]
+
+
+def test_the_merged_snapshot_is_built_once_by_processes_asking_together(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranks or inference workers starting at once: one builds, the others wait and reuse it."""
+    import threading
+
+    from pronlora.model import load
+
+    builds = []
+    real_merge = load.merge_speech_adapter
+
+    def counted(*args, **kw):
+        builds.append(threading.get_ident())
+        return real_merge(*args, **kw)
+
+    monkeypatch.setattr(load, "merge_speech_adapter", counted)
+    got: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: got.append(load.merged_snapshot(tiny_model, tmp_path)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and len(got) == 2 and got[0] == got[1]
+    assert load.missing_weights(got[0]) == []
+    assert not list(tmp_path.glob("*.partial-*"))
+    assert load.merged_snapshot(tiny_model, tmp_path) == got[0] and len(builds) == 1
+
+
+def test_a_merged_snapshot_saved_without_weights_is_never_published(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers' save_pretrained writes nothing on a torch.distributed rank other than 0;
+    before, that empty folder became the cache and every later load failed on it."""
+    from transformers import PreTrainedModel
+
+    from pronlora.model import load
+
+    monkeypatch.setattr(PreTrainedModel, "should_save_on_this_rank", lambda self, main: False)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SnapshotError, match=r"without config.json.*rank 1: transformers saves"):
+        load.merged_snapshot(tiny_model, tmp_path)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []

@@ -37,7 +37,7 @@ from pronlora.distributed import (
 from pronlora.errors import DataError
 from pronlora.layout import PreparedDir, RunDir
 from pronlora.lock import OutputLock
-from pronlora.model.load import Loaded, load_model
+from pronlora.model.load import Loaded, load_model, prepare_cache
 from pronlora.model.snapshot import check_snapshot
 from pronlora.run_checkpoints import complete_checkpoints, recover_epoch_checkpoint
 from pronlora.stopping import EXIT_REQUEUE, StopRequest
@@ -159,6 +159,9 @@ class TrainingRecipe:
         barrier()
 
     def setup_model(self) -> None:
+        if is_main_process():  # rank 0 builds any cached form of the base; the others wait
+            prepare_cache(self.cfg, self.model_dir)
+        barrier()
         torch.manual_seed(self.cfg.seed)
         self.loaded = load_model(self.cfg, self.model_dir)
         if self.resume is not None and is_main_process():

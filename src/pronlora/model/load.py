@@ -13,10 +13,14 @@ embeddings). Only the language model's linear layers are quantized.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ import torch
 
 from pronlora.atomic import follow_umask
 from pronlora.config import ConfigError, TrainConfig
+from pronlora.distributed import rank
 from pronlora.errors import SnapshotError
 from pronlora.layout import model_cache
 from pronlora.model.snapshot import (
@@ -117,41 +122,89 @@ def _snapshot_key(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def missing_weights(snapshot: Path) -> list[str]:
+    """What a saved snapshot lacks to load: config.json, or weights (one file, or an index and
+    every shard it names). Empty when complete."""
+    missing = [] if (snapshot / "config.json").is_file() else ["config.json"]
+    index = snapshot / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+        missing += sorted(f for f in shards if not (snapshot / f).is_file())
+    elif not (snapshot / "model.safetensors").is_file():
+        missing.append("model.safetensors (or an index with its shards)")
+    return missing
+
+
+@contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """Held by one process at a time (other jobs on the node or, through the file system's
+    locks, on other nodes); the others wait."""
+    with open(lock_file, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process holding %s", lock_file)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def merged_snapshot(model_dir: Path, cache_dir: Path) -> Path:
     """Base + speech adapter merged in bf16 and saved once, keyed by the snapshot's hash.
 
-    4-bit weights cannot take a LoRA merge, so the merge must happen before quantization.
+    4-bit weights cannot take a LoRA merge, so the merge must happen before quantization. One
+    process builds it under a lock while the others wait and then load it; the build is
+    checked before it is published, since transformers' ``save_pretrained`` writes nothing
+    (and says nothing) on a torch.distributed rank other than 0.
     """
     from transformers import Phi4MultimodalForCausalLM
 
     dest = cache_dir / f"merged-speech-{_snapshot_key(model_dir)}"
-    if (dest / "config.json").is_file():
+    if not missing_weights(dest):
         return dest
-    log.info(
-        "merging %s/%s into the base weights (cached at %s)", model_dir, SPEECH_ADAPTER_DIR, dest
-    )
-    base = _checked_load(Phi4MultimodalForCausalLM, model_dir, {"dtype": torch.bfloat16})
-    merged = merge_speech_adapter(base, model_dir)
-    tmp = dest.with_name(f"{dest.name}.partial-{os.getpid()}")  # two builders never share one
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    for name in (
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "chat_template.jinja",
-        "preprocessor_config.json",
-        "generation_config.json",
-    ):
-        if (model_dir / name).is_file():
-            shutil.copy(model_dir / name, tmp / name)
-    follow_umask(tmp)
-    try:
-        tmp.rename(dest)
-    except OSError:  # another process finished the same merge first: keep theirs
-        if not (dest / "config.json").is_file():
-            raise
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest.with_name(f"{dest.name}.lock")):
+        if not missing_weights(dest):  # built by the process we waited for
+            return dest
+        log.info("merging %s/%s into the base (cached at %s)", model_dir, SPEECH_ADAPTER_DIR, dest)
+        base = _checked_load(Phi4MultimodalForCausalLM, model_dir, {"dtype": torch.bfloat16})
+        merged = merge_speech_adapter(base, model_dir)
+        tmp = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        merged.save_pretrained(tmp)
+        missing = missing_weights(tmp)
+        if missing:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SnapshotError(
+                f"{dest}: the merged snapshot was saved without {', '.join(missing)}"
+                + (
+                    f" (this process is torch.distributed rank {rank()}: transformers saves on "
+                    "rank 0 only; let rank 0 build the cache first, see load.prepare_cache)"
+                    if rank()
+                    else ""
+                )
+            )
+        for name in (
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "chat_template.jinja",
+            "preprocessor_config.json",
+            "generation_config.json",
+        ):
+            if (model_dir / name).is_file():
+                shutil.copy(model_dir / name, tmp / name)
+        follow_umask(tmp)
+        shutil.rmtree(dest, ignore_errors=True)  # an incomplete leftover of an older version
+        tmp.rename(dest)
     return dest
+
+
+def prepare_cache(cfg: TrainConfig, model_dir: Path) -> None:
+    """Build what ``load_model`` would cache for ``cfg`` (the merged snapshot nf4 loads)."""
+    if cfg.quantization == "nf4" and cfg.adapter == "merge_speech":
+        merged_snapshot(Path(model_dir).resolve(), model_cache())
 
 
 def _base_model(path: Path, cfg: TrainConfig, device_map: Any) -> Any:
@@ -248,8 +301,7 @@ def load_model(
                         drop.p = cfg.lora.dropout
     else:
         if cfg.quantization == "nf4":
-            cache = model_cache()
-            base = _base_model(merged_snapshot(model_dir, cache), cfg, device_map)
+            base = _base_model(merged_snapshot(model_dir, model_cache()), cfg, device_map)
         else:
             base = merge_speech_adapter(_base_model(model_dir, cfg, device_map), model_dir)
         extra: dict[str, Any] = {}
