@@ -22,6 +22,7 @@ from pronlora.config import ConfigError, load_config
 from pronlora.errors import SnapshotError
 from pronlora.infer import run_shard, shard_paths
 from pronlora.lock import LockedError, OutputLock
+from pronlora.stopping import STOP_SIGNALS
 from pronlora.train import EXIT_REQUEUE, train
 
 from .conftest import REPO
@@ -212,7 +213,10 @@ def test_bad_model_writes_nothing_so_the_fix_is_accepted(
     with pytest.raises(SnapshotError):
         train(load_config("smoke", ["max_steps=1"]), demo_prepared, tmp_path / "nope", run)
     assert not (run / "run.json").exists()
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     assert train(load_config("smoke", ["max_steps=1"]), demo_prepared, tiny_model, run) == 0
+    # train() as a library call leaves the caller's signal handlers alone (entry points own them)
+    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == handlers
 
 
 # --- 10. one writer per run dir ---------------------------------------------------------------

@@ -289,13 +289,14 @@ def test_micro_batches_per_pass_runs_the_same_optimizer_step_in_fewer_passes(
         torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-7)
 
 
-def test_micro_batches_per_pass_must_divide_each_process_share_of_a_step() -> None:
-    from pronlora.config import accumulation_steps
+def test_a_pass_takes_as_many_micro_batches_as_divide_each_process_share() -> None:
+    from pronlora.config import accumulation_steps, pass_size
 
     cfg = load_config("paper_r64", ["micro_batches_per_pass=2"])
-    assert [accumulation_steps(cfg, w) for w in (1, 2, 4)] == [4, 2, 1]
-    with pytest.raises(ConfigError, match="micro_batches_per_pass: 2 does not divide the 1"):
-        accumulation_steps(cfg, 8)
+    assert [pass_size(cfg, w) for w in (1, 2, 4, 8)] == [2, 2, 2, 1]
+    assert [accumulation_steps(cfg, w) for w in (1, 2, 4, 8)] == [4, 2, 1, 1]
+    three = load_config("paper_r64", ["micro_batches_per_pass=3"])  # 8 micro-batches: 2 per pass
+    assert (pass_size(three, 1), accumulation_steps(three, 1)) == (2, 4)
     with pytest.raises(ConfigError, match="micro_batches_per_pass"):
         load_config("paper_r64", ["micro_batches_per_pass=0"])
 

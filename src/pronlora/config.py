@@ -57,9 +57,10 @@ class TrainConfig:
     epochs: int = 3
     micro_batch: int = 8
     grad_accum: int = 8
-    # How many of the recipe's micro-batches go through the model in one forward/backward pass
-    # (neighbouring ones of the same optimizer step, so of similar length): fewer, fuller
-    # passes, the same 64 instances per optimizer step and the same loss. An execution choice.
+    # Up to how many of the recipe's micro-batches go through the model in one forward/backward
+    # pass (neighbouring ones of the same optimizer step, so of similar length): fewer, fuller
+    # passes, the same 64 instances per optimizer step and the same loss. An execution choice;
+    # see config.pass_size for the count used on N processes.
     micro_batches_per_pass: int = 1
     lr: float = 2e-5
     weight_decay: float = 0.0
@@ -253,18 +254,23 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def accumulation_steps(cfg: TrainConfig, world: int) -> int:
-    """Passes per process and optimizer step: the effective batch whatever the process count."""
+def _micro_batches_per_process(cfg: TrainConfig, world: int) -> int:
     per_step = cfg.micro_batch * world
     if cfg.effective_batch % per_step:
         raise ConfigError(
             f"micro_batch: {cfg.micro_batch} x {world} processes does not divide the effective "
             f"batch {cfg.effective_batch} (micro_batch x grad_accum); pick a micro_batch that does"
         )
-    if cfg.effective_batch % (per_step * cfg.micro_batches_per_pass):
-        raise ConfigError(
-            f"micro_batches_per_pass: {cfg.micro_batches_per_pass} does not divide the "
-            f"{cfg.effective_batch // per_step} micro-batches each of {world} processes runs per "
-            "optimizer step; pick one that does"
-        )
-    return cfg.effective_batch // (per_step * cfg.micro_batches_per_pass)
+    return cfg.effective_batch // per_step
+
+
+def pass_size(cfg: TrainConfig, world: int) -> int:
+    """Micro-batches per forward/backward pass: the most, up to ``micro_batches_per_pass``, that
+    divide each process's share of an optimizer step (on 8 GPUs each has one)."""
+    share = _micro_batches_per_process(cfg, world)
+    return max(k for k in range(1, min(share, cfg.micro_batches_per_pass) + 1) if share % k == 0)
+
+
+def accumulation_steps(cfg: TrainConfig, world: int) -> int:
+    """Passes per process and optimizer step: the effective batch whatever the process count."""
+    return _micro_batches_per_process(cfg, world) // pass_size(cfg, world)

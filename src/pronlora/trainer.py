@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from pronlora.atomic import follow_umask
 from pronlora.collate import Collator, approx_tokens
-from pronlora.config import TrainConfig, accumulation_steps
+from pronlora.config import TrainConfig, accumulation_steps, pass_size
 from pronlora.distributed import (
     DEEPSPEED_ENGINES,
     any_rank,
@@ -230,7 +230,7 @@ def training_arguments(
         output_dir=str(RunDir(run_dir).trainer),
         # the sampler orders each step's micro-batches longest first, so a pass of several
         # takes neighbouring ones (see sampler.py)
-        per_device_train_batch_size=cfg.micro_batch * cfg.micro_batches_per_pass,
+        per_device_train_batch_size=cfg.micro_batch * pass_size(cfg, world_size()),
         gradient_accumulation_steps=accumulation_steps(cfg, world_size()),
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from pronlora.config import accumulation_steps
 from pronlora.devtools.bench import PAPER_EPOCHS, PAPER_TRAIN_PER_TASK, results_heading
 
 # First match wins: nccl before the generic patterns, dequantisation before matmul.
@@ -234,7 +235,7 @@ def profile_training(
     ceiling = matmul_ceiling_tflops()
     result = {
         "instances_per_step": cfg.effective_batch,
-        "passes_per_step": cfg.grad_accum // cfg.micro_batches_per_pass,
+        "passes_per_step": accumulation_steps(cfg, 1),
         "step_s": round(step_s, 4),
         "tokens_per_s": round(tokens_per_s, 1),
         "projected_3_epochs_min": round(
