@@ -76,7 +76,7 @@ def reference(tiny_model: Path, demo_prepared: Path, tmp_path_factory) -> Path:
 
 
 def test_accumulation_keeps_the_effective_batch() -> None:
-    cfg = load_config("paper_r64")  # 8 x 8 = 64
+    cfg = load_config("paper_r64", ["micro_batches_per_pass=1"])  # 8 x 8 = 64, one per pass
     assert [accumulation_steps(cfg, w) for w in (1, 2, 4, 8)] == [8, 4, 2, 1]
     with pytest.raises(ConfigError, match="micro_batch: 8 x 16 processes does not divide"):
         accumulation_steps(cfg, 16)

@@ -290,7 +290,7 @@ def test_micro_batches_per_pass_runs_the_same_optimizer_step_in_fewer_passes(
 
 
 @pytest.mark.slow
-def test_a_stopped_run_resumes_with_another_pass_size_to_the_same_adapter(
+def test_a_stopped_run_resumes_with_another_pass_size_to_the_same_losses(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:
     """An execution key: the resumed steps see the same instances and loss in fewer passes."""
