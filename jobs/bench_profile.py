@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Profile training steps of named config variants: what bounds a step (see devtools/profile.py).
+"""Profile training steps and the inference stage of named config variants: what bounds them
+(see devtools/profile.py).
 
 Writes bench/results/<gpu>-<date>-profile<tag>.json and .md, rewritten after every variant so
 a run cut short keeps what it measured. Example (one H100):
   python jobs/bench_profile.py --model /tmp/full --config paper_r64 --quantization bf16 \
-      --variants naive,pronlora,compile,compile-pass2
+      --variants naive,pronlora --what train,infer
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from pronlora.cli import run_job
 from pronlora.config import ConfigError, load_config
 from pronlora.devtools.bench import VARIANTS, make_bench_data, results_header, write_results
-from pronlora.devtools.profile import markdown, profile_training
+from pronlora.devtools.profile import markdown, profile_inference, profile_training
 from pronlora.layout import PreparedDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,12 +36,20 @@ def main() -> int:
     ap.add_argument("--variants", default="pronlora,compile", help=f"of {', '.join(VARIANTS)}")
     ap.add_argument("--warmup", type=int, default=2, help="optimizer steps before timing")
     ap.add_argument("--steps", type=int, default=2, help="steps timed, then as many profiled")
+    ap.add_argument("--what", default="train", help="train and/or infer")
+    ap.add_argument(
+        "--utterances", type=int, default=160, help="bench clips of the inference test split"
+    )
     ap.add_argument("--set", action="append", default=[], help="config override key=value")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
+    what = set(args.what.split(","))
+    if not what <= {"train", "infer"}:
+        raise ConfigError(f"--what: {args.what!r}; expected train and/or infer")
     if not torch.cuda.is_available():
         raise ConfigError("bench_profile needs a GPU (CUDA kernel times)")
+    model = Path(args.model).resolve()
     plans = []
     for quant in args.quantization.split(","):
         for variant in args.variants.split(","):
@@ -52,25 +61,35 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="pronlora-profile-"))
     # one step more than the run takes: no epoch end (and its checkpoint) inside the windows
     n_rows = max(c.effective_batch for c in cfgs) * (args.warmup + 2 * args.steps + 1)
-    prepared = make_bench_data(
-        work / "prepared", REPO / "bench" / "mini_durations.json", (n_rows + 1) // 2
-    )
+    durations = REPO / "bench" / "mini_durations.json"
+    prepared = make_bench_data(work / "prepared", durations, (n_rows + 1) // 2)
     rows = PreparedDir(prepared).load_split("train")
+    test_set = make_bench_data(work / "test-set", durations, args.utterances)
     results = {**results_header(), "warmup": args.warmup, "steps": args.steps, "runs": []}
+
+    def train(cfg, run_dir):
+        return profile_training(cfg, model, rows, run_dir, args.warmup, args.steps)
+
+    def infer(cfg, run_dir):
+        return profile_inference(cfg, model, test_set, run_dir)
+
+    stages = [("train", "profile", train), ("infer", "infer", infer)]  # --what, results key
     for (setup, overrides), cfg in zip(plans, cfgs, strict=True):
-        run_dir = work / "runs" / setup.replace(" ", "-")
-        run_dir.mkdir(parents=True)
-        try:
-            profile = profile_training(
-                cfg, Path(args.model), rows, run_dir, args.warmup, args.steps
-            )
-        except Exception as exc:  # record it: one failure must not void the rest
-            traceback.print_exc()
-            profile = {"error": f"{type(exc).__name__}: {exc}"[-2000:]}
-        print(setup, json.dumps(profile), flush=True)
-        results["runs"].append({"setup": setup, "overrides": overrides, "profile": profile})
+        entry = {"setup": setup, "overrides": overrides}
+        for name, stage, fn in stages:
+            if name not in what:
+                continue
+            run_dir = work / "runs" / f"{setup.replace(' ', '-')}-{stage}"
+            run_dir.mkdir(parents=True)
+            try:
+                entry[stage] = fn(cfg, run_dir)
+            except Exception as exc:  # record it: one failure must not void the rest
+                traceback.print_exc()
+                entry[stage] = {"error": f"{type(exc).__name__}: {exc}"[-2000:]}
+            print(setup, stage, json.dumps(entry[stage]), flush=True)
+            torch.cuda.empty_cache()
+        results["runs"].append(entry)
         write_results(results, Path(args.out), f"-profile{args.tag}", markdown(results))
-        torch.cuda.empty_cache()
     shutil.rmtree(work, ignore_errors=True)
     print(markdown(results))
     return 0

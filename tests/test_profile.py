@@ -110,3 +110,42 @@ def test_syncs_are_attributed_to_the_innermost_python_frame_around_them() -> Non
         "[op] aten::item": 1,
     }
     assert s["dataloader_wait_s_per_step"] == 0.0003
+
+
+def test_profile_tables_show_each_stage_and_name_failures() -> None:
+    from pronlora.devtools.profile import markdown
+
+    summary = summarize_trace({"traceEvents": [_kernel("sm90_gemm", 0, 500)]}, 0.001, 1)
+    train = {
+        "step_s": 1.5,
+        "tokens_per_s": 18000.0,
+        "projected_3_epochs_min": 5.9,
+        "peak_gb": 53.1,
+        "model_tflops": 238.1,
+        "mfu": 0.29,
+        **summary,
+    }
+    infer = {
+        "batch_size": 128,
+        "cache": "dynamic",
+        "instances_per_s": 36.2,
+        "projected_test_set_s": 150.0,
+        "peak_gb": 35.0,
+        **summary,
+    }
+    results = {
+        "device": "H100",
+        "date": "2026-11-26",
+        "command": "python jobs/bench_profile.py",
+        "warmup": 2,
+        "steps": 2,
+        "runs": [
+            {"setup": "a", "profile": train, "infer": infer},
+            {"setup": "b", "profile": {"error": "OutOfMemoryError: CUDA out of memory"}},
+        ],
+    }
+    md = markdown(results)
+    assert "| a | 1.5 | 18,000 | 5.9 | 53.1 | 50% | 238.1 | 29% | None | 1 |" in md
+    assert "| b | failed: OutOfMemoryError: CUDA out of memory |" in md
+    assert "| a | 128 | dynamic | 36.2 | 150.0 | 35.0 | 50% | None | 1 |" in md
+    assert md.count("| a | 100% |") == 2  # the category tables: all of it matmul

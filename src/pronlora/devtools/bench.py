@@ -258,35 +258,54 @@ def target_lengths(rows: list[dict[str, Any]], tokenizer: Any) -> dict[str, int]
     return {r["id"]: len(tokenizer.encode(r["target"], add_special_tokens=False)) for r in rows}
 
 
-def bench_infer(cfg: TrainConfig, model_dir: Path, prepared: Path, run_dir: Path) -> dict[str, Any]:
+def decode_test_split(
+    cfg: TrainConfig,
+    model_dir: Path,
+    prepared: Path,
+    run_dir: Path,
+    models: Any,
+    lengths: dict[str, int],
+) -> dict[str, Any]:
+    """One pass of the inference stage (``run_shard``) over the base model and the test split,
+    each instance decoding ``lengths[id]`` tokens; its summary."""
+    from pronlora.infer import run_shard
+
+    return run_shard(
+        run_dir,
+        "base",
+        prepared,
+        "test",
+        config=cfg,
+        model=str(model_dir),
+        models=models,
+        decode_lengths=lengths,
+    )
+
+
+def bench_infer(
+    cfg: TrainConfig, model_dir: Path, prepared: Path, run_dir: Path, models: Any = None
+) -> dict[str, Any]:
     """The inference stage itself (``run_shard``: batching, prefetching, generation, the shard
     writer) over the bench's test split, every instance decoding exactly its real target's
     tokens plus ``<|end|>`` (random weights never stop by themselves).
 
     Two passes in one process with one model load: the first pays the one-off warm-up
-    (static-cache compilation, allocator), the second gives the steady rate.
+    (static-cache compilation, allocator), the second gives the steady rate. ``models``: a
+    caller's holder, to decode more passes with the same load (the profile does).
     """
-    from pronlora.infer import Models, run_shard
+    from pronlora.infer import Models
     from pronlora.model.load import load_tokenizer
 
     rows = PreparedDir(prepared).load_split("test")
     lengths = target_lengths(rows, load_tokenizer(model_dir))
-    models = Models()
+    own_models = models is None
+    models = Models() if own_models else models
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     passes = []
     for name in ("first", "second"):
         t0 = time.perf_counter()
-        summary = run_shard(
-            run_dir / name,
-            "base",
-            prepared,
-            "test",
-            config=cfg,
-            model=str(model_dir),
-            models=models,
-            decode_lengths=lengths,
-        )
+        summary = decode_test_split(cfg, model_dir, prepared, run_dir / name, models, lengths)
         passes.append({"wall_s": round(time.perf_counter() - t0, 2), **summary})
     first, second = passes
     outputs = read_jsonl(RunDir(run_dir / "second").shard("base", 0, 1, "test")[0])
@@ -310,9 +329,10 @@ def bench_infer(cfg: TrainConfig, model_dir: Path, prepared: Path, run_dir: Path
         "loads": models.loads,
         "peak_gb": _peak_gb(),
     }
-    del models
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    if own_models:
+        del models
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return result
 
 

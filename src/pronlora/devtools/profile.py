@@ -198,10 +198,7 @@ def profile_training(
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg, model_dir)
     trainer = build_trainer(cfg, loaded, rows, run_dir)
-    prof = torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
-        with_stack=True,  # Python frames: where the host waits for the GPU
-    )
+    prof = _profiler()
     marks: dict[str, tuple[float, int]] = {}
 
     class Windows(TrainerCallback):
@@ -224,10 +221,7 @@ def profile_training(
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
     (t0, k0), (t1, k1), (t2, _) = marks[str(warmup)], marks[str(warmup + steps)], marks["end"]
-    trace_file = run_dir / "trace.json"
-    prof.export_chrome_trace(str(trace_file))
-    trace = json.loads(trace_file.read_text())
-    trace_file.unlink()
+    trace = _trace(prof, run_dir)
     step_s = (t1 - t0) / steps
     linear = language_model_linear_params(loaded.model)
     flops = training_flops_per_token(linear, cfg.use_gradient_checkpointing)
@@ -256,44 +250,129 @@ def profile_training(
     return result
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """The profile tables people read; rendered from the JSON."""
-    runs = [r for r in results["runs"] if "error" not in r["profile"]]
-    failed = [r for r in results["runs"] if "error" in r["profile"]]
+def profile_inference(cfg: Any, model_dir: Path, prepared: Path, run_dir: Path) -> dict[str, Any]:
+    """The inference stage over the test split, each instance decoding its real target's length
+    (``bench_infer``: a warm-up pass and a timed one), then a third pass under the profiler,
+    all on one model load. Per-step figures are per generation batch."""
+    from pronlora.devtools.bench import bench_infer, decode_test_split, target_lengths
+    from pronlora.infer import Models
+    from pronlora.layout import PreparedDir
+    from pronlora.model.load import load_tokenizer
+
+    models = Models()
+    result = bench_infer(cfg, model_dir, prepared, run_dir, models=models)
+    rows = PreparedDir(prepared).load_split("test")
+    lengths = target_lengths(rows, load_tokenizer(model_dir))
+    prof = _profiler()
+    with prof:
+        profiled = decode_test_split(
+            cfg, model_dir, prepared, run_dir / "profiled", models, lengths
+        )
+    trace = _trace(prof, run_dir)
+    batches = -(-len(rows) // cfg.infer.batch_size)
+    del models
+    torch.cuda.empty_cache()
+    return {
+        **result,
+        "batches": batches,
+        "profiled_pass_s": profiled["seconds"],
+        **summarize_trace(trace, result["steady_pass_s"], batches),
+    }
+
+
+def _profiler() -> Any:
+    return torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
+        with_stack=True,  # Python frames: where the host waits for the GPU
+    )
+
+
+def _trace(prof: Any, work: Path) -> dict[str, Any]:
+    trace_file = work / "trace.json"
+    prof.export_chrome_trace(str(trace_file))
+    try:
+        return json.loads(trace_file.read_text())
+    finally:
+        trace_file.unlink()
+
+
+def _failed(runs: list[dict[str, Any]], stage: str) -> list[str]:
+    failed = [r for r in runs if "error" in r[stage]]
+    return [f"| {r['setup']} | failed: {r[stage]['error'][:80]} |" for r in failed]
+
+
+def _category_table(runs: list[dict[str, Any]], stage: str) -> list[str]:
+    cats = sorted({c for r in runs for c in r[stage]["categories"]})
     lines = [
-        *results_heading("Training-step profile", results),
-        "Random-weight full-size checkpoint. Optimizer steps of the stage's Trainer at the "
-        "recipe's accumulation (its effective batch per step, the run's own sampler over APA+MDD "
-        f"rows), after {results['warmup']} warm-up steps: {results['steps']} timed, then "
-        f"{results['steps']} under the profiler. Model TFLOP/s counts 4 x the language model's "
-        "linear weights per token (forward, activation gradients; the base is frozen); MFU is "
-        "that over the matmul ceiling measured in the same process. GPU busy: kernel time of "
-        "the profiled steps over the wall time of the timed ones.",
         "",
-        "| setup | s/step | tok/s | 3 epochs (min) | peak GB | GPU busy | model TFLOP/s | MFU "
-        "| syncs/step | kernels/step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "GPU time by kernel category (share of the profiled kernel time):",
+        "",
+        "| setup | " + " | ".join(cats) + " |",
+        "|---|" + "---|" * len(cats),
     ]
     for r in runs:
-        p = r["profile"]
-        lines.append(
-            f"| {r['setup']} | {p['step_s']} | {p['tokens_per_s']:,.0f} | "
-            f"{p['projected_3_epochs_min']} | {p['peak_gb']} | {p['gpu_busy_share']:.0%} | "
-            f"{p['model_tflops']} | {p['mfu']:.0%} | {p['host_syncs_per_step']} | "
-            f"{p['kernels_per_step']:,} |"
-        )
-    lines += [f"| {r['setup']} | failed: {r['profile']['error'][:80]} |" for r in failed]
-    cats = sorted({c for r in runs for c in r["profile"]["categories"]})
-    if runs:
+        c = r[stage]["categories"]
+        cells = [f"{c[k]['share']:.0%}" if k in c else "-" for k in cats]
+        lines.append(f"| {r['setup']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The profile tables people read; rendered from the JSON."""
+    lines = [*results_heading("Profile", results)]
+    train = [r for r in results["runs"] if "profile" in r]
+    ok = [r for r in train if "error" not in r["profile"]]
+    if train:
         lines += [
+            "## Training steps",
             "",
-            "GPU time by kernel category (share of the profiled steps' kernel time):",
+            "Random-weight full-size checkpoint. Optimizer steps of the stage's Trainer at the "
+            "recipe's accumulation (its effective batch per step, the run's own sampler over "
+            f"APA+MDD rows), after {results['warmup']} warm-up steps: {results['steps']} timed, "
+            f"then {results['steps']} under the profiler. Model TFLOP/s counts 4 x the language "
+            "model's linear weights per token (forward, activation gradients; the base is "
+            "frozen); MFU is that over the matmul ceiling measured in the same process. GPU busy: "
+            "kernel time of the profiled steps over the wall time of the timed ones.",
             "",
-            "| setup | " + " | ".join(cats) + " |",
-            "|---|" + "---|" * len(cats),
+            "| setup | s/step | tok/s | 3 epochs (min) | peak GB | GPU busy | model TFLOP/s | MFU "
+            "| syncs/step | kernels/step |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in runs:
-            c = r["profile"]["categories"]
-            cells = [f"{c[k]['share']:.0%}" if k in c else "-" for k in cats]
-            lines.append(f"| {r['setup']} | " + " | ".join(cells) + " |")
+        for r in ok:
+            p = r["profile"]
+            lines.append(
+                f"| {r['setup']} | {p['step_s']} | {p['tokens_per_s']:,.0f} | "
+                f"{p['projected_3_epochs_min']} | {p['peak_gb']} | {p['gpu_busy_share']:.0%} | "
+                f"{p['model_tflops']} | {p['mfu']:.0%} | {p['host_syncs_per_step']} | "
+                f"{p['kernels_per_step']:,} |"
+            )
+        lines += _failed(train, "profile")
+        if ok:
+            lines += _category_table(ok, "profile")
+        lines.append("")
+    infer = [r for r in results["runs"] if "infer" in r]
+    ok = [r for r in infer if "error" not in r["infer"]]
+    if infer:
+        lines += [
+            "## Inference stage",
+            "",
+            "`run_shard` over the bench's test split, every instance decoding its real target's "
+            "token count plus `<|end|>`: a warm-up pass, a timed pass, then a pass under the "
+            "profiler, on one model load. GPU busy: kernel time of the profiled pass over the "
+            "timed pass's wall time; per-batch figures are per generation batch.",
+            "",
+            "| setup | batch | cache | inst/s | test set (s) | peak GB | GPU busy | syncs/batch "
+            "| kernels/batch |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in ok:
+            p = r["infer"]
+            lines.append(
+                f"| {r['setup']} | {p['batch_size']} | {p['cache']} | {p['instances_per_s']} | "
+                f"{p['projected_test_set_s']} | {p['peak_gb']} | {p['gpu_busy_share']:.0%} | "
+                f"{p['host_syncs_per_step']} | {p['kernels_per_step']:,} |"
+            )
+        lines += _failed(infer, "infer")
+        if ok:
+            lines += _category_table(ok, "infer")
     return "\n".join(lines) + "\n"
