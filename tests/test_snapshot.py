@@ -362,3 +362,26 @@ def test_a_merged_snapshot_saved_without_weights_is_never_published(
     with pytest.raises(SnapshotError, match=r"without config.json.*rank 1: transformers saves"):
         load.merged_snapshot(tiny_model, tmp_path)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_sharded_snapshot_counts_as_complete_only_with_every_shard(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """The Hub snapshot and a full-size merge are sharded (an index naming its shards)."""
+    from transformers import Phi4MultimodalForCausalLM
+
+    from pronlora.model.load import missing_weights
+
+    model = Phi4MultimodalForCausalLM.from_pretrained(tiny_model)
+    model.save_pretrained(tmp_path / "s", max_shard_size="1MB")
+    index = json.loads((tmp_path / "s" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and missing_weights(tmp_path / "s") == []
+    (tmp_path / "s" / shards[1]).unlink()
+    assert missing_weights(tmp_path / "s") == [shards[1]]
+    (tmp_path / "s" / "config.json").unlink()
+    assert missing_weights(tmp_path / "s") == ["config.json", shards[1]]
+    assert missing_weights(tmp_path / "nothing") == [
+        "config.json",
+        "model.safetensors (or an index with its shards)",
+    ]
