@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -296,34 +297,73 @@ def _trace(prof: Any, work: Path) -> dict[str, Any]:
         trace_file.unlink()
 
 
-def _failed(runs: list[dict[str, Any]], stage: str) -> list[str]:
-    failed = [r for r in runs if "error" in r[stage]]
-    return [f"| {r['setup']} | failed: {r[stage]['error'][:80]} |" for r in failed]
-
-
-def _category_table(runs: list[dict[str, Any]], stage: str) -> list[str]:
-    cats = sorted({c for r in runs for c in r[stage]["categories"]})
+def _section(
+    runs: list[dict[str, Any]],
+    stage: str,
+    heading: list[str],
+    columns: list[str],
+    cells: Callable[[dict[str, Any]], list[str]],
+) -> list[str]:
+    """One stage's table (a row per setup, failures named) and its kernel-category table."""
+    ok = [r for r in runs if "error" not in r[stage]]
     lines = [
+        *heading,
+        "",
+        "| setup | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+        *(f"| {r['setup']} | " + " | ".join(cells(r[stage])) + " |" for r in ok),
+        *(f"| {r['setup']} | failed: {r[stage]['error'][:80]} |" for r in runs if r not in ok),
+    ]
+    if not ok:
+        return [*lines, ""]
+    cats = sorted({c for r in ok for c in r[stage]["categories"]})
+    lines += [
         "",
         "GPU time by kernel category (share of the profiled kernel time):",
         "",
         "| setup | " + " | ".join(cats) + " |",
         "|---|" + "---|" * len(cats),
     ]
-    for r in runs:
+    for r in ok:
         c = r[stage]["categories"]
-        cells = [f"{c[k]['share']:.0%}" if k in c else "-" for k in cats]
-        lines.append(f"| {r['setup']} | " + " | ".join(cells) + " |")
-    return lines
+        shares = [f"{c[k]['share']:.0%}" if k in c else "-" for k in cats]
+        lines.append(f"| {r['setup']} | " + " | ".join(shares) + " |")
+    return [*lines, ""]
+
+
+def _train_cells(p: dict[str, Any]) -> list[str]:
+    return [
+        str(p["step_s"]),
+        f"{p['tokens_per_s']:,.0f}",
+        str(p["projected_3_epochs_min"]),
+        str(p["peak_gb"]),
+        f"{p['gpu_busy_share']:.0%}",
+        str(p["model_tflops"]),
+        f"{p['mfu']:.0%}",
+        str(p["host_syncs_per_step"]),
+        f"{p['kernels_per_step']:,}",
+    ]
+
+
+def _infer_cells(p: dict[str, Any]) -> list[str]:
+    return [
+        str(p["batch_size"]),
+        p["cache"],
+        str(p["instances_per_s"]),
+        str(p["projected_test_set_s"]),
+        str(p["peak_gb"]),
+        f"{p['gpu_busy_share']:.0%}",
+        str(p["host_syncs_per_step"]),
+        f"{p['kernels_per_step']:,}",
+    ]
 
 
 def markdown(results: dict[str, Any]) -> str:
     """The profile tables people read; rendered from the JSON."""
     lines = [*results_heading("Profile", results)]
     train = [r for r in results["runs"] if "profile" in r]
-    ok = [r for r in train if "error" not in r["profile"]]
     if train:
-        lines += [
+        heading = [
             "## Training steps",
             "",
             "Random-weight full-size checkpoint. Optimizer steps of the stage's Trainer at the "
@@ -333,46 +373,21 @@ def markdown(results: dict[str, Any]) -> str:
             "model's linear weights per token (forward, activation gradients; the base is "
             "frozen); MFU is that over the matmul ceiling measured in the same process. GPU busy: "
             "kernel time of the profiled steps over the wall time of the timed ones.",
-            "",
-            "| setup | s/step | tok/s | 3 epochs (min) | peak GB | GPU busy | model TFLOP/s | MFU "
-            "| syncs/step | kernels/step |",
-            "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in ok:
-            p = r["profile"]
-            lines.append(
-                f"| {r['setup']} | {p['step_s']} | {p['tokens_per_s']:,.0f} | "
-                f"{p['projected_3_epochs_min']} | {p['peak_gb']} | {p['gpu_busy_share']:.0%} | "
-                f"{p['model_tflops']} | {p['mfu']:.0%} | {p['host_syncs_per_step']} | "
-                f"{p['kernels_per_step']:,} |"
-            )
-        lines += _failed(train, "profile")
-        if ok:
-            lines += _category_table(ok, "profile")
-        lines.append("")
+        columns = "s/step|tok/s|3 epochs (min)|peak GB|GPU busy|model TFLOP/s|MFU|syncs/step"
+        lines += _section(
+            train, "profile", heading, [*columns.split("|"), "kernels/step"], _train_cells
+        )
     infer = [r for r in results["runs"] if "infer" in r]
-    ok = [r for r in infer if "error" not in r["infer"]]
     if infer:
-        lines += [
+        heading = [
             "## Inference stage",
             "",
             "`run_shard` over the bench's test split, every instance decoding its real target's "
             "token count plus `<|end|>`: a warm-up pass, a timed pass, then a pass under the "
             "profiler, on one model load. GPU busy: kernel time of the profiled pass over the "
             "timed pass's wall time; per-batch figures are per generation batch.",
-            "",
-            "| setup | batch | cache | inst/s | test set (s) | peak GB | GPU busy | syncs/batch "
-            "| kernels/batch |",
-            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in ok:
-            p = r["infer"]
-            lines.append(
-                f"| {r['setup']} | {p['batch_size']} | {p['cache']} | {p['instances_per_s']} | "
-                f"{p['projected_test_set_s']} | {p['peak_gb']} | {p['gpu_busy_share']:.0%} | "
-                f"{p['host_syncs_per_step']} | {p['kernels_per_step']:,} |"
-            )
-        lines += _failed(infer, "infer")
-        if ok:
-            lines += _category_table(ok, "infer")
-    return "\n".join(lines) + "\n"
+        columns = "batch|cache|inst/s|test set (s)|peak GB|GPU busy|syncs/batch|kernels/batch"
+        lines += _section(infer, "infer", heading, columns.split("|"), _infer_cells)
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -138,7 +138,9 @@ def missing_weights(snapshot: Path) -> list[str]:
 @contextmanager
 def _exclusive(lock_file: Path) -> Iterator[None]:
     """Held by one process at a time (other jobs on the node or, through the file system's
-    locks, on other nodes); the others wait."""
+    locks, on other nodes); the others wait. Not lock.OutputLock: that one refuses a live
+    holder (an output has one writer), while here the waiters want the holder's result; and a
+    flock dies with its process, so a killed builder leaves nothing to take over."""
     with open(lock_file, "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
