@@ -200,3 +200,59 @@ def test_compiled_decoder_layers_give_the_plain_loss_and_gradients(
     assert g_plain.keys() == g_fast.keys() and len(g_plain) > 0
     for k in g_plain:
         torch.testing.assert_close(g_fast[k], g_plain[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [1, 7])
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
+def test_folded_gqa_attention_equals_sdpa_with_repeated_heads(length, mask_dtype) -> None:
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from pronlora.model.attention import folded_gqa_attention
+
+    g = torch.Generator().manual_seed(0)
+    batch, heads, groups, dim, keys = 3, 6, 2, 16, 11
+    q = torch.randn(batch, length, heads, dim, generator=g).transpose(1, 2)  # as the model's
+    k, v = (torch.randn(batch, groups, keys, dim, generator=g) for _ in range(2))
+    pad = torch.tensor([0, 2, 5])[:, None]  # left padding of each row
+    pos = torch.arange(keys)
+    allowed = (pos[None, None, :] >= pad[:, :, None]) & (
+        pos[None, None, :] <= (keys - length + torch.arange(length))[None, :, None]
+    )
+    mask = allowed[:, None]  # (B, 1, L, S) as transformers' sdpa masks
+    if mask_dtype is torch.float32:
+        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    module = torch.nn.Module()
+    module.num_key_value_groups = heads // groups
+    out, _ = folded_gqa_attention(module, q, k, v, mask, scaling=0.25)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, repeat_kv(k, 3), repeat_kv(v, 3), attn_mask=mask, scale=0.25
+    ).transpose(1, 2)
+    assert out.shape == (batch, length, heads, dim)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    # the head -> (group, row) fold must not mix heads: permuting one group's heads permutes
+    # exactly those outputs
+    swapped = q[:, [1, 0, 2, 3, 4, 5]]
+    out2, _ = folded_gqa_attention(module, swapped, k, v, mask, scaling=0.25)
+    torch.testing.assert_close(out2[:, :, [1, 0, 2, 3, 4, 5]], out)
+
+
+def test_folded_gqa_attention_generates_the_sdpa_tokens(
+    tiny_model: Path, demo_prepared: Path
+) -> None:
+    """The whole model, left-padded batch, prefill and cached decoding steps."""
+    from pronlora.infer import generate, generation_collator
+    from pronlora.model.attention import FOLDED_GQA
+
+    rows = [r for r in read_jsonl(demo_prepared / "test.jsonl") if r["task"] == "MDD"][:3]
+    runs = {}
+    for impl in ("sdpa", FOLDED_GQA):
+        cfg = load_config("smoke", [f"attn_implementation={impl}", "infer.max_new_tokens_mdd=12"])
+        loaded = load_model(cfg, tiny_model, trainable=False)
+        assert loaded.model.config._attn_implementation == impl
+        batch = generation_collator(loaded, cfg)(rows)
+        assert (batch["attention_mask"] == 0).any()  # the padding mask is exercised
+        with torch.no_grad():
+            logits = loaded.model(**batch).logits[:, -1]
+        runs[impl] = (logits, generate(loaded, cfg, rows, batch))
+    torch.testing.assert_close(runs[FOLDED_GQA][0], runs["sdpa"][0], rtol=1e-4, atol=1e-5)
+    assert runs[FOLDED_GQA][1] == runs["sdpa"][1]

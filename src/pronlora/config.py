@@ -36,8 +36,9 @@ class InferSpec:
     max_new_tokens_mdd: int = 256
     # Merge the trained LoRA into bf16 base weights before decoding (not possible under nf4).
     merge_adapter: bool = True
-    # static: preallocated KV cache with compiled decoding steps (CUDA only).
-    cache: Literal["dynamic", "static"] = "dynamic"
+    # static: preallocated KV cache with compiled decoding steps (CUDA only); static_eager:
+    # the preallocated cache without compilation.
+    cache: Literal["dynamic", "static", "static_eager"] = "dynamic"
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class TrainConfig:
     keep_step_checkpoints: int = 2
     logging_steps: int = 5
     max_steps: int = -1
-    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    attn_implementation: Literal["sdpa", "sdpa_folded_gqa", "flash_attention_2", "eager"] = "sdpa"
     dataloader_workers: int = 2
     # Data-parallel engine (see distributed.py): auto = the engine of the checkpoint being
     # resumed, else zero2 on several processes and plain training on one. Not part of the

@@ -248,20 +248,27 @@ def stop_token_ids(loaded: Loaded) -> list[int]:
 class ExactLengths:
     """A logits processor for benchmarks of random weights, which never stop by themselves:
     row i ends with ``<|end|>`` after exactly ``lengths[i]`` tokens (a real target's length),
-    so a benchmark decodes what a trained model would."""
+    so a benchmark decodes what a trained model would. Its tensors go to the device once, so
+    it adds no host synchronisation to a decoding step (a trained model's run has none)."""
 
     def __init__(self, lengths: list[int], prompt_len: int, end_id: int, stop: list[int]):
         self.lengths, self.prompt_len, self.end_id, self.stop = lengths, prompt_len, end_id, stop
-        self._due: torch.Tensor | None = None
+        self._on: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self._due is None:
-            self._due = torch.tensor(self.lengths, device=scores.device)
+        if self._on is None:
+            dev = scores.device
+            ending = torch.full((1, scores.shape[1]), float("-inf"), device=dev)
+            ending[0, self.end_id] = 0.0
+            self._on = (
+                torch.tensor(self.lengths, device=dev),
+                torch.tensor(self.stop, device=dev),
+                ending.to(scores.dtype),
+            )
+        due, stop, ending = self._on
         step = input_ids.shape[1] - self.prompt_len  # tokens generated before this one
-        scores[:, self.stop] = float("-inf")
-        ending = torch.full_like(scores, float("-inf"))
-        ending[:, self.end_id] = 0.0
-        return torch.where((self._due == step)[:, None], ending, scores)
+        scores = scores.index_fill(1, stop, float("-inf"))
+        return torch.where((due == step)[:, None], ending, scores)
 
 
 @torch.inference_mode()
@@ -285,8 +292,9 @@ def generate(
     task = Task(batch_rows[0]["task"])
     stop = stop_token_ids(loaded)
     extra = {}
-    if cfg.infer.cache == "static" and dev.type == "cuda":
+    if cfg.infer.cache != "dynamic" and dev.type == "cuda":
         extra["cache_implementation"] = "static"
+        extra["disable_compile"] = cfg.infer.cache == "static_eager"
     limit = cfg.infer.max_new_tokens_apa if task is Task.APA else cfg.infer.max_new_tokens_mdd
     if decode_lengths is not None:
         lengths = [decode_lengths[r["id"]] for r in batch_rows]

@@ -43,9 +43,12 @@ log = logging.getLogger(__name__)
 
 # The naive HF + PEFT path of paper-protocol.md's anchor measurement: full-vocabulary logits,
 # random mixing of APA/MDD rows, no padding buckets, PEFT's k-bit preparation and gradient
-# checkpointing for QLoRA, unmerged adapter and batch 64 for generation.
+# checkpointing for QLoRA, eager layers and one micro-batch per pass, unmerged adapter and
+# batch 64 (nf4: 32) for generation.
 NAIVE_OVERRIDES = {
     "bf16": [
+        "compile_layers=false",
+        "micro_batches_per_pass=1",
         "lora_input_cast=true",
         "label_only_loss=false",
         "group_by_length=false",
@@ -55,6 +58,8 @@ NAIVE_OVERRIDES = {
         "infer.batch_size=64",
     ],
     "nf4": [
+        "compile_layers=false",
+        "micro_batches_per_pass=1",
         "lora_input_cast=true",
         "label_only_loss=false",
         "group_by_length=false",
@@ -70,6 +75,20 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     "naive": NAIVE_OVERRIDES,
     "pronlora": {"bf16": [], "nf4": []},
     "static-cache": {"bf16": ["infer.cache=static"], "nf4": ["infer.cache=static"]},
+    # Generation: grouped-query SDPA without key/value copies (model/attention.py), larger
+    # batches, a preallocated cache with or without compiled steps.
+    "gqa-fold": {q: ["attn_implementation=sdpa_folded_gqa"] for q in ("bf16", "nf4")},
+    "gqa-fold-256": {
+        q: ["attn_implementation=sdpa_folded_gqa", "infer.batch_size=256"] for q in ("bf16", "nf4")
+    },
+    "gqa-fold-static-eager-256": {
+        q: [
+            "attn_implementation=sdpa_folded_gqa",
+            "infer.batch_size=256",
+            "infer.cache=static_eager",
+        ]
+        for q in ("bf16", "nf4")
+    },
     "static-256": {
         "bf16": ["infer.cache=static", "infer.batch_size=256"],
         "nf4": ["infer.cache=static", "infer.batch_size=256"],

@@ -32,6 +32,8 @@ from pronlora.config import ConfigError, TrainConfig
 from pronlora.distributed import rank
 from pronlora.errors import SnapshotError
 from pronlora.layout import model_cache
+from pronlora.model.attention import FOLDED_GQA
+from pronlora.model.attention import register as register_folded_gqa
 from pronlora.model.snapshot import (
     ADAPTER_TARGET_REGEX,
     SPEECH_ADAPTER_DIR,
@@ -212,6 +214,8 @@ def prepare_cache(cfg: TrainConfig, model_dir: Path) -> None:
 def _base_model(path: Path, cfg: TrainConfig, device_map: Any) -> Any:
     from transformers import Phi4MultimodalForCausalLM
 
+    if cfg.attn_implementation == FOLDED_GQA:
+        register_folded_gqa()
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype(cfg),
         "attn_implementation": cfg.attn_implementation,
