@@ -256,3 +256,56 @@ def test_folded_gqa_attention_generates_the_sdpa_tokens(
         runs[impl] = (logits, generate(loaded, cfg, rows, batch))
     torch.testing.assert_close(runs[FOLDED_GQA][0], runs["sdpa"][0], rtol=1e-4, atol=1e-5)
     assert runs[FOLDED_GQA][1] == runs["sdpa"][1]
+
+
+def test_folded_gqa_attention_gives_the_sdpa_loss_and_gradients(
+    tiny_model: Path, demo_prepared: Path
+) -> None:
+    """Training: a right-padded micro-batch (its padding mask exercised), forward and backward."""
+    from pronlora.model.attention import FOLDED_GQA
+
+    rows = read_jsonl(demo_prepared / "train.jsonl")[:4]
+    runs = {}
+    for impl in ("sdpa", FOLDED_GQA):
+        torch.manual_seed(0)
+        cfg = load_config("smoke", ["lora.dropout=0.0", f"attn_implementation={impl}"])
+        loaded = load_model(cfg, tiny_model)
+        with torch.no_grad():
+            for n, p in loaded.model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(n)))
+        batch = Collator(loaded.tokenizer, loaded.feature_extractor)(rows)
+        assert (batch["attention_mask"] == 0).any()
+        total, n = label_only_loss(loaded.model, batch)
+        (total / n).backward()
+        runs[impl] = (total / n, _lora_grads(loaded.model))
+    torch.testing.assert_close(runs[FOLDED_GQA][0], runs["sdpa"][0], rtol=1e-5, atol=1e-6)
+    assert runs[FOLDED_GQA][1].keys() == runs["sdpa"][1].keys()
+    for k, g in runs["sdpa"][1].items():
+        torch.testing.assert_close(runs[FOLDED_GQA][1][k], g, rtol=1e-4, atol=1e-6)
+
+
+def test_preallocated_cache_generates_the_growing_cache_tokens(
+    tiny_model: Path, demo_prepared: Path
+) -> None:
+    """infer.cache=static_eager (the paper configs' default) against the dynamic cache, on a
+    left-padded batch of each task."""
+    from pronlora.infer import generate, generation_batches
+
+    rows = read_jsonl(demo_prepared / "test.jsonl")[:8]
+    answers = {}
+    for cache in ("dynamic", "static_eager"):
+        cfg = load_config("smoke", [f"infer.cache={cache}", "infer.batch_size=4"])
+        loaded = load_model(cfg, tiny_model, trainable=False)
+        caches, plain_generate = [], loaded.model.generate
+
+        def spy(*args, _plain=plain_generate, _caches=caches, **kwargs):
+            out = _plain(*args, return_dict_in_generate=True, **kwargs)
+            _caches.append(type(out.past_key_values).__name__)
+            return out.sequences
+
+        loaded.model.generate = spy
+        answers[cache] = [generate(loaded, cfg, b) for b in generation_batches(rows, 4)]
+        assert caches == [{"dynamic": "DynamicCache", "static_eager": "StaticCache"}[cache]] * 2
+    assert len(answers["dynamic"]) == 2  # one batch per task
+    assert answers["static_eager"] == answers["dynamic"]

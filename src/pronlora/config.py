@@ -36,8 +36,8 @@ class InferSpec:
     max_new_tokens_mdd: int = 256
     # Merge the trained LoRA into bf16 base weights before decoding (not possible under nf4).
     merge_adapter: bool = True
-    # static: preallocated KV cache with compiled decoding steps (CUDA only); static_eager:
-    # the preallocated cache without compilation.
+    # static: preallocated KV cache with compiled decoding steps (CUDA only; compilation is
+    # paid once per worker process); static_eager: the preallocated cache, eager steps.
     cache: Literal["dynamic", "static", "static_eager"] = "dynamic"
 
 
@@ -85,7 +85,11 @@ class TrainConfig:
     keep_step_checkpoints: int = 2
     logging_steps: int = 5
     max_steps: int = -1
-    attn_implementation: Literal["sdpa", "sdpa_folded_gqa", "flash_attention_2", "eager"] = "sdpa"
+    # sdpa_folded_gqa: PyTorch SDPA without sdpa's key/value copies under a padding mask, the
+    # same attention (model/attention.py); flash_attention_2 in the container.
+    attn_implementation: Literal["sdpa", "sdpa_folded_gqa", "flash_attention_2", "eager"] = (
+        "sdpa_folded_gqa"
+    )
     dataloader_workers: int = 2
     # Data-parallel engine (see distributed.py): auto = the engine of the checkpoint being
     # resumed, else zero2 on several processes and plain training on one. Not part of the
@@ -248,7 +252,14 @@ def from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
 
 
 # Keys that change how a run executes but not what it trains (a resume may change them).
-EXECUTION_KEYS = ("engine", "dataloader_workers", "compile_layers", "micro_batches_per_pass")
+EXECUTION_KEYS = (
+    "engine",
+    "dataloader_workers",
+    "compile_layers",
+    "micro_batches_per_pass",
+    "attn_implementation",
+    "infer",
+)
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -292,7 +292,7 @@ def generate(
     task = Task(batch_rows[0]["task"])
     stop = stop_token_ids(loaded)
     extra = {}
-    if cfg.infer.cache != "dynamic" and dev.type == "cuda":
+    if cfg.infer.cache == "static_eager" or (cfg.infer.cache == "static" and dev.type == "cuda"):
         extra["cache_implementation"] = "static"
         extra["disable_compile"] = cfg.infer.cache == "static_eager"
     limit = cfg.infer.max_new_tokens_apa if task is Task.APA else cfg.infer.max_new_tokens_mdd

@@ -49,6 +49,7 @@ NAIVE_OVERRIDES = {
     "bf16": [
         "compile_layers=false",
         "micro_batches_per_pass=1",
+        "attn_implementation=sdpa",
         "lora_input_cast=true",
         "label_only_loss=false",
         "group_by_length=false",
@@ -60,6 +61,7 @@ NAIVE_OVERRIDES = {
     "nf4": [
         "compile_layers=false",
         "micro_batches_per_pass=1",
+        "attn_implementation=sdpa",
         "lora_input_cast=true",
         "label_only_loss=false",
         "group_by_length=false",
@@ -74,25 +76,11 @@ NAIVE_OVERRIDES = {
 VARIANTS: dict[str, dict[str, list[str]]] = {
     "naive": NAIVE_OVERRIDES,
     "pronlora": {"bf16": [], "nf4": []},
-    "static-cache": {"bf16": ["infer.cache=static"], "nf4": ["infer.cache=static"]},
-    # Generation: grouped-query SDPA without key/value copies (model/attention.py), larger
-    # batches, a preallocated cache with or without compiled steps.
-    "gqa-fold": {q: ["attn_implementation=sdpa_folded_gqa"] for q in ("bf16", "nf4")},
-    "gqa-fold-256": {
-        q: ["attn_implementation=sdpa_folded_gqa", "infer.batch_size=256"] for q in ("bf16", "nf4")
-    },
-    "gqa-fold-static-eager-256": {
-        q: [
-            "attn_implementation=sdpa_folded_gqa",
-            "infer.batch_size=256",
-            "infer.cache=static_eager",
-        ]
-        for q in ("bf16", "nf4")
-    },
-    "static-256": {
-        "bf16": ["infer.cache=static", "infer.batch_size=256"],
-        "nf4": ["infer.cache=static", "infer.batch_size=256"],
-    },
+    # transformers' sdpa (key/value copies under a padding mask) instead of the folded one.
+    "sdpa": {q: ["attn_implementation=sdpa"] for q in ("bf16", "nf4")},
+    # Generation: the earlier defaults (dynamic cache, batches of 128); compiled decoding steps.
+    "dynamic-128": {q: ["infer.cache=dynamic", "infer.batch_size=128"] for q in ("bf16", "nf4")},
+    "static-cache": {q: ["infer.cache=static"] for q in ("bf16", "nf4")},
     # Regional torch.compile of the decoder layers (config key compile_layers; on in paper_r64).
     "eager": {"bf16": ["compile_layers=false"], "nf4": ["compile_layers=false"]},
     "compile": {"bf16": ["compile_layers=true"], "nf4": ["compile_layers=true"]},
