@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 
 # The naive HF + PEFT path of paper-protocol.md's anchor measurement: full-vocabulary logits,
 # random mixing of APA/MDD rows, no padding buckets, PEFT's k-bit preparation and gradient
-# checkpointing for QLoRA, eager layers and one micro-batch per pass, unmerged adapter and
-# batch 64 (nf4: 32) for generation.
+# checkpointing for QLoRA, eager layers and one micro-batch per pass, transformers' sdpa; for
+# generation the unmerged adapter, a growing cache and batches of 64 (nf4: 32).
 NAIVE_OVERRIDES = {
     "bf16": [
         "compile_layers=false",
@@ -56,6 +56,7 @@ NAIVE_OVERRIDES = {
         "pad_to_multiple_of=0",
         "gradient_checkpointing=false",
         "infer.merge_adapter=false",
+        "infer.cache=dynamic",
         "infer.batch_size=64",
     ],
     "nf4": [
@@ -69,6 +70,7 @@ NAIVE_OVERRIDES = {
         "gradient_checkpointing=true",
         "kbit_prepare=true",
         "infer.merge_adapter=false",
+        "infer.cache=dynamic",
         "infer.batch_size=32",
     ],
 }
