@@ -59,8 +59,9 @@ def main() -> int:
             plans.append((f"{args.config} {quant} {variant}", overrides))
     cfgs = [load_config(args.config, o) for _, o in plans]  # all validated before any load
     work = Path(tempfile.mkdtemp(prefix="pronlora-profile-"))
-    # one step more than the run takes: no epoch end (and its checkpoint) inside the windows
-    n_rows = max(c.effective_batch for c in cfgs) * (args.warmup + 2 * args.steps + 1)
+    # the run takes one step after the profiled ones (profile_training) and its data one more:
+    # neither the end-of-run save nor an epoch end falls inside the windows
+    n_rows = max(c.effective_batch for c in cfgs) * (args.warmup + 2 * args.steps + 2)
     durations = REPO / "bench" / "mini_durations.json"
     prepared = make_bench_data(work / "prepared", durations, (n_rows + 1) // 2)
     rows = PreparedDir(prepared).load_split("train")

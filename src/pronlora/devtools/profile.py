@@ -195,33 +195,34 @@ def profile_training(
     from pronlora.model.load import load_model
     from pronlora.trainer import build_trainer
 
-    cfg = replace(cfg, max_steps=warmup + 2 * steps, save_steps=10**6, logging_steps=10**6)
+    # one step after the profiled ones, so the final save at the run's end stays outside them
+    cfg = replace(cfg, max_steps=warmup + 2 * steps + 1, save_steps=10**6, logging_steps=10**6)
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg, model_dir)
     trainer = build_trainer(cfg, loaded, rows, run_dir)
     prof = _profiler()
     marks: dict[str, tuple[float, int]] = {}
+    bounds = {warmup: "timed", warmup + steps: "profiled", warmup + 2 * steps: "end"}
 
     class Windows(TrainerCallback):
         def __init__(self, trainer: Any) -> None:
             self.trainer = trainer
 
         def on_step_begin(self, args, state, control, **kw):
-            if state.global_step in (warmup, warmup + steps):
-                torch.cuda.synchronize()
-                marks[str(state.global_step)] = (time.perf_counter(), self.trainer.tokens_total)
-                if state.global_step == warmup + steps:
-                    prof.start()
-
-        def on_train_end(self, args, state, control, **kw):
+            mark = bounds.get(state.global_step)
+            if mark is None:
+                return
             torch.cuda.synchronize()
-            marks["end"] = (time.perf_counter(), self.trainer.tokens_total)
-            prof.stop()
+            marks[mark] = (time.perf_counter(), self.trainer.tokens_total)
+            if mark == "profiled":
+                prof.start()
+            elif mark == "end":
+                prof.stop()
 
     trainer.add_callback(Windows(trainer))
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    (t0, k0), (t1, k1), (t2, _) = marks[str(warmup)], marks[str(warmup + steps)], marks["end"]
+    (t0, k0), (t1, k1), (t2, _) = marks["timed"], marks["profiled"], marks["end"]
     trace = _trace(prof, run_dir)
     step_s = (t1 - t0) / steps
     linear = language_model_linear_params(loaded.model)
