@@ -223,6 +223,11 @@ def test_rerun_with_a_different_config_is_refused(
             tiny_model,
             tmp_path / "run",
         )
+    # attention and generation settings are execution keys: accepted, and recorded
+    changed = ["max_steps=1", "attn_implementation=sdpa", "infer.cache=static_eager"]
+    assert train(load_config("smoke", changed), demo_prepared, tiny_model, tmp_path / "run") == 0
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert saved["attn_implementation"] == "sdpa" and saved["infer"]["cache"] == "static_eager"
 
 
 def test_non_finite_loss_stops_with_a_clear_message(
