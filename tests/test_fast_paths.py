@@ -223,7 +223,8 @@ def test_folded_gqa_attention_equals_sdpa_with_repeated_heads(length, mask_dtype
         mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
     module = torch.nn.Module()
     module.num_key_value_groups = heads // groups
-    out, _ = folded_gqa_attention(module, q, k, v, mask, scaling=0.25)
+    with torch.no_grad():  # the fold is for passes without autograd (generation)
+        out, _ = folded_gqa_attention(module, q, k, v, mask, scaling=0.25)
     ref = torch.nn.functional.scaled_dot_product_attention(
         q, repeat_kv(k, 3), repeat_kv(v, 3), attn_mask=mask, scale=0.25
     ).transpose(1, 2)
@@ -232,7 +233,8 @@ def test_folded_gqa_attention_equals_sdpa_with_repeated_heads(length, mask_dtype
     # the head -> (group, row) fold must not mix heads: permuting one group's heads permutes
     # exactly those outputs
     swapped = q[:, [1, 0, 2, 3, 4, 5]]
-    out2, _ = folded_gqa_attention(module, swapped, k, v, mask, scaling=0.25)
+    with torch.no_grad():
+        out2, _ = folded_gqa_attention(module, swapped, k, v, mask, scaling=0.25)
     torch.testing.assert_close(out2[:, :, [1, 0, 2, 3, 4, 5]], out)
 
 
@@ -261,7 +263,8 @@ def test_folded_gqa_attention_generates_the_sdpa_tokens(
 def test_folded_gqa_attention_gives_the_sdpa_loss_and_gradients(
     tiny_model: Path, demo_prepared: Path
 ) -> None:
-    """Training: a right-padded micro-batch (its padding mask exercised), forward and backward."""
+    """Training: a right-padded micro-batch (its padding mask exercised), forward and backward;
+    under autograd the folded implementation hands over to sdpa."""
     from pronlora.model.attention import FOLDED_GQA
 
     rows = read_jsonl(demo_prepared / "train.jsonl")[:4]

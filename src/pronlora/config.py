@@ -85,8 +85,9 @@ class TrainConfig:
     keep_step_checkpoints: int = 2
     logging_steps: int = 5
     max_steps: int = -1
-    # sdpa_folded_gqa: PyTorch SDPA without sdpa's key/value copies under a padding mask, the
-    # same attention (model/attention.py); flash_attention_2 in the container.
+    # sdpa_folded_gqa: in generation, PyTorch SDPA without sdpa's key/value copies under a
+    # padding mask, the same attention; training steps run sdpa (model/attention.py).
+    # flash_attention_2 in the container.
     attn_implementation: Literal["sdpa", "sdpa_folded_gqa", "flash_attention_2", "eager"] = (
         "sdpa_folded_gqa"
     )

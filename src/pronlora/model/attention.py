@@ -9,6 +9,11 @@ key/value head are folded into the query length instead (head h = g * n + j beco
 row j * L + i of group g, the mask's row i repeated for each j). Every query row meets the
 same keys, values and mask row as before, so the result is the same attention, and PyTorch
 picks its masked kernels on tensors a third the size.
+
+Only passes without autograd (generation, evaluation) are folded. In a training step on an H100
+the copies were 3 % of kernel time either way, and the folded kernels' attention time was higher
+(bench/results/*-2026-11-26-profile-bf16-{same-run,attention}-train.md), so passes that build a
+graph go to transformers' ``sdpa`` unchanged.
 """
 
 from __future__ import annotations
@@ -32,13 +37,15 @@ def folded_gqa_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: (B, Hq, L, D) queries over (B, Hkv, S, D)
-    keys/values -> (B, L, Hq, D). Without a mask, or without grouping, plain ``sdpa``."""
+    keys/values -> (B, L, Hq, D). Without a mask, without grouping or under autograd, plain
+    ``sdpa``."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     batch, heads, length, dim = query.shape
     groups = key.shape[1]
     if (
         attention_mask is None
+        or torch.is_grad_enabled()
         or heads == groups
         or attention_mask.dim() != 4
         or attention_mask.shape[1] != 1
