@@ -45,55 +45,49 @@ log = logging.getLogger(__name__)
 # random mixing of APA/MDD rows, no padding buckets, PEFT's k-bit preparation and gradient
 # checkpointing for QLoRA, eager layers and one micro-batch per pass, transformers' sdpa; for
 # generation the unmerged adapter, a growing cache and batches of 64 (nf4: 32).
+_NAIVE_BOTH = [
+    "compile_layers=false",
+    "micro_batches_per_pass=1",
+    "attn_implementation=sdpa",
+    "lora_input_cast=true",
+    "label_only_loss=false",
+    "group_by_length=false",
+    "pad_to_multiple_of=0",
+    "infer.merge_adapter=false",
+    "infer.cache=dynamic",
+]
 NAIVE_OVERRIDES = {
-    "bf16": [
-        "compile_layers=false",
-        "micro_batches_per_pass=1",
-        "attn_implementation=sdpa",
-        "lora_input_cast=true",
-        "label_only_loss=false",
-        "group_by_length=false",
-        "pad_to_multiple_of=0",
-        "gradient_checkpointing=false",
-        "infer.merge_adapter=false",
-        "infer.cache=dynamic",
-        "infer.batch_size=64",
-    ],
+    "bf16": [*_NAIVE_BOTH, "gradient_checkpointing=false", "infer.batch_size=64"],
     "nf4": [
-        "compile_layers=false",
-        "micro_batches_per_pass=1",
-        "attn_implementation=sdpa",
-        "lora_input_cast=true",
-        "label_only_loss=false",
-        "group_by_length=false",
-        "pad_to_multiple_of=0",
+        *_NAIVE_BOTH,
         "gradient_checkpointing=true",
         "kbit_prepare=true",
-        "infer.merge_adapter=false",
-        "infer.cache=dynamic",
         "infer.batch_size=32",
     ],
 }
+
+
+def _both(*overrides: str) -> dict[str, list[str]]:
+    """The same overrides under bf16 and nf4."""
+    return {q: list(overrides) for q in ("bf16", "nf4")}
+
+
 # Each variant's overrides on top of the named config (which holds the fast defaults).
 VARIANTS: dict[str, dict[str, list[str]]] = {
     "naive": NAIVE_OVERRIDES,
-    "pronlora": {"bf16": [], "nf4": []},
+    "pronlora": _both(),
     # transformers' sdpa (key/value copies under a padding mask) instead of the folded one.
-    "sdpa": {q: ["attn_implementation=sdpa"] for q in ("bf16", "nf4")},
+    "sdpa": _both("attn_implementation=sdpa"),
     # Generation: the earlier defaults (dynamic cache, batches of 128); compiled decoding steps.
-    "dynamic-128": {q: ["infer.cache=dynamic", "infer.batch_size=128"] for q in ("bf16", "nf4")},
-    "static-cache": {q: ["infer.cache=static"] for q in ("bf16", "nf4")},
+    "dynamic-128": _both("infer.cache=dynamic", "infer.batch_size=128"),
+    "static-cache": _both("infer.cache=static"),
     # Regional torch.compile of the decoder layers (config key compile_layers; on in paper_r64).
-    "eager": {"bf16": ["compile_layers=false"], "nf4": ["compile_layers=false"]},
-    "compile": {"bf16": ["compile_layers=true"], "nf4": ["compile_layers=true"]},
+    "eager": _both("compile_layers=false"),
+    "compile": _both("compile_layers=true"),
     # Two or four of the recipe's micro-batches per forward/backward pass: the same optimizer
     # steps and loss (config key micro_batches_per_pass).
-    "compile-pass2": {
-        q: ["compile_layers=true", "micro_batches_per_pass=2"] for q in ("bf16", "nf4")
-    },
-    "compile-pass4": {
-        q: ["compile_layers=true", "micro_batches_per_pass=4"] for q in ("bf16", "nf4")
-    },
+    "compile-pass2": _both("compile_layers=true", "micro_batches_per_pass=2"),
+    "compile-pass4": _both("compile_layers=true", "micro_batches_per_pass=4"),
 }
 
 PAPER_TRAIN_PER_TASK = 2500

@@ -69,12 +69,11 @@ def folded_gqa_attention(
     return out.reshape(batch, heads, length, dim).transpose(1, 2).contiguous(), None
 
 
-def register() -> str:
+def register() -> None:
     """Make ``attn_implementation="sdpa_folded_gqa"`` known to transformers (its masks are
-    sdpa's); idempotent. Returns the name."""
+    sdpa's); idempotent."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(FOLDED_GQA, folded_gqa_attention)
     AttentionMaskInterface.register(FOLDED_GQA, sdpa_mask)
-    return FOLDED_GQA
