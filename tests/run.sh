@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install.sh
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q -ra --durations=20 "$@"
+# two workers (the 2 cores; much of a test is waiting on subprocesses or Slurm), one per test file:
+# module fixtures (the Slurm site, the distributed reference run) are built once
+.venv/bin/python -m pytest -q -ra --durations=20 -n 2 --dist loadfile "$@"
