@@ -13,6 +13,12 @@ SHARED = REPO.parent / "shared"
 MINI = SHARED / "speechocean762-mini"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Slurm tests first: under ``-n 2 --dist loadfile`` their file (the longest, mostly
+    waiting on jobs) then runs on one worker while the other takes the rest."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)  # a stable sort
+
+
 @pytest.fixture(scope="session")
 def mini() -> Path:
     if not (MINI / "resource" / "scores.json").is_file():

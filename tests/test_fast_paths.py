@@ -291,3 +291,103 @@ def test_preallocated_cache_generates_the_growing_cache_tokens(
         assert caches == [{"dynamic": "DynamicCache", "static_eager": "StaticCache"}[cache]] * 2
     assert len(answers["dynamic"]) == 2  # one batch per task
     assert answers["static_eager"] == answers["dynamic"]
+
+
+def _rows_sharing_clips(demo_prepared: Path, clips: int) -> list[dict]:
+    """Both tasks' rows of the first ``clips`` clips: each clip appears twice."""
+    rows = read_jsonl(demo_prepared / "train.jsonl")
+    first = list(dict.fromkeys(r["audio"] for r in rows))[:clips]
+    picked = [r for r in rows if r["audio"] in first]
+    assert len(picked) == 2 * clips
+    return picked
+
+
+def test_cached_audio_embeddings_give_the_plain_loss_and_gradients(
+    tiny_model: Path, demo_prepared: Path
+) -> None:
+    """One group of clips padded as the pass pads them: the cached pass is the plain pass,
+    and the audio encoder does not run in it."""
+    from contextlib import nullcontext
+
+    from pronlora.audio_cache import AudioEmbeddingCache, multimodal_model, why_not_cached
+
+    cfg = load_config("smoke", ["lora.dropout=0.0"])
+    loaded = load_model(cfg, tiny_model)
+    model = loaded.model
+    model.train()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    assert why_not_cached(model, cfg.strategy, "ddp") is None
+    rows = _rows_sharing_clips(demo_prepared, 3)
+    plain_batch = Collator(loaded.tokenizer, loaded.feature_extractor)(rows)
+    keyed = Collator(loaded.tokenizer, loaded.feature_extractor, clip_keys=True)
+    cache = AudioEmbeddingCache.build(model, rows, keyed, torch.device("cpu"), nullcontext())
+    assert len(cache.rows) == 3  # each clip once, though every clip has two rows
+    encoder = multimodal_model(model).embed_tokens_extend.audio_embed.encoder
+    calls = []
+    hook = encoder.register_forward_hook(lambda *a: calls.append(1))
+
+    results = []
+    for batch in (plain_batch, cache.model_inputs(model, keyed(rows))):
+        model.zero_grad()
+        total, n = label_only_loss(model, batch)
+        (total / n).backward()
+        results.append((total / n, _lora_grads(model), len(calls)))
+    hook.remove()
+    (plain, g_plain, plain_calls), (cached, g_cached, cached_calls) = results
+    assert plain_calls == 1 and cached_calls == 1  # the cached pass ran no encoder
+    torch.testing.assert_close(cached, plain, rtol=1e-5, atol=1e-6)
+    assert g_plain.keys() == g_cached.keys() and len(g_plain) > 0
+    for k in g_plain:
+        torch.testing.assert_close(g_cached[k], g_plain[k], rtol=1e-4, atol=1e-7)
+
+
+def test_audio_embeddings_are_cached_only_while_the_audio_path_is_frozen(
+    tiny_model: Path,
+) -> None:
+    from pronlora.audio_cache import multimodal_model, why_not_cached
+
+    lora = load_model(load_config("smoke"), tiny_model).model
+    assert why_not_cached(lora, "lora", "zero2") is None
+    assert "ZeRO-3" in why_not_cached(lora, "lora", "zero3")
+    audio = multimodal_model(lora).embed_tokens_extend.audio_embed
+    drop = next(m for m in audio.modules() if isinstance(m, torch.nn.Dropout))
+    drop.p = 0.1
+    assert "dropout" in why_not_cached(lora, "lora", "ddp")
+    drop.p = 0.0
+    multimodal_model(lora).embed_tokens.weight.requires_grad_(True)  # as trainable token rows
+    assert "control_tokens" in why_not_cached(lora, "lora", "ddp")
+    unfrozen = load_model(load_config("smoke", ["strategy=unfreeze"]), tiny_model).model
+    assert "unfreeze" in why_not_cached(unfrozen, "unfreeze", "ddp")
+    assert "trains" in why_not_cached(unfrozen, "lora", "ddp")  # any trainable audio weight
+
+
+def test_training_embeds_each_clip_once(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    """The Trainer builds the cache at its first pass; no pass runs the encoder after it."""
+    from pronlora.audio_cache import GROUP, multimodal_model
+    from pronlora.trainer import build_trainer
+
+    rows = read_jsonl(demo_prepared / "train.jsonl")
+    cfg = load_config("smoke", ["max_steps=3"])
+    loaded = load_model(cfg, tiny_model)
+    encoder = multimodal_model(loaded.model).embed_tokens_extend.audio_embed.encoder
+    calls: list[int] = []
+    encoder.register_forward_hook(lambda *a: calls.append(1))
+    trainer = build_trainer(cfg, loaded, rows, tmp_path / "run")
+    passes: list[set[str]] = []
+    step = trainer.training_step
+
+    def record(model, inputs, num_items_in_batch=None):
+        passes.append(set(inputs))
+        return step(model, inputs, num_items_in_batch)
+
+    trainer.training_step = record
+    trainer.train()
+    clips = {r["audio"] for r in rows}
+    assert len(calls) == -(-len(clips) // GROUP)  # the build's groups, and nothing after
+    assert len(trainer.audio_cache.rows) == len(clips) and len(passes) == 6
+    assert all("audio_clips" in p and "audio_input_features" not in p for p in passes)

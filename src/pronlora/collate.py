@@ -58,6 +58,9 @@ class Collator:
     # Round the text width up to a multiple of this (0: pad to the longest only): fewer distinct
     # shapes, better-shaped matmuls. Right padding under a causal mask leaves outputs unchanged.
     pad_to_multiple_of: int = 0
+    # A run whose audio embeddings are cached (audio_cache.py): each row's clip path and the
+    # flat positions of the audio tokens take the place of the features.
+    clip_keys: bool = False
 
     def __post_init__(self) -> None:
         self.pad_id = self.tokenizer.pad_token_id
@@ -136,13 +139,12 @@ class Collator:
             attention[i, sl] = 1
             if self.with_labels:
                 labels[i, sl] = torch.tensor(lab)
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "audio_input_features": feats["audio_input_features"],
-            "audio_embed_sizes": feats["audio_embed_sizes"],
-            "audio_attention_mask": feats["audio_attention_mask"],
-        }
+        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention}
+        if self.clip_keys:
+            batch["audio_clips"] = [r["audio"] for r in rows]
+            batch["audio_positions"] = torch.nonzero(input_ids.view(-1) == self.audio_id)[:, 0]
+        else:
+            batch.update(feats)
         if self.with_labels:
             batch["labels"] = labels
         return batch

@@ -81,6 +81,9 @@ class TrainConfig:
     lora_input_cast: bool = False
     # Regional torch.compile of the language model's decoder layers (model/load.py).
     compile_layers: bool = False
+    # Embed each training clip once while the audio path is frozen (audio_cache.py); runs that
+    # train it (strategy: unfreeze) recompute the embeddings in every pass whatever this says.
+    cache_audio_embeddings: bool = True
     save_steps: int = 50
     keep_step_checkpoints: int = 2
     logging_steps: int = 5
@@ -257,6 +260,7 @@ EXECUTION_KEYS = (
     "engine",
     "dataloader_workers",
     "compile_layers",
+    "cache_audio_embeddings",
     "micro_batches_per_pass",
     "attn_implementation",
     "infer",

@@ -19,6 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from pronlora.atomic import follow_umask
+from pronlora.audio_cache import AudioEmbeddingCache, why_not_cached
 from pronlora.collate import Collator, approx_tokens
 from pronlora.config import TrainConfig, accumulation_steps, pass_size
 from pronlora.distributed import (
@@ -141,10 +142,13 @@ class PronloraTrainer(Trainer):
         run_dir: Path,
         rows: list[dict[str, Any]],
         tokenizer: Any,
+        cache_audio: bool = False,
         **kw: Any,
     ) -> None:
         super().__init__(train_dataset=Rows(rows), **kw)
         self.cfg, self.run, self.lengths = cfg, RunDir(run_dir), [approx_tokens(r) for r in rows]
+        # built at the first pass, once the model sits on its training device
+        self.cache_audio, self.audio_cache = cache_audio, None
         # saved with epoch checkpoints only (as processing_class it would go into every step one)
         self.tokenizer_to_save = tokenizer
         self.tokens_total = 0  # non-padding tokens trained on, for throughput and benchmarks
@@ -166,6 +170,17 @@ class PronloraTrainer(Trainer):
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.cache_audio:
+            if self.audio_cache is None:
+                self.audio_cache = AudioEmbeddingCache.build(
+                    model,
+                    self.train_dataset.rows,
+                    self.data_collator,
+                    self.args.device,
+                    self.accelerator.autocast(),  # the context the model's forward runs in
+                    self.args.dataloader_num_workers,
+                )
+            inputs = self.audio_cache.model_inputs(model, inputs)
         if not self.cfg.label_only_loss or return_outputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss_sum, n = label_only_loss(model, inputs)
@@ -300,17 +315,26 @@ def build_trainer(
     ``stop`` is the request the entry point's signal handlers fill in; without one only
     ``max_steps`` or the epochs end the run.
     """
+    uncached = (
+        why_not_cached(loaded.model, cfg.strategy, engine)
+        if cfg.cache_audio_embeddings
+        else "cache_audio_embeddings: false"
+    )
+    if uncached:
+        log.info("audio embeddings recomputed in every pass: %s", uncached)
     collator = Collator(
         loaded.tokenizer,
         loaded.feature_extractor,
         max_length=cfg.max_length,
         pad_to_multiple_of=cfg.pad_to_multiple_of,
+        clip_keys=uncached is None,
     )
     return PronloraTrainer(
         cfg,
         run_dir,
         rows,
         loaded.tokenizer,
+        cache_audio=uncached is None,
         model=loaded.model,
         args=training_arguments(cfg, run_dir, engine, load_universal),
         data_collator=collator,

@@ -43,12 +43,14 @@ log = logging.getLogger(__name__)
 
 # The naive HF + PEFT path of paper-protocol.md's anchor measurement: full-vocabulary logits,
 # random mixing of APA/MDD rows, no padding buckets, PEFT's k-bit preparation and gradient
-# checkpointing for QLoRA, eager layers and one micro-batch per pass, transformers' sdpa; for
-# generation the unmerged adapter, a growing cache and batches of 64 (nf4: 32).
+# checkpointing for QLoRA, eager layers and one micro-batch per pass, transformers' sdpa, the
+# audio embedded in every pass; for generation the unmerged adapter, a growing cache and
+# batches of 64 (nf4: 32).
 _NAIVE_BOTH = [
     "compile_layers=false",
     "micro_batches_per_pass=1",
     "attn_implementation=sdpa",
+    "cache_audio_embeddings=false",
     "lora_input_cast=true",
     "label_only_loss=false",
     "group_by_length=false",
@@ -78,6 +80,8 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     "pronlora": _both(),
     # transformers' sdpa (key/value copies under a padding mask) instead of the folded one.
     "sdpa": _both("attn_implementation=sdpa"),
+    # Training: the frozen audio path run in every pass instead of once per clip.
+    "audio-every-pass": _both("cache_audio_embeddings=false"),
     # Generation: the earlier defaults (dynamic cache, batches of 128); compiled decoding steps.
     "dynamic-128": _both("infer.cache=dynamic", "infer.batch_size=128"),
     "static-cache": _both("infer.cache=static"),

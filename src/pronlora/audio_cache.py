@@ -1,0 +1,157 @@
+"""Speech embeddings of the training clips, computed once while the audio path is frozen.
+
+Under ``strategy: lora`` nothing in the audio encoder or its projection trains, yet the model
+recomputes every clip's embeddings in every pass (each clip 6 times over 3 epochs of APA + MDD):
+an eager encoder of ~1,300 small kernels plus a host sync per instance, about 45 ms of a
+420-470 ms training pass on an H100 (``bench/pass_costs.py``). The cache runs the model's own
+audio embedding once per clip and the passes hand the language model its input embeddings.
+
+Transformers' Phi-4-MM encoder attends to padding frames (its boolean mask is added to the
+position bias, not applied), so a clip's embedding depends on how much padding its batch has.
+The cache therefore embeds clips in fixed groups of similar duration: the values depend on the
+dataset only, and a resumed run, or another rank, computes the same ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pronlora.collate import Collator, load_audio
+
+log = logging.getLogger(__name__)
+
+GROUP = 16  # clips per encoder batch, in duration order
+# keys the collator adds for a cached run, and the audio inputs the language model then skips
+CLIP_KEYS = ("audio_clips", "audio_positions")
+AUDIO_INPUTS = ("audio_input_features", "audio_embed_sizes", "audio_attention_mask")
+
+
+def multimodal_model(model: Any) -> Any:
+    """The ``Phi4MultimodalModel`` inside a (PEFT-, DDP- or engine-wrapped) CausalLM."""
+    while hasattr(model, "module"):  # DDP, DeepSpeed
+        model = model.module
+    if hasattr(model, "base_model") and hasattr(model.base_model, "model"):  # PeftModel
+        model = model.base_model.model
+    return model.model
+
+
+def why_not_cached(model: Any, strategy: str, engine: str) -> str | None:
+    """Why this run recomputes the audio embeddings in every pass (None: they can be cached)."""
+    if strategy == "unfreeze":
+        return "strategy: unfreeze trains the audio encoder"
+    if engine == "zero3":
+        return "ZeRO-3 partitions the audio encoder's weights"
+    inner = multimodal_model(model)
+    features = inner.embed_tokens_extend
+    if any(p.requires_grad for p in features.audio_embed.parameters()):
+        return "a weight of the audio path trains"
+    if any(p.requires_grad for p in inner.embed_tokens.parameters()):
+        return "embedding rows train (control_tokens: special)"
+    drops = [m.p for m in features.audio_embed.modules() if isinstance(m, torch.nn.Dropout)]
+    if any(p > 0 for p in drops):
+        return f"the audio path has dropout (p={max(drops)}): its embeddings vary by pass"
+    if features.audio_embed.encoder.config.chunk_size > 0:
+        return "the audio encoder draws streaming chunks at random in training"
+    return None
+
+
+@dataclass
+class AudioEmbeddingCache:
+    """Each clip's rows in one table on the training device, looked up by the clip's path."""
+
+    table: torch.Tensor
+    rows: dict[str, tuple[int, int]]  # clip -> (first row, audio token count)
+
+    @classmethod
+    def build(
+        cls,
+        model: Any,
+        rows: list[dict[str, Any]],
+        collator: Collator,
+        device: torch.device,
+        autocast: Any,
+        workers: int = 0,
+    ) -> AudioEmbeddingCache:
+        """Embed every clip of ``rows`` through the model's own audio embedding, in groups of
+        ``GROUP`` clips in (duration, path) order; ``autocast`` is the context the model's
+        forward runs under."""
+        t0 = time.perf_counter()
+        inner = multimodal_model(model)
+        duration = {r["audio"]: float(r["duration_s"]) for r in rows}
+        order = sorted(duration, key=lambda clip: (duration[clip], clip))
+        groups = [order[i : i + GROUP] for i in range(0, len(order), GROUP)]
+        loader = torch.utils.data.DataLoader(
+            groups, batch_size=None, num_workers=workers, collate_fn=_GroupFeatures(collator)
+        )
+        audio_id = int(collator.audio_id)
+        dtype = inner.embed_tokens.weight.dtype
+        pieces: list[torch.Tensor] = []
+        index: dict[str, tuple[int, int]] = {}
+        start = 0
+        with torch.no_grad(), autocast:
+            for clips, feats in loader:
+                sizes = feats["audio_embed_sizes"].tolist()
+                # the model's own audio embedding, placed at the first sizes[i] positions of
+                # row i (every position an audio token), then cut back out
+                width = max(sizes)
+                ids = torch.full((len(clips), width), audio_id, dtype=torch.long)
+                ids.masked_fill_(torch.arange(width)[None, :] >= torch.tensor(sizes)[:, None], 0)
+                embeds = inner.embed_tokens_extend(
+                    ids.to(device),
+                    torch.zeros(
+                        (len(clips), width, inner.config.hidden_size), dtype=dtype, device=device
+                    ),
+                    **{k: v.to(device) for k, v in feats.items()},
+                )
+                for i, (clip, n) in enumerate(zip(clips, sizes, strict=True)):
+                    pieces.append(embeds[i, :n])
+                    index[clip] = (start, n)
+                    start += n
+        cache = cls(torch.cat(pieces), index)
+        seconds = time.perf_counter() - t0
+        log.info(
+            "audio path frozen: embedded %d clips once in %.1f s (%.0f clips/s), %.2f GB on %s",
+            len(index),
+            seconds,
+            len(index) / max(seconds, 1e-9),
+            cache.table.numel() * cache.table.element_size() / 2**30,
+            device,
+        )
+        return cache
+
+    def model_inputs(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The batch with its audio replaced by the language model's input embeddings."""
+        clips = inputs["audio_clips"]
+        positions = inputs["audio_positions"]
+        try:
+            spans = [self.rows[c] for c in clips]
+        except KeyError as exc:
+            raise RuntimeError(f"audio clip {exc}: not embedded when the cache was built") from None
+        take = torch.cat([torch.arange(s, s + n) for s, n in spans])
+        if take.numel() != positions.numel():
+            raise RuntimeError(
+                f"{positions.numel()} audio positions in the batch, {take.numel()} cached "
+                f"embeddings for its clips {clips}"
+            )
+        inner = multimodal_model(model)
+        embeds = inner.embed_tokens(inputs["input_ids"])
+        flat = embeds.view(-1, embeds.shape[-1])
+        audio = self.table.index_select(0, take.to(self.table.device, non_blocking=True))
+        flat.index_copy_(0, positions, audio.to(flat.dtype))
+        skip = {"input_ids", *CLIP_KEYS, *AUDIO_INPUTS}
+        return {"inputs_embeds": embeds, **{k: v for k, v in inputs.items() if k not in skip}}
+
+
+class _GroupFeatures:
+    """DataLoader collate: one group's clips and their padded features (in worker processes)."""
+
+    def __init__(self, collator: Collator) -> None:
+        self.collator = collator
+
+    def __call__(self, clips: list[str]) -> tuple[list[str], dict[str, torch.Tensor]]:
+        return clips, self.collator.audio_features([load_audio(c) for c in clips])
