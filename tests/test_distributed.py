@@ -68,11 +68,21 @@ def assert_same_adapter(a_run: Path, b_run: Path, atol: float) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol)
 
 
+def _reference(tiny_model: Path, demo_prepared: Path, tmp_path_factory, *extra: str) -> Path:
+    run = tmp_path_factory.mktemp("reference") / "one"
+    assert train(load_config("smoke", [*OVERRIDES, *extra]), demo_prepared, tiny_model, run) == 0
+    return run
+
+
 @pytest.fixture(scope="module")
 def reference(tiny_model: Path, demo_prepared: Path, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("reference") / "one"
-    assert train(load_config("smoke", OVERRIDES), demo_prepared, tiny_model, run) == 0
-    return run
+    return _reference(tiny_model, demo_prepared, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference_uncached(tiny_model: Path, demo_prepared: Path, tmp_path_factory) -> Path:
+    """Audio embedded in every pass, as under ZeRO-3 (audio_cache.why_not_cached)."""
+    return _reference(tiny_model, demo_prepared, tmp_path_factory, "cache_audio_embeddings=false")
 
 
 def test_accumulation_keeps_the_effective_batch() -> None:
@@ -85,11 +95,14 @@ def test_accumulation_keeps_the_effective_batch() -> None:
 # ddp on 2 ranks is compared with one process by the ddp-1-to-2 resume test below
 @pytest.mark.parametrize("engine", ["zero2", "zero3"])
 def test_two_ranks_end_identical_and_match_one_process(
-    engine: str, tiny_model: Path, demo_prepared: Path, reference: Path, tmp_path: Path
+    engine: str, tiny_model: Path, demo_prepared: Path, request, tmp_path: Path
 ) -> None:
+    reference = request.getfixturevalue("reference_uncached" if engine == "zero3" else "reference")
     run = tmp_path / engine
     log = torchrun(2, demo_prepared, tiny_model, run, *OVERRIDES, f"engine={engine}")
     assert f"2 process(es), engine {engine}" in log
+    cached = "audio embeddings recomputed in every pass" not in log
+    assert cached == (engine != "zero3"), log[-3000:]
     if engine != "zero3":  # ZeRO-3 ranks hold different partitions by design
         assert "adapter weights identical on all 2 ranks" in log
     # same samples per optimizer step, same loss normalisation: the loss curves agree

@@ -28,7 +28,6 @@ pytestmark = [
         reason="needs the Slurm daemons that .ci/run starts (PRONLORA_SLURM_TESTS=1)",
     ),
 ]
-OVERRIDES = ["epochs=1", "micro_batch=2", "grad_accum=1", "save_steps=2"]
 
 
 def _job_state(job_id: str) -> str:
@@ -130,28 +129,6 @@ def _report_ok(run_dir: Path, prepared: Path, checkpoints: list[str]) -> None:
     assert "random-weight model" in (run_dir / "report" / "report.md").read_text()
 
 
-def test_pipeline_survives_a_requeue_mid_training(site: dict[str, str], tmp_path: Path) -> None:
-    sets = [a for o in OVERRIDES for a in ("--set", o)]
-    ids = _pipeline(site, tmp_path / "run", "--shards", "2", *sets)
-    run_dir, train_job, infer_job = Path(ids["run_dir"]), ids["train_job"], ids["infer_job"]
-    _wait_for_step(run_dir, train_job, 4)  # requeue once training has taken a few steps
-    subprocess.run(["scontrol", "requeue", train_job], check=True)
-    _release_requeued(train_job)
-    _wait([train_job, infer_job, ids["collect_job"]])
-
-    train_out = "\n".join(p.read_text() for p in (run_dir / "logs").glob("pronlora-train-*.out"))
-    assert "received SIGTERM" in train_out and "resuming from" in train_out, train_out[-3000:]
-    _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-1"])
-
-    reference = tmp_path / "uninterrupted"
-    cfg = load_config("smoke", OVERRIDES)
-    assert train(cfg, site["PRONLORA_PREPARED"], site["PRONLORA_MODEL"], reference) == 0
-    for epoch in (1,):
-        name = f"checkpoints/epoch-{epoch}/adapter_model.safetensors"
-        a, b = load_file(str(reference / name)), load_file(str(run_dir / name))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), epoch
-
-
 def test_submitit_chain_stops_on_its_time_limit_signal_and_resumes(
     site: dict[str, str], tmp_path: Path
 ) -> None:
@@ -249,15 +226,32 @@ def test_training_over_two_nodes(site: dict[str, str], tmp_path: Path) -> None:
     _report_ok(run_dir, Path(site["PRONLORA_PREPARED"]), ["base", "epoch-1"])
 
 
-def test_table3_grid_through_pipeline(site: dict[str, str], tmp_path: Path) -> None:
-    # the experiment with the smoke recipe, 1 epoch per run: 2 trainings, 2 inference arrays
-    # (base decoded once), one collect over both runs
-    sets = ["--set", "epochs=1", "--set", "save_steps=100"]
+def test_table3_grid_through_pipeline_survives_a_requeue_mid_training(
+    site: dict[str, str], tmp_path: Path
+) -> None:
+    """The experiment with the smoke recipe, 1 epoch per run: prep, 2 trainings, 2 inference
+    arrays (base decoded once), one collect over both runs; the LoRA run's training is
+    requeued (scontrol) once it has taken a few steps, and must end as an uninterrupted run."""
+    sets = ["--set", "epochs=1", "--set", "save_steps=2"]
     args = ["--experiment", "table3", "--config", "smoke", "--run-dir", str(tmp_path / "t3")]
     ids = _submitted(site, *args, *sets)
     jobs = [v for k, v in ids.items() if k.endswith("_job")]
     assert len(jobs) == 6, ids  # prep, train x2, infer x2, collect
+    lora = tmp_path / "t3" / "lora"
+    _wait_for_step(lora, ids["train_lora_job"], 4)
+    subprocess.run(["scontrol", "requeue", ids["train_lora_job"]], check=True)
+    _release_requeued(ids["train_lora_job"])
     _wait(jobs)
+
+    train_out = "\n".join(p.read_text() for p in (lora / "logs").glob("pronlora-train-*.out"))
+    assert "received SIGTERM" in train_out and "resuming from" in train_out, train_out[-3000:]
+    reference = tmp_path / "uninterrupted"
+    cfg = load_config(str(lora / "config.yaml"))
+    assert train(cfg, site["PRONLORA_PREPARED"], site["PRONLORA_MODEL"], reference) == 0
+    name = "checkpoints/epoch-1/adapter_model.safetensors"
+    a, b = load_file(str(reference / name)), load_file(str(lora / name))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
     metrics = json.loads((tmp_path / "t3" / "report" / "metrics.json").read_text())
     rows = sorted((m["run"], m["checkpoint"]) for m in metrics)
     assert rows == [("lora", "base"), ("lora", "epoch-1"), ("unfreeze", "epoch-1")]

@@ -15,10 +15,14 @@ dataset only, and a resumed run, or another rank, computes the same ones.
 from __future__ import annotations
 
 import logging
+import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from pronlora.collate import Collator, load_audio
@@ -93,7 +97,7 @@ class AudioEmbeddingCache:
         pieces: list[torch.Tensor] = []
         index: dict[str, tuple[int, int]] = {}
         start = 0
-        with torch.no_grad(), autocast:
+        with _rng_untouched(device), torch.no_grad(), autocast:
             for clips, feats in loader:
                 sizes = feats["audio_embed_sizes"].tolist()
                 # the model's own audio embedding, placed at the first sizes[i] positions of
@@ -145,6 +149,19 @@ class AudioEmbeddingCache:
         flat.index_copy_(0, positions, audio.to(flat.dtype))
         skip = {"input_ids", *CLIP_KEYS, *AUDIO_INPUTS}
         return {"inputs_embeds": embeds, **{k: v for k, v in inputs.items() if k not in skip}}
+
+
+@contextmanager
+def _rng_untouched(device: torch.device) -> Iterator[None]:
+    """The build draws random numbers (the DataLoader's worker seeds, the encoder's streaming
+    mask): restore every generator, so a run resumed at step N (whose generators the Trainer
+    restores before this first pass) draws what the uninterrupted run drew."""
+    py, npy = random.getstate(), np.random.get_state()
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        yield
+    random.setstate(py)
+    np.random.set_state(npy)
 
 
 class _GroupFeatures:
