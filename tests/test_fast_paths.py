@@ -302,8 +302,9 @@ def _rows_sharing_clips(demo_prepared: Path, clips: int) -> list[dict]:
     return picked
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])  # True: as nf4 trains
 def test_cached_audio_embeddings_give_the_plain_loss_and_gradients(
-    tiny_model: Path, demo_prepared: Path
+    checkpointing: bool, tiny_model: Path, demo_prepared: Path
 ) -> None:
     """One group of clips padded as the pass pads them: the cached pass is the plain pass,
     and the audio encoder does not run in it."""
@@ -314,6 +315,8 @@ def test_cached_audio_embeddings_give_the_plain_loss_and_gradients(
     cfg = load_config("smoke", ["lora.dropout=0.0"])
     loaded = load_model(cfg, tiny_model)
     model = loaded.model
+    if checkpointing:  # what the Trainer does: the embedding output then requires grad
+        model.gradient_checkpointing_enable({"use_reentrant": False})
     model.train()
     with torch.no_grad():
         for n, p in model.named_parameters():

@@ -143,12 +143,14 @@ class AudioEmbeddingCache:
                 f"embeddings for its clips {clips}"
             )
         inner = multimodal_model(model)
-        embeds = inner.embed_tokens(inputs["input_ids"])
-        flat = embeds.view(-1, embeds.shape[-1])
+        text = inner.embed_tokens(inputs["input_ids"])
         audio = self.table.index_select(0, take.to(self.table.device, non_blocking=True))
-        flat.index_copy_(0, positions, audio.to(flat.dtype))
+        # out of place, as the model does: under gradient checkpointing transformers makes the
+        # embedding output a leaf that requires grad (enable_input_require_grads)
+        flat = text.view(-1, text.shape[-1]).index_copy(0, positions, audio.to(text.dtype))
         skip = {"input_ids", *CLIP_KEYS, *AUDIO_INPUTS}
-        return {"inputs_embeds": embeds, **{k: v for k, v in inputs.items() if k not in skip}}
+        kept = {k: v for k, v in inputs.items() if k not in skip}
+        return {"inputs_embeds": flat.view_as(text), **kept}
 
 
 @contextmanager
