@@ -17,16 +17,21 @@ def _lora_grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def _nonzero_lora_b(model) -> None:
+    """LoRA B starts at zero; non-zero, LoRA gradients flow into A as well."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+
+
 def test_label_only_loss_matches_the_models_loss_and_gradients(
     tiny_model: Path, demo_prepared: Path
 ) -> None:
     cfg = load_config("smoke", ["lora.dropout=0.0"])
     loaded = load_model(cfg, tiny_model)
     model = loaded.model
-    with torch.no_grad():  # non-zero LoRA B so LoRA gradients flow into A as well
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+    _nonzero_lora_b(model)
     rows = read_jsonl(demo_prepared / "train.jsonl")[:4]
     batch = Collator(loaded.tokenizer, loaded.feature_extractor)(rows)
 
@@ -146,10 +151,7 @@ def test_lora_input_cast_off_gives_the_same_loss_under_bf16_autocast(
 
     loaded = load_model(load_config("smoke", ["lora.dropout=0.0"]), tiny_model)
     model = loaded.model
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+    _nonzero_lora_b(model)
     batch = Collator(loaded.tokenizer, loaded.feature_extractor)(
         read_jsonl(demo_prepared / "train.jsonl")[:2]
     )
@@ -186,10 +188,7 @@ def test_compiled_decoder_layers_give_the_plain_loss_and_gradients(
         if checkpointing:
             model.gradient_checkpointing_enable({"use_reentrant": False})
         model.train()
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.05)
+        _nonzero_lora_b(model)
         total, n = label_only_loss(model, batch)
         (total / n).backward()
         results.append((total / n, _lora_grads(model)))
@@ -318,10 +317,7 @@ def test_cached_audio_embeddings_give_the_plain_loss_and_gradients(
     if checkpointing:  # what the Trainer does: the embedding output then requires grad
         model.gradient_checkpointing_enable({"use_reentrant": False})
     model.train()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+    _nonzero_lora_b(model)
     assert why_not_cached(model, cfg.strategy, "ddp") is None
     rows = _rows_sharing_clips(demo_prepared, 3)
     plain_batch = Collator(loaded.tokenizer, loaded.feature_extractor)(rows)
