@@ -142,13 +142,13 @@ class PronloraTrainer(Trainer):
         run_dir: Path,
         rows: list[dict[str, Any]],
         tokenizer: Any,
-        cache_audio: bool = False,
         **kw: Any,
     ) -> None:
         super().__init__(train_dataset=Rows(rows), **kw)
         self.cfg, self.run, self.lengths = cfg, RunDir(run_dir), [approx_tokens(r) for r in rows]
-        # built at the first pass, once the model sits on its training device
-        self.cache_audio, self.audio_cache = cache_audio, None
+        # built at the first pass, once the model sits on its training device; the collator's
+        # clip_keys says whether this run caches (build_trainer)
+        self.audio_cache: AudioEmbeddingCache | None = None
         # saved with epoch checkpoints only (as processing_class it would go into every step one)
         self.tokenizer_to_save = tokenizer
         self.tokens_total = 0  # non-padding tokens trained on, for throughput and benchmarks
@@ -170,7 +170,7 @@ class PronloraTrainer(Trainer):
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.cache_audio:
+        if self.data_collator.clip_keys:
             if self.audio_cache is None:
                 self.audio_cache = AudioEmbeddingCache.build(
                     model,
@@ -334,7 +334,6 @@ def build_trainer(
         run_dir,
         rows,
         loaded.tokenizer,
-        cache_audio=uncached is None,
         model=loaded.model,
         args=training_arguments(cfg, run_dir, engine, load_universal),
         data_collator=collator,
