@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -221,3 +222,110 @@ def test_a_worker_loads_a_checkpoint_once_and_benchmarks_decode_real_lengths(
     assert [n for _, n in answers] == [lengths[r["id"]] for r in batch]
     # without the benchmark's lengths the same rows run to their own stop or the cap
     assert [n for _, n in generate(models.loaded, cfg, batch)] != [lengths[r["id"]] for r in batch]
+
+
+def _run_with_batch_size(trained_run: Path, dest: Path, batch_size: int) -> Path:
+    """A copy of the trained run whose run.json decodes in batches of ``batch_size``."""
+    dest.mkdir(parents=True)
+    for name in ("run.json", "versions.json", "checkpoints"):
+        src = trained_run / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        elif src.is_file():
+            shutil.copy2(src, dest / name)
+    saved = json.loads((dest / "run.json").read_text())
+    saved["config"]["infer"]["batch_size"] = batch_size
+    (dest / "run.json").write_text(json.dumps(saved))
+    return dest
+
+
+@pytest.mark.slow
+def test_answers_and_clip_embeddings_do_not_depend_on_batch_size_or_shards(
+    trained_run: Path, demo_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: the audio embeddings the language model is given, and every answer, are the
+    same bits whatever infer.batch_size and the shard count. Embeddings are compared, not only
+    answers (a tiny model's greedy answers hide most differences)."""
+    import torch
+
+    import pronlora.infer as infer
+    from pronlora.audio_cache import multimodal_model
+
+    given: dict[str, dict[str, torch.Tensor]] = {}  # run -> clip -> rows the decoder got
+    state: dict = {}
+    real_generate = infer.generate
+
+    def recording_generate(loaded, cfg, batch_rows, batch=None, *args, **kwargs):
+        if "hook" not in state:  # the decoder's first layer sees the prompt's input embeddings
+            layer = multimodal_model(loaded.model).layers[0]
+            state["hook"] = layer.register_forward_pre_hook(record, with_kwargs=True)
+        collated = infer.generation_collator(loaded, cfg)(batch_rows)  # the same prompt layout
+        state.update(
+            ids=collated["input_ids"], rows=batch_rows, audio_id=loaded.tokenizer.audio_token_id
+        )
+        return real_generate(loaded, cfg, batch_rows, batch, *args, **kwargs)
+
+    def record(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        ids = state["ids"]
+        if hidden.shape[:2] != ids.shape:  # a decoding step, not the prompt
+            return
+        for i, row in enumerate(state["rows"]):
+            clip_rows = hidden[i][ids[i] == state["audio_id"]].detach().cpu().clone()
+            seen = given.setdefault(state["run"], {})
+            if row["audio"] in seen:  # its APA and MDD instance start from the same rows
+                assert torch.equal(seen[row["audio"]], clip_rows), row["id"]
+            seen[row["audio"]] = clip_rows
+
+    monkeypatch.setattr(infer, "generate", recording_generate)
+    answers = {}
+    for batch_size, shards in ((1, 1), (7, 1), (256, 1), (7, 3), (1, 3)):
+        state["run"] = key = f"batch {batch_size}, {shards} shards"
+        run = _run_with_batch_size(trained_run, tmp_path / f"b{batch_size}s{shards}", batch_size)
+        models = infer.Models()
+        for shard in range(shards):
+            infer.run_shard(run, "epoch-1", demo_prepared, "test", shard, shards, models=models)
+        state.pop("hook").remove()
+        lines = [
+            json.loads(line)
+            for f in sorted((run / "predictions" / "epoch-1").glob("shard-*.jsonl"))
+            for line in f.read_text().splitlines()
+        ]
+        answers[key] = {r["id"]: r["output"] for r in lines}
+    reference = "batch 1, 1 shards"
+    test_rows = read_jsonl(demo_prepared / "test.jsonl")
+    assert set(answers[reference]) == {r["id"] for r in test_rows}
+    assert set(given[reference]) == {r["audio"] for r in test_rows}
+    for key in answers:
+        assert answers[key] == answers[reference], key
+        assert given[key].keys() == given[reference].keys(), key
+        for clip, emb in given[reference].items():
+            assert torch.equal(given[key][clip], emb), (key, clip)
+
+
+@pytest.mark.slow
+def test_the_encoder_depends_on_its_batch_and_cached_decoding_equals_the_models_own(
+    trained_run: Path, demo_prepared: Path
+) -> None:
+    """Why the clip groups exist (a clip embedded alone differs from the same clip in a padded
+    batch), and that decoding from the embeddings is the model's own decoding when the batch
+    is the clips' group."""
+    import torch
+
+    from pronlora.audio_cache import clip_groups
+    from pronlora.infer import Models, ensure_run, generate
+
+    spec = ensure_run(trained_run, None, None)
+    rows = read_jsonl(demo_prepared / "test.jsonl")
+    models = Models()
+    loaded = models.get(spec, trained_run / "checkpoints" / "epoch-1")
+    (group,) = clip_groups(rows)  # the mini test split is one group: one encoder batch
+    audio = models.embed_clips(spec.cfg, rows, set(group))
+    alone = Models()
+    alone.loaded, alone.key = loaded, models.key
+    first = min(group, key=lambda c: next(r["duration_s"] for r in rows if r["audio"] == c))
+    by_itself = alone.embed_clips(spec.cfg, [r for r in rows if r["audio"] == first], {first})
+    assert not torch.equal(by_itself.embeds[first], audio.embeds[first])  # padding leaks in
+    apa = sorted((r for r in rows if r["task"] == "APA"), key=lambda r: group.index(r["audio"]))
+    assert [r["audio"] for r in apa] == group
+    assert generate(loaded, spec.cfg, apa, audio=audio) == generate(loaded, spec.cfg, apa)

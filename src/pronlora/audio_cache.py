@@ -1,15 +1,19 @@
-"""Speech embeddings of the training clips, computed once while the audio path is frozen.
+"""Speech embeddings computed once per clip, in groups fixed by the data alone.
 
-Under ``strategy: lora`` nothing in the audio encoder or its projection trains, yet the model
-recomputes every clip's embeddings in every pass (each clip 6 times over 3 epochs of APA + MDD):
-an eager encoder of ~1,300 small kernels plus a host sync per instance, about 45 ms of a
-420-470 ms training pass on an H100 (``bench/pass_costs.py``). The cache runs the model's own
+Training (while the audio path is frozen): nothing in the audio encoder or its projection trains,
+yet the model recomputes every clip's embeddings in every pass (each clip 6 times over 3 epochs of
+APA + MDD): an eager encoder of ~1,300 small kernels plus a host sync per instance, about 45 ms of
+a 420-470 ms training pass on an H100 (``bench/pass_costs.py``). The cache runs the model's own
 audio embedding once per clip and the passes hand the language model its input embeddings.
+
+Inference: every clip is embedded once for its APA and its MDD instance, and the language model
+decodes from those embeddings in batches of any size.
 
 Transformers' Phi-4-MM encoder attends to padding frames (its boolean mask is added to the
 position bias, not applied), so a clip's embedding depends on how much padding its batch has.
-The cache therefore embeds clips in fixed groups of similar duration: the values depend on the
-dataset only, and a resumed run, or another rank, computes the same ones.
+Clips are therefore embedded in the groups ``clip_groups`` cuts from the whole split: 16 clips
+in (duration, path) order. The values depend on the split only: not on the batch size, the
+shard, the GPU count, a resume, or the rank that computes them.
 """
 
 from __future__ import annotations
@@ -64,12 +68,27 @@ def why_not_cached(model: Any, strategy: str, engine: str) -> str | None:
     return None
 
 
+def clip_groups(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """The encoder batches of a split: all its clips in (duration, path) order, ``GROUP`` each.
+
+    ``rows`` is the whole split (every shard of it), so a clip's group mates, and hence its
+    embedding, are the same whichever subset of the split a process decodes or trains on.
+    """
+    duration = {r["audio"]: float(r["duration_s"]) for r in rows}
+    order = sorted(duration, key=lambda clip: (duration[clip], clip))
+    return [order[i : i + GROUP] for i in range(0, len(order), GROUP)]
+
+
 @dataclass
 class AudioEmbeddingCache:
-    """Each clip's rows in one table on the training device, looked up by the clip's path."""
+    """Each clip's embedding rows on the device, looked up by the clip's path."""
 
-    table: torch.Tensor
-    rows: dict[str, tuple[int, int]]  # clip -> (first row, audio token count)
+    embeds: dict[str, torch.Tensor]  # clip -> (audio token count, hidden size)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Clip -> its audio token count."""
+        return {clip: int(e.shape[0]) for clip, e in self.embeds.items()}
 
     @classmethod
     def build(
@@ -81,22 +100,33 @@ class AudioEmbeddingCache:
         autocast: Any,
         workers: int = 0,
     ) -> AudioEmbeddingCache:
-        """Embed every clip of ``rows`` through the model's own audio embedding, in groups of
-        ``GROUP`` clips in (duration, path) order; ``autocast`` is the context the model's
-        forward runs under."""
+        """Embed every clip of ``rows`` through the model's own audio embedding, in the groups
+        of ``clip_groups(rows)``; ``autocast`` is the context the model's forward runs under."""
+        cache = cls({})
+        cache.add(model, clip_groups(rows), collator, device, autocast, workers)
+        return cache
+
+    def add(
+        self,
+        model: Any,
+        groups: list[list[str]],
+        collator: Collator,
+        device: torch.device,
+        autocast: Any,
+        workers: int = 0,
+    ) -> None:
+        """Embed each of ``groups`` (one encoder batch each) not embedded yet."""
+        groups = [g for g in groups if any(c not in self.embeds for c in g)]
+        if not groups:
+            return
         t0 = time.perf_counter()
         inner = multimodal_model(model)
-        duration = {r["audio"]: float(r["duration_s"]) for r in rows}
-        order = sorted(duration, key=lambda clip: (duration[clip], clip))
-        groups = [order[i : i + GROUP] for i in range(0, len(order), GROUP)]
         loader = torch.utils.data.DataLoader(
             groups, batch_size=None, num_workers=workers, collate_fn=_GroupFeatures(collator)
         )
         audio_id = int(collator.audio_id)
         dtype = inner.embed_tokens.weight.dtype
-        pieces: list[torch.Tensor] = []
-        index: dict[str, tuple[int, int]] = {}
-        start = 0
+        n_clips = 0
         with _rng_untouched(device), torch.no_grad(), autocast:
             for clips, feats in loader:
                 sizes = feats["audio_embed_sizes"].tolist()
@@ -112,39 +142,37 @@ class AudioEmbeddingCache:
                     ),
                     **{k: v.to(device) for k, v in feats.items()},
                 )
-                for i, (clip, n) in enumerate(zip(clips, sizes, strict=True)):
-                    pieces.append(embeds[i, :n])
-                    index[clip] = (start, n)
-                    start += n
-        cache = cls(torch.cat(pieces), index)
+                # one compact copy per group (the padded output is released)
+                flat = torch.cat([embeds[i, :n] for i, n in enumerate(sizes)])
+                for clip, piece in zip(clips, flat.split(sizes), strict=True):
+                    self.embeds[clip] = piece
+                n_clips += len(clips)
         seconds = time.perf_counter() - t0
         log.info(
-            "audio path frozen: embedded %d clips once in %.1f s (%.0f clips/s), %.2f GB on %s",
-            len(index),
+            "audio embedded once per clip: %d clips in %.1f s (%.0f clips/s), %.2f GB on %s",
+            n_clips,
             seconds,
-            len(index) / max(seconds, 1e-9),
-            cache.table.numel() * cache.table.element_size() / 2**30,
+            n_clips / max(seconds, 1e-9),
+            sum(e.numel() * e.element_size() for e in self.embeds.values()) / 2**30,
             device,
         )
-        return cache
 
     def model_inputs(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         """The batch with its audio replaced by the language model's input embeddings."""
         clips = inputs["audio_clips"]
         positions = inputs["audio_positions"]
         try:
-            spans = [self.rows[c] for c in clips]
+            audio = torch.cat([self.embeds[c] for c in clips])
         except KeyError as exc:
             raise RuntimeError(f"audio clip {exc}: not embedded when the cache was built") from None
-        take = torch.cat([torch.arange(s, s + n) for s, n in spans])
-        if take.numel() != positions.numel():
+        if audio.shape[0] != positions.numel():
             raise RuntimeError(
-                f"{positions.numel()} audio positions in the batch, {take.numel()} cached "
+                f"{positions.numel()} audio positions in the batch, {audio.shape[0]} cached "
                 f"embeddings for its clips {clips}"
             )
         inner = multimodal_model(model)
         text = inner.embed_tokens(inputs["input_ids"])
-        audio = self.table.index_select(0, take.to(self.table.device, non_blocking=True))
+        positions = positions.to(text.device, non_blocking=True)
         # out of place, as the model does: under gradient checkpointing transformers makes the
         # embedding output a leaf that requires grad (enable_input_require_grads)
         flat = text.view(-1, text.shape[-1]).index_copy(0, positions, audio.to(text.dtype))

@@ -10,6 +10,7 @@ answer and its closing ``<|end|>``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -61,6 +62,9 @@ class Collator:
     # A run whose audio embeddings are cached (audio_cache.py): each row's clip path and the
     # flat positions of the audio tokens take the place of the features.
     clip_keys: bool = False
+    # With clip_keys: each clip's audio token count where already known (its cached
+    # embedding's length), so the batch needs no log-mel features.
+    clip_sizes: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         self.pad_id = self.tokenizer.pad_token_id
@@ -116,8 +120,12 @@ class Collator:
         }
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        feats = self.audio_features([load_audio(r["audio"]) for r in rows])
-        sizes = feats["audio_embed_sizes"].tolist()
+        known = self.clip_sizes if self.clip_keys else None
+        if known is not None and all(r["audio"] in known for r in rows):
+            feats, sizes = {}, [known[r["audio"]] for r in rows]
+        else:
+            feats = self.audio_features([load_audio(r["audio"]) for r in rows])
+            sizes = feats["audio_embed_sizes"].tolist()
         encoded = [self.encode(r, int(n)) for r, n in zip(rows, sizes, strict=True)]
         too_long = [
             (r["id"], len(ids))

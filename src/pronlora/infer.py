@@ -4,8 +4,13 @@ The model is loaded exactly as training built it (same quantization, the same sp
 merge), then the checkpoint's trained weights are put into that structure; ``base`` keeps the
 untrained adapter (the paper's "no training" row: the shipped model with its speech adapter).
 Shards are assigned by a hash of the instance id, so the split is exact and stable whatever the
-order of the file. Output is appended one line per instance and flushed per batch: a rerun
-skips what is written and drops a last line cut off by a kill.
+order of the file. Each clip is embedded once, in the encoder batch ``audio_cache.clip_groups``
+gives it within the whole split, and its APA and MDD instances are decoded from that embedding:
+no answer depends on the batch size, the shard count or the number of GPUs (the audio encoder
+attends to its batch's padding, so batching clips by decode batch would).
+
+Output is appended one line per instance and flushed per batch: a rerun skips what is written
+and drops a last line cut off by a kill.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,7 @@ from typing import Any
 import torch
 
 from pronlora.atomic import jsonl_line, write_json
+from pronlora.audio_cache import AudioEmbeddingCache, clip_groups
 from pronlora.collate import Collator, approx_prompt_tokens
 from pronlora.config import ConfigError, TrainConfig, from_dict, load_config, to_dict
 from pronlora.errors import DataError
@@ -186,12 +193,14 @@ class Models:
     def __init__(self) -> None:
         self.key: str | None = None
         self.loaded: Loaded | None = None
+        self.audio = AudioEmbeddingCache({})  # the clips embedded by the loaded model
         self.loads = 0
 
     def get(self, spec: RunSpec, ckpt_dir: Path | None) -> Loaded:
         key = json.dumps([str(spec.model_dir), to_dict(spec.cfg), str(ckpt_dir)], sort_keys=True)
         if key != self.key:
-            self.key, self.loaded = None, None  # released before the next one loads
+            # released before the next one loads
+            self.key, self.loaded, self.audio = None, None, AudioEmbeddingCache({})
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             t0 = time.perf_counter()
@@ -202,6 +211,19 @@ class Models:
             log.info("loaded %s in %.1f s", what, time.perf_counter() - t0)
         assert self.loaded is not None
         return self.loaded
+
+    def embed_clips(
+        self, cfg: TrainConfig, split_rows: list[dict[str, Any]], clips: set[str]
+    ) -> AudioEmbeddingCache:
+        """The loaded model's embeddings of ``clips``, each computed in its group of the split
+        (``clip_groups(split_rows)``) and kept for the worker's next shards."""
+        assert self.loaded is not None
+        groups = [g for g in clip_groups(split_rows) if clips.intersection(g)]
+        dev = device()
+        workers = min(4, (os.cpu_count() or 1) // 2) if dev.type == "cuda" else 0
+        collate = generation_collator(self.loaded, cfg)
+        self.audio.add(self.loaded.model, groups, collate, dev, nullcontext(), workers)
+        return self.audio
 
 
 def generation_batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -215,13 +237,19 @@ def generation_batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[
     return out
 
 
-def generation_collator(loaded: Loaded, cfg: TrainConfig) -> Collator:
+def generation_collator(
+    loaded: Loaded, cfg: TrainConfig, audio: AudioEmbeddingCache | None = None
+) -> Collator:
+    """Prompts, left-padded; with ``audio``, batches name their clips instead of carrying
+    features (the language model then starts from the cached embeddings)."""
     return Collator(
         loaded.tokenizer,
         loaded.feature_extractor,
         max_length=cfg.max_length,
         with_labels=False,
         padding_side="left",
+        clip_keys=audio is not None,
+        clip_sizes=audio.rows if audio is not None else None,
     )
 
 
@@ -276,19 +304,28 @@ def generate(
     loaded: Loaded,
     cfg: TrainConfig,
     batch_rows: list[dict[str, Any]],
-    batch: dict[str, torch.Tensor] | None = None,
+    batch: dict[str, Any] | None = None,
     decode_lengths: Mapping[str, int] | None = None,
+    audio: AudioEmbeddingCache | None = None,
 ) -> list[tuple[str, int]]:
     """Greedy answers (text up to ``<|end|>``) and their token counts.
 
-    ``decode_lengths`` (benchmarks only): answer tokens per instance id, see ExactLengths.
+    ``audio``: the clips' embeddings (``Models.embed_clips``), else the model embeds the batch's
+    audio itself, as one encoder batch. ``decode_lengths`` (benchmarks only): answer tokens per
+    instance id, see ExactLengths.
     """
     tok = loaded.tokenizer
     if batch is None:
-        batch = generation_collator(loaded, cfg)(batch_rows)
+        batch = generation_collator(loaded, cfg, audio)(batch_rows)
     dev = device()
-    batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-    batch["audio_input_features"] = batch["audio_input_features"].to(torch_dtype(cfg))
+    batch = {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if "audio_clips" in batch:
+        if audio is None:
+            raise ValueError("a batch of clip names needs the clips' embeddings (audio=)")
+        # input_ids stay: generate returns them ahead of the answer, as without embeddings
+        batch = {"input_ids": batch["input_ids"], **audio.model_inputs(loaded.model, batch)}
+    else:
+        batch["audio_input_features"] = batch["audio_input_features"].to(torch_dtype(cfg))
     task = Task(batch_rows[0]["task"])
     stop = stop_token_ids(loaded)
     extra = {}
@@ -342,8 +379,8 @@ def run_shard(
     if not 0 <= shard < num_shards:
         raise ConfigError(f"--shard {shard} outside 0..{num_shards - 1}")
     out_path, _, lock = RunDir(run_dir).shard(checkpoint, shard, num_shards, split)
-    rows = PreparedDir(prepared).load_split(split)
-    rows = [r for r in rows if shard_of(r["id"], num_shards) == shard]
+    split_rows = PreparedDir(prepared).load_split(split)
+    rows = [r for r in split_rows if shard_of(r["id"], num_shards) == shard]
     with OutputLock(lock, f"predictions shard {out_path}"):
         return _write_shard(
             run_dir,
@@ -352,6 +389,7 @@ def run_shard(
             shard,
             num_shards,
             rows,
+            split_rows,
             config,
             model,
             models=models or Models(),
@@ -366,6 +404,7 @@ def _write_shard(
     shard: int,
     num_shards: int,
     rows: list[dict[str, Any]],
+    split_rows: list[dict[str, Any]],
     config: str | TrainConfig | None,
     model: str | None,
     models: Models,
@@ -401,12 +440,13 @@ def _write_shard(
     if todo:
         loaded = models.get(spec, ckpt_dir)
         t0 = time.perf_counter()
+        audio = models.embed_clips(spec.cfg, split_rows, {r["audio"] for r in todo})
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with open(out_path, "a", encoding="utf-8") as fh:
             batches = generation_batches(todo, spec.cfg.infer.batch_size)
-            collate = generation_collator(loaded, spec.cfg)
+            collate = generation_collator(loaded, spec.cfg, audio)
             for batch_rows, batch in prefetched(batches, collate):
-                answers = generate(loaded, spec.cfg, batch_rows, batch, decode_lengths)
+                answers = generate(loaded, spec.cfg, batch_rows, batch, decode_lengths, audio)
                 lines = []
                 for row, (text, n) in zip(batch_rows, answers, strict=True):
                     parsed, error = parse_answer(row["task"], text)
