@@ -20,9 +20,16 @@ def main() -> int:
         action="store_true",
         help="collect checkpoints with missing ids, marked partial",
     )
+    ap.add_argument(
+        "--allow-mixed-decoding",
+        action="store_true",
+        help="one table for checkpoints decoded under different settings (listed in the report)",
+    )
     args = ap.parse_args()
     runs = [Path(r) for r in args.runs]
-    paths = collect_and_report(Path(args.prepared), runs, Path(args.out), args.allow_partial)
+    paths = collect_and_report(
+        Path(args.prepared), runs, Path(args.out), args.allow_partial, args.allow_mixed_decoding
+    )
     print(paths["table"].read_text())
     print(f"report: {paths['report'].resolve()}")
     return 0

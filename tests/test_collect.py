@@ -14,6 +14,7 @@ from scipy import stats
 from pronlora.atomic import read_jsonl, write_jsonl
 from pronlora.collect import CoverageError, apa_fallback, collect
 from pronlora.data.prep import prepare
+from pronlora.errors import DataError
 from pronlora.phones import transcript_phones
 from pronlora.protocol import format_apa_answer, format_mdd_answer
 from pronlora.report import write_outputs
@@ -234,3 +235,66 @@ def test_strategies_are_compared_on_the_same_resamples(mini_prepared: Path, tmp_
     assert "lora (paper_r64) - unfreeze (paper_r64)" in acc and acc.endswith("| differ |")
     flu = next(line for line in report.splitlines() if line.startswith("| 1 | Flu |"))
     assert "+0.000 [+0.000, +0.000] | not distinguishable |" in flu  # identical answers
+
+
+def _decoded(run: Path, checkpoint: str, shards: int, **settings) -> None:
+    """Shard summaries as the inference stage writes them, with its decoding settings."""
+    decoding = {
+        "search": "greedy",
+        "max_new_tokens_apa": 48,
+        "max_new_tokens_mdd": 256,
+        "batch_size": 256,
+        **settings,
+    }
+    for s in range(shards):
+        done = run / "predictions" / checkpoint / f"shard-{s}-of-{shards}.done.json"
+        done.write_text(json.dumps({"checkpoint": checkpoint, "decoding": decoding}))
+
+
+def test_checkpoints_decoded_differently_are_refused_unless_asked(
+    mini_prepared: Path, tmp_path: Path
+) -> None:
+    """Issue 24: one table holds checkpoints decoded alike; the differing setting is named, a
+    different batch size is not a difference, and the report lists the settings."""
+    test = read_jsonl(mini_prepared / "test.jsonl")
+    rows = [_pred(r, r["target"]) for r in test]
+    for run, mdd_cap, batch in (("lora", 256, 256), ("unfreeze", 128, 8), ("lora8", 256, 8)):
+        _write_run(tmp_path / run, rows, shards=2)
+        _decoded(tmp_path / run, "epoch-1", 2, max_new_tokens_mdd=mdd_cap, batch_size=batch)
+    assert len(collect(mini_prepared, [tmp_path / "lora", tmp_path / "lora8"])) == 2
+    args = [sys.executable, str(REPO / "jobs" / "collect.py"), "--prepared", str(mini_prepared)]
+    args += ["--runs", str(tmp_path / "lora"), str(tmp_path / "unfreeze")]
+    args += ["--out", str(tmp_path / "out")]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "max_new_tokens_mdd is 256 for lora/epoch-1; 128 for unfreeze/epoch-1" in proc.stderr
+    assert "--allow-mixed-decoding" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "table3.md").exists()
+    proc = subprocess.run([*args, "--allow-mixed-decoding"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Checkpoints decoded under different settings" in report
+    assert (
+        "unfreeze/epoch-1: search greedy, max_new_tokens_apa 48, max_new_tokens_mdd 128" in report
+    )
+
+    # shards of one checkpoint decoded under different settings: named, whatever is asked
+    _decoded(tmp_path / "lora", "epoch-1", 1, max_new_tokens_apa=24)
+    (tmp_path / "lora" / "predictions" / "epoch-1" / "shard-0-of-1.done.json").rename(
+        tmp_path / "lora" / "predictions" / "epoch-1" / "shard-0-of-2.done.json"
+    )
+    with pytest.raises(DataError, match="its shards were decoded under different settings"):
+        collect(mini_prepared, [tmp_path / "lora"], allow_mixed_decoding=True)
+
+
+def test_a_checkpoint_without_recorded_settings_is_named_beside_recorded_ones(
+    mini_prepared: Path, tmp_path: Path
+) -> None:
+    test = read_jsonl(mini_prepared / "test.jsonl")
+    rows = [_pred(r, r["target"]) for r in test]
+    _write_run(tmp_path / "old", rows)  # no shard summaries: an older pronlora's shards
+    _write_run(tmp_path / "new", rows)
+    _decoded(tmp_path / "new", "epoch-1", 1)
+    with pytest.raises(DataError, match="old/epoch-1: decoded by a pronlora that did not record"):
+        collect(mini_prepared, [tmp_path / "old", tmp_path / "new"])
+    assert len(collect(mini_prepared, [tmp_path / "old"])) == 1

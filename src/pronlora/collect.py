@@ -64,6 +64,59 @@ class CoverageError(DataError, ValueError):
     pass
 
 
+# a decoding setting that only says how a shard ran (answers do not depend on it)
+EXECUTION_ONLY = ("batch_size",)
+UNRECORDED = {"recorded": False}  # shards of a pronlora older than the record
+
+
+def decoding_of(pred_dir: Path) -> dict[str, Any]:
+    """The decoding settings the checkpoint's shards record (``*.done.json``), one for all."""
+    found: dict[str, dict[str, Any]] = {}
+    for done in sorted(pred_dir.glob("shard-*.done.json")):
+        summary = _read_json(done)
+        if summary is None:
+            raise DataError(f"{done}: unreadable shard summary; rerun that shard's inference")
+        found[done.name] = summary.get("decoding", UNRECORDED)
+    answers_decided = {
+        json.dumps({k: v for k, v in d.items() if k not in EXECUTION_ONLY}, sort_keys=True)
+        for d in found.values()
+    }
+    if len(answers_decided) > 1:
+        raise DataError(
+            f"{pred_dir}: its shards were decoded under different settings "
+            f"({'; '.join(f'{n}: {d}' for n, d in found.items())}); delete the shards "
+            "decoded under the wrong ones and rerun them"
+        )
+    return next(iter(found.values()), UNRECORDED)
+
+
+def check_same_decoding(entries: list[Entry]) -> None:
+    """One table holds checkpoints decoded alike: a setting that differs is named."""
+    unrecorded = [
+        f"{e.run}/{e.checkpoint}" for e in entries if e.provenance["decoding"] == UNRECORDED
+    ]
+    recorded = [e for e in entries if e.provenance["decoding"] != UNRECORDED]
+    if unrecorded and recorded:
+        raise DataError(
+            f"{', '.join(unrecorded[:3])}: decoded by a pronlora that did not record its "
+            "decoding settings, unlike the other checkpoints; delete its predictions and rerun "
+            "its inference, or pass --allow-mixed-decoding"
+        )
+    keys = sorted({k for e in recorded for k in e.provenance["decoding"]} - set(EXECUTION_ONLY))
+    for key in keys:
+        values: dict[str, list[str]] = {}
+        for e in recorded:
+            value = json.dumps(e.provenance["decoding"].get(key, "not recorded"))
+            values.setdefault(value, []).append(f"{e.run}/{e.checkpoint}")
+        if len(values) > 1:
+            which = "; ".join(f"{v} for {', '.join(c[:3])}" for v, c in values.items())
+            raise DataError(
+                f"checkpoints decoded under different settings: {key} is {which}. Decode them "
+                "alike (the run's infer.* keys) or pass --allow-mixed-decoding to put them in "
+                "one table anyway (the report then lists each one's settings)"
+            )
+
+
 @dataclass
 class Entry:
     run: str
@@ -279,7 +332,12 @@ def run_label(run_dir: Path) -> tuple[str, str, dict[str, Any]]:
     return f"{run_dir.name} ({cfg.get('name')})", cfg.get("strategy", "unknown"), prov
 
 
-def collect(prepared: Path, runs: list[Path], allow_partial: bool = False) -> list[Entry]:
+def collect(
+    prepared: Path,
+    runs: list[Path],
+    allow_partial: bool = False,
+    allow_mixed_decoding: bool = False,
+) -> list[Entry]:
     prep = PreparedDir(prepared)
     if not prep.split_path("test").is_file():
         raise DataError(f"--prepared {prep.root}: no test.jsonl (run jobs/prep.py first)")
@@ -312,7 +370,12 @@ def collect(prepared: Path, runs: list[Path], allow_partial: bool = False) -> li
                     strategy=strategy,
                     partial=partial,
                     metrics=metrics,
-                    provenance={**prov, "checkpoint_meta": meta, "apa_fallback": fallback},
+                    provenance={
+                        **prov,
+                        "checkpoint_meta": meta,
+                        "apa_fallback": fallback,
+                        "decoding": decoding_of(pred_dir),
+                    },
                     confusion=confusion,
                     apa_pairs=apa_pairs,
                     per_vs_acc=per_vs_acc,
@@ -321,4 +384,6 @@ def collect(prepared: Path, runs: list[Path], allow_partial: bool = False) -> li
                 )
             )
     entries.sort(key=lambda e: (e.run, e.epoch, e.checkpoint))
+    if not allow_mixed_decoding:
+        check_same_decoding(entries)
     return entries

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from pronlora.atomic import jsonl_line, write_json
-from pronlora.audio_cache import AudioEmbeddingCache, clip_groups
+from pronlora.audio_cache import GROUP, AudioEmbeddingCache, clip_groups
 from pronlora.collate import Collator, approx_prompt_tokens
 from pronlora.config import ConfigError, TrainConfig, from_dict, load_config, to_dict
 from pronlora.errors import DataError
@@ -145,6 +145,22 @@ def ensure_run(run_dir: Path, config: str | TrainConfig | None, model: str | Non
     )
     write_json(RunDir(run_dir).versions_json, versions())
     return RunSpec(cfg, Path(model).resolve())
+
+
+def decoding_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """What decides a checkpoint's answers besides its weights, as each shard records it for
+    the collector. ``batch_size`` changes no audio embedding (the split's groups) and is kept
+    to say how the shard ran (bf16 kernels may still round differently per batch shape)."""
+    return {
+        "search": "greedy",
+        "max_new_tokens_apa": cfg.infer.max_new_tokens_apa,
+        "max_new_tokens_mdd": cfg.infer.max_new_tokens_mdd,
+        "audio_encoder_batches": f"the split's clips by duration, {GROUP} per batch",
+        "merge_adapter": cfg.infer.merge_adapter and cfg.quantization == "bf16",
+        "kv_cache": cfg.infer.cache,
+        "attn_implementation": cfg.attn_implementation,
+        "batch_size": cfg.infer.batch_size,
+    }
 
 
 def device() -> torch.device:
@@ -493,6 +509,7 @@ def _write_shard(
             }
             for t in sorted(counts)
         },
+        "decoding": decoding_settings(spec.cfg),
         "generated_this_run": len(todo),
         "seconds": round(seconds, 2),
         "instances_per_s": round(len(todo) / seconds, 3) if todo and seconds else None,

@@ -515,6 +515,7 @@ def report_markdown(entries: list[Entry], plot_files: list[str], synthetic: bool
     ]
     if plot_files:
         lines += ["## Plots", ""] + [f"![{p}](<{p}>)" for p in plot_files] + [""]
+    lines += decoding_section(entries)
     lines += ["## Runs", ""]
     seen = set()
     for e in entries:
@@ -545,6 +546,32 @@ def report_markdown(entries: list[Entry], plot_files: list[str], synthetic: bool
     return "\n".join(lines) + "\n"
 
 
+def decoding_section(entries: list[Entry]) -> list[str]:
+    """The inference settings behind the table, once if every checkpoint shares them."""
+    groups: dict[str, list[str]] = {}
+    for e in entries:
+        decoding = e.provenance.get("decoding") or {}
+        text = ", ".join(f"{k} {v}" for k, v in decoding.items()) or "not recorded"
+        groups.setdefault(text, []).append(f"{e.run}/{e.checkpoint}")
+    lines = ["## Inference settings", ""]
+    if len(groups) == 1:
+        lines.append(f"- every checkpoint: {next(iter(groups))}")
+    else:
+        lines.append(
+            "> **Checkpoints decoded under different settings** (--allow-mixed-decoding): "
+            "compare their rows with care."
+        )
+        lines.append("")
+        lines += [f"- {', '.join(c)}: {text}" for text, c in groups.items()]
+    lines += [
+        "",
+        "Answers do not depend on batch_size, the shard count or the number of GPUs: each "
+        "clip's audio embedding is computed in a batch fixed by the split (README, Stage 3).",
+        "",
+    ]
+    return lines
+
+
 def write_outputs(entries: list[Entry], out: Path, synthetic: bool) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", [e.as_json() for e in entries])
@@ -557,11 +584,15 @@ def write_outputs(entries: list[Entry], out: Path, synthetic: bool) -> dict[str,
 
 
 def collect_and_report(
-    prepared: Path, runs: list[Path], out: Path, allow_partial: bool = False
+    prepared: Path,
+    runs: list[Path],
+    out: Path,
+    allow_partial: bool = False,
+    allow_mixed_decoding: bool = False,
 ) -> dict[str, Path]:
     """The collect stage: score every run's predictions, write tables, plots and report.md."""
     from pronlora.collect import collect
 
-    entries = collect(prepared, runs, allow_partial)
+    entries = collect(prepared, runs, allow_partial, allow_mixed_decoding)
     synthetic = bool(PreparedDir(prepared).manifest().get("synthetic"))
     return write_outputs(entries, out, synthetic=synthetic)
