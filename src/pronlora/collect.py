@@ -64,8 +64,6 @@ class CoverageError(DataError, ValueError):
     pass
 
 
-# a decoding setting that only says how a shard ran (answers do not depend on it)
-EXECUTION_ONLY = ("batch_size",)
 UNRECORDED = {"recorded": False}  # shards of a pronlora older than the record
 
 
@@ -77,11 +75,7 @@ def decoding_of(pred_dir: Path) -> dict[str, Any]:
         if summary is None:
             raise DataError(f"{done}: unreadable shard summary; rerun that shard's inference")
         found[done.name] = summary.get("decoding", UNRECORDED)
-    answers_decided = {
-        json.dumps({k: v for k, v in d.items() if k not in EXECUTION_ONLY}, sort_keys=True)
-        for d in found.values()
-    }
-    if len(answers_decided) > 1:
+    if len({json.dumps(d, sort_keys=True) for d in found.values()}) > 1:
         raise DataError(
             f"{pred_dir}: its shards were decoded under different settings "
             f"({'; '.join(f'{n}: {d}' for n, d in found.items())}); delete the shards "
@@ -102,7 +96,7 @@ def check_same_decoding(entries: list[Entry]) -> None:
             "decoding settings, unlike the other checkpoints; delete its predictions and rerun "
             "its inference, or pass --allow-mixed-decoding"
         )
-    keys = sorted({k for e in recorded for k in e.provenance["decoding"]} - set(EXECUTION_ONLY))
+    keys = sorted({k for e in recorded for k in e.provenance["decoding"]})
     for key in keys:
         values: dict[str, list[str]] = {}
         for e in recorded:

@@ -3,11 +3,13 @@
 The model is loaded exactly as training built it (same quantization, the same speech-adapter
 merge), then the checkpoint's trained weights are put into that structure; ``base`` keeps the
 untrained adapter (the paper's "no training" row: the shipped model with its speech adapter).
-Shards are assigned by a hash of the instance id, so the split is exact and stable whatever the
-order of the file. Each clip is embedded once, in the encoder batch ``audio_cache.clip_groups``
-gives it within the whole split, and its APA and MDD instances are decoded from that embedding:
-no answer depends on the batch size, the shard count or the number of GPUs (the audio encoder
-attends to its batch's padding, so batching clips by decode batch would).
+Every computation is batched by the whole split, never by the shard: each clip is embedded once,
+in the encoder batch ``audio_cache.clip_groups`` gives it, and its APA and MDD instances are
+decoded from that embedding in the split's decode batches (``decode_batches``: per task, by
+length, ``infer.batch_size`` each), which shards deal out whole. So the shard count and the
+number of GPUs change no batch and no answer (the audio encoder attends to its batch's padding,
+and bf16 kernels round differently per batch shape); ``infer.batch_size`` changes the decode
+batches, hence the bf16 rounding of the language model, and is recorded with every shard.
 
 Output is appended one line per instance and flushed per batch: a rerun skips what is written
 and drops a last line cut off by a kill.
@@ -15,7 +17,6 @@ and drops a last line cut off by a kill.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -46,11 +47,6 @@ from pronlora.versions import versions
 log = logging.getLogger(__name__)
 
 BASE = BASE_CHECKPOINT
-
-
-def shard_of(instance_id: str, num_shards: int) -> int:
-    digest = hashlib.sha256(instance_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % num_shards
 
 
 def worker_items(
@@ -149,8 +145,9 @@ def ensure_run(run_dir: Path, config: str | TrainConfig | None, model: str | Non
 
 def decoding_settings(cfg: TrainConfig) -> dict[str, Any]:
     """What decides a checkpoint's answers besides its weights, as each shard records it for
-    the collector. ``batch_size`` changes no audio embedding (the split's groups) and is kept
-    to say how the shard ran (bf16 kernels may still round differently per batch shape)."""
+    the collector. ``batch_size`` is one: it changes no audio embedding (the split's groups),
+    but it cuts the decode batches, and bf16 kernels round differently per batch shape (7-9 %
+    of the answers of a barely trained model on an H100, bench/results/*-batch-invariance.md)."""
     return {
         "search": "greedy",
         "max_new_tokens_apa": cfg.infer.max_new_tokens_apa,
@@ -243,14 +240,24 @@ class Models:
 
 
 def generation_batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
-    """Same-task batches of similar length, longest first (fail fast on memory)."""
+    """Same-task batches of similar length, longest first (fail fast on memory); the order
+    depends on the rows alone, not on the order of the file."""
     out = []
     for task in sorted({r["task"] for r in rows}):
         group = sorted(
-            (r for r in rows if r["task"] == task), key=approx_prompt_tokens, reverse=True
+            (r for r in rows if r["task"] == task),
+            key=lambda r: (-approx_prompt_tokens(r), r["id"]),
         )
         out += [group[i : i + size] for i in range(0, len(group), size)]
     return out
+
+
+def decode_batches(
+    split_rows: list[dict[str, Any]], size: int, shard: int, num_shards: int
+) -> list[list[dict[str, Any]]]:
+    """One shard's decode batches: the whole split's ``generation_batches``, dealt out whole
+    (batch i to shard i mod num_shards), so every shard count decodes the same batches."""
+    return generation_batches(split_rows, size)[shard::num_shards]
 
 
 def generation_collator(
@@ -394,9 +401,12 @@ def run_shard(
     run_dir, prepared = Path(run_dir).resolve(), Path(prepared).resolve()
     if not 0 <= shard < num_shards:
         raise ConfigError(f"--shard {shard} outside 0..{num_shards - 1}")
+    if checkpoint != BASE:
+        ckpt_dir = RunDir(run_dir).checkpoint(checkpoint)
+        if not (ckpt_dir / "meta.json").is_file():
+            raise ConfigError(f"--checkpoint {checkpoint}: {ckpt_dir} is missing or incomplete")
     out_path, _, lock = RunDir(run_dir).shard(checkpoint, shard, num_shards, split)
     split_rows = PreparedDir(prepared).load_split(split)
-    rows = [r for r in split_rows if shard_of(r["id"], num_shards) == shard]
     with OutputLock(lock, f"predictions shard {out_path}"):
         return _write_shard(
             run_dir,
@@ -404,7 +414,6 @@ def run_shard(
             split,
             shard,
             num_shards,
-            rows,
             split_rows,
             config,
             model,
@@ -419,7 +428,6 @@ def _write_shard(
     split: str,
     shard: int,
     num_shards: int,
-    rows: list[dict[str, Any]],
     split_rows: list[dict[str, Any]],
     config: str | TrainConfig | None,
     model: str | None,
@@ -427,28 +435,32 @@ def _write_shard(
     decode_lengths: Mapping[str, int] | None,
 ) -> dict[str, Any]:
     out_path, done_path = shard_paths(run_dir, checkpoint, shard, num_shards, split)
+    spec = ensure_run(run_dir, config, model)
+    batches = decode_batches(split_rows, spec.cfg.infer.batch_size, shard, num_shards)
+    rows = [r for b in batches for r in b]
     ids = {r["id"] for r in rows}
     written = read_written(out_path)
     stray = sorted(set(written) - ids)
     if stray:
-        raise ConfigError(f"{out_path}: holds ids that are not in this shard: {stray[:5]}")
-    todo = [r for r in rows if r["id"] not in written]
+        raise ConfigError(
+            f"{out_path}: holds ids that are not in this shard: {stray[:5]} (decoded under "
+            "another infer.batch_size or by an older pronlora? delete the file to decode again)"
+        )
+    # a batch partly written (a kill inside its write) is decoded whole again: the same batch
+    # gives the same answers; only its missing lines are written
+    todo = [b for b in batches if any(r["id"] not in written for r in b)]
     if not todo and done_path.is_file():
         log.info("%s is complete (%d instances); nothing to do", out_path, len(rows))
         return json.loads(done_path.read_text())
-    spec = ensure_run(run_dir, config, model)
-    ckpt_dir = None
-    if checkpoint != BASE:
-        ckpt_dir = RunDir(run_dir).checkpoint(checkpoint)
-        if not (ckpt_dir / "meta.json").is_file():
-            raise ConfigError(f"--checkpoint {checkpoint}: {ckpt_dir} is missing or incomplete")
+    ckpt_dir = None if checkpoint == BASE else RunDir(run_dir).checkpoint(checkpoint)
     log.info(
-        "shard %d/%d of %s (%s): %d instances, %d already written",
+        "shard %d/%d of %s (%s): %d instances in %d batches, %d already written",
         shard,
         num_shards,
         split,
         checkpoint,
         len(rows),
+        len(batches),
         len(written),
     )
     t0 = time.perf_counter()
@@ -456,15 +468,16 @@ def _write_shard(
     if todo:
         loaded = models.get(spec, ckpt_dir)
         t0 = time.perf_counter()
-        audio = models.embed_clips(spec.cfg, split_rows, {r["audio"] for r in todo})
+        audio = models.embed_clips(spec.cfg, split_rows, {r["audio"] for b in todo for r in b})
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with open(out_path, "a", encoding="utf-8") as fh:
-            batches = generation_batches(todo, spec.cfg.infer.batch_size)
             collate = generation_collator(loaded, spec.cfg, audio)
-            for batch_rows, batch in prefetched(batches, collate):
+            for batch_rows, batch in prefetched(todo, collate):
                 answers = generate(loaded, spec.cfg, batch_rows, batch, decode_lengths, audio)
                 lines = []
                 for row, (text, n) in zip(batch_rows, answers, strict=True):
+                    if row["id"] in written:
+                        continue
                     parsed, error = parse_answer(row["task"], text)
                     record = {
                         "id": row["id"],
@@ -510,9 +523,9 @@ def _write_shard(
             for t in sorted(counts)
         },
         "decoding": decoding_settings(spec.cfg),
-        "generated_this_run": len(todo),
+        "generated_this_run": n_new,
         "seconds": round(seconds, 2),
-        "instances_per_s": round(len(todo) / seconds, 3) if todo and seconds else None,
+        "instances_per_s": round(n_new / seconds, 3) if todo and seconds else None,
         "tokens_per_s": round(n_tokens / seconds, 1) if todo and seconds else None,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
     }

@@ -565,8 +565,10 @@ def decoding_section(entries: list[Entry]) -> list[str]:
         lines += [f"- {', '.join(c)}: {text}" for text, c in groups.items()]
     lines += [
         "",
-        "Answers do not depend on batch_size, the shard count or the number of GPUs: each "
-        "clip's audio embedding is computed in a batch fixed by the split (README, Stage 3).",
+        "Answers do not depend on the shard count or the number of GPUs: clips are embedded "
+        "and instances decoded in batches fixed by the split. batch_size cuts those batches, "
+        "and bf16 kernels round differently per batch shape, so it is a decoding setting "
+        "(README, Stage 3).",
         "",
     ]
     return lines
