@@ -166,6 +166,14 @@ def test_pipeline_refuses_bad_arguments_before_submitting() -> None:
         env=env,
     )
     assert proc.returncode == 2 and "--gpus-per-node must be a positive integer" in proc.stderr
+    # the config's name names the run dir: it cannot climb out of PRONLORA_RUNS (issue 26)
+    proc = subprocess.run(
+        [pipeline, "--config", "smoke", "--set", "name=../../../x", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 2 and "name: '../../../x' names the run dir" in proc.stderr
 
 
 def test_env_sh_defaults_and_overrides() -> None:

@@ -273,11 +273,149 @@ def test_requeued_slurm_job_takes_over_its_own_lock(
         ("lr=.inf", "lr: must be a finite number, got inf"),
         ("lr=.nan", "lr: must be a finite number"),
         ("epochs.x=3", "override 'epochs.x=3': epochs is not a mapping"),
+        ("epochs=[1", r"override 'epochs=\[1': the value is not plain YAML"),
+        ("epochs=!!python/object/apply:os.system [id]", "the value is not plain YAML"),
+        ("seed=-1", "seed: must be in 0..2"),
+        ("weight_decay=-5", "weight_decay: must be >= 0, got -5.0"),
+        ("name=../../../x", "name: '../../../x' names the run dir"),
+        ("name=a/b", "name: 'a/b' names the run dir"),
+        ("lr=1e-4x", "lr: expected float, got '1e-4x'"),
     ],
 )
 def test_bad_overrides_are_named(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config("smoke", [override])
+
+
+@pytest.mark.parametrize(("text", "value"), [("1e-4", 1e-4), ("2E-5", 2e-5), ("3e2", 300.0)])
+def test_numbers_read_as_python_reads_them(text: str, value: float, tmp_path: Path) -> None:
+    """YAML 1.1 reads 1e-4 as a string; a learning rate is written that way, in an override
+    and in a config file."""
+    assert load_config("smoke", [f"lr={text}"]).lr == value
+    own = tmp_path / "own.yaml"
+    own.write_text(f"lr: {text}\nepochs: 1\n")
+    assert load_config(str(own)).lr == value
+
+
+def test_a_yaml_tag_in_a_train_override_exits_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "train.py"),
+            "--config",
+            "smoke",
+            "--prepared",
+            str(tmp_path / "none"),
+            "--model",
+            str(tmp_path / "none"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "epochs=!!python/object/apply:os.system [id]",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "not plain YAML" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+# --- issue 26: no write outside the run dir, through a link or a path -----------------------
+
+
+def _infer(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "infer.py"), *args], capture_output=True, text=True
+    )
+
+
+def _copy_run(trained_run: Path, dest: Path) -> Path:
+    import shutil
+
+    dest.mkdir()
+    shutil.copy2(trained_run / "run.json", dest / "run.json")
+    shutil.copytree(trained_run / "checkpoints", dest / "checkpoints")
+    return dest
+
+
+@pytest.mark.slow
+def test_links_planted_in_a_run_dir_are_refused_naming_them(
+    trained_run: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    run = _copy_run(trained_run, tmp_path / "run")
+    victim = tmp_path / "elsewhere.txt"
+    victim.write_text("a lab member's file\n")
+    common = ["--run-dir", str(run), "--prepared", str(demo_prepared)]
+    # a link at the shard file
+    shard = run / "predictions" / "epoch-1" / "shard-0-of-1.jsonl"
+    shard.parent.mkdir(parents=True)
+    shard.symlink_to(victim)
+    proc = _infer(*common, "--checkpoint", "epoch-1")
+    assert proc.returncode == 2 and f"{shard}: a symbolic link inside" in proc.stderr
+    assert victim.read_text() == "a lab member's file\n" and "Traceback" not in proc.stderr
+    # a link at the checkpoint's folder
+    shard.unlink()
+    shard.parent.rmdir()
+    (tmp_path / "outside").mkdir()
+    shard.parent.symlink_to(tmp_path / "outside")
+    proc = _infer(*common, "--checkpoint", "epoch-1")
+    assert proc.returncode == 2 and f"{shard.parent}: a symbolic link inside" in proc.stderr
+    assert list((tmp_path / "outside").iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["/abs/epoch-1", "../../x", "epoch-1/../../x", "best"])
+def test_a_checkpoint_is_a_name_of_the_run_not_a_path(
+    trained_run: Path, demo_prepared: Path, tmp_path: Path, name: str
+) -> None:
+    run = _copy_run(trained_run, tmp_path / "run")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    proc = _infer("--run-dir", str(run), "--prepared", str(demo_prepared), "--checkpoint", name)
+    assert proc.returncode == 2 and "expected base or epoch-N" in proc.stderr, proc.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_a_missing_epoch_leaves_no_trace(trained_run: Path, demo_prepared: Path, tmp_path: Path):
+    """A failed --checkpoint epoch-9 must not leave a predictions/epoch-9/ for collect to find."""
+    run = _copy_run(trained_run, tmp_path / "run")
+    proc = _infer(
+        "--run-dir", str(run), "--prepared", str(demo_prepared), "--checkpoint", "epoch-9"
+    )
+    assert proc.returncode == 2 and "epoch-9" in proc.stderr
+    assert not (run / "predictions").exists()
+
+
+@pytest.mark.slow
+def test_a_truncated_run_json_is_named(
+    trained_run: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    run = _copy_run(trained_run, tmp_path / "run")
+    text = (run / "run.json").read_text()
+    (run / "run.json").write_text(text[: len(text) // 2])
+    proc = _infer("--run-dir", str(run), "--prepared", str(demo_prepared), "--checkpoint", "base")
+    assert proc.returncode == 2 and f"{run / 'run.json'}: not valid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_collect_out_naming_a_file_exits_2(demo_prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.md"
+    out.write_text("notes\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "collect.py"),
+            "--prepared",
+            str(demo_prepared),
+            "--runs",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and f"--out {out}: an existing file" in proc.stderr
+    assert out.read_text() == "notes\n"
 
 
 # --- 3, 4, 5, 11: bad corpus inputs exit 2 naming the file ----------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -124,7 +125,15 @@ _POSITIVE = (
 )
 
 
+# YAML 1.1 (PyYAML) reads 1e-4 and 2E5 as strings: numbers are read as Python would.
+_PY_FLOAT = re.compile(r"[+-]?(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)([eE][+-]?\d+)?")
+# a config name becomes a run dir's name: one path component, no dot-dot
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def _check_type(value: Any, tp: Any, key: str) -> Any:
+    if tp is float and isinstance(value, str) and _PY_FLOAT.fullmatch(value.strip()):
+        value = float(value.strip())
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value not in typing.get_args(tp):
@@ -170,6 +179,15 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Range and combination checks that need more than one key."""
+    if not _NAME.fullmatch(cfg.name) or ".." in cfg.name:
+        raise ConfigError(
+            f"name: {cfg.name!r} names the run dir: letters, digits, '.', '_' and '-' only, "
+            "no '/' or '..'"
+        )
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed: must be in 0..2**32-1, got {cfg.seed}")
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"weight_decay: must be >= 0, got {cfg.weight_decay}")
     for key in _POSITIVE:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
@@ -223,7 +241,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value is not plain YAML ({problem})") from None
+    return key.strip().split("."), value
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
@@ -257,6 +280,8 @@ def from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
 
 # Keys that change how a run executes but not what it trains (a resume may change them).
 EXECUTION_KEYS = (
+    # no instance is ever cut: max_length only refuses, so a rerun may raise it
+    "max_length",
     "engine",
     "dataloader_workers",
     "compile_layers",

@@ -31,12 +31,12 @@ from typing import Any
 
 import torch
 
-from pronlora.atomic import jsonl_line, write_json
+from pronlora.atomic import jsonl_line, umask_mode, write_json
 from pronlora.audio_cache import GROUP, AudioEmbeddingCache, clip_groups
 from pronlora.collate import Collator, approx_prompt_tokens
 from pronlora.config import ConfigError, TrainConfig, from_dict, load_config, to_dict
 from pronlora.errors import DataError
-from pronlora.layout import BASE_CHECKPOINT, UNFROZEN_FILE, PreparedDir, RunDir
+from pronlora.layout import BASE_CHECKPOINT, UNFROZEN_FILE, PreparedDir, RunDir, checkpoint_name
 from pronlora.lock import OutputLock
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, torch_dtype
 from pronlora.model.snapshot import END_TOKEN, special_token_id
@@ -83,8 +83,11 @@ def read_written(path: Path) -> dict[str, dict[str, Any]]:
     keep = data.rfind(b"\n") + 1
     if keep < len(data):
         log.warning("%s: dropping a truncated last line (%d bytes)", path, len(data) - keep)
-        with open(path, "r+b") as fh:
-            fh.truncate(keep)
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            os.ftruncate(fd, keep)
+        finally:
+            os.close(fd)
     done: dict[str, dict[str, Any]] = {}
     # split on b"\n" only: str.splitlines() also breaks at U+2028, U+0085 and others, which
     # JSON leaves unescaped in an answer's text
@@ -119,7 +122,7 @@ def ensure_run(run_dir: Path, config: str | TrainConfig | None, model: str | Non
     resolved config) and ``model``."""
     run_json = RunDir(run_dir).run_json
     if run_json.is_file():
-        saved = json.loads(run_json.read_text())
+        saved = RunDir(run_dir).read_run()
         if config is not None or model is not None:
             log.info("%s has run.json; --config/--model are ignored", run_dir)
         return RunSpec(from_dict(saved["config"], str(run_json)), Path(saved["model"]))
@@ -401,7 +404,7 @@ def run_shard(
     run_dir, prepared = Path(run_dir).resolve(), Path(prepared).resolve()
     if not 0 <= shard < num_shards:
         raise ConfigError(f"--shard {shard} outside 0..{num_shards - 1}")
-    if checkpoint != BASE:
+    if checkpoint_name(checkpoint) != BASE:
         ckpt_dir = RunDir(run_dir).checkpoint(checkpoint)
         if not (ckpt_dir / "meta.json").is_file():
             raise ConfigError(f"--checkpoint {checkpoint}: {ckpt_dir} is missing or incomplete")
@@ -470,7 +473,9 @@ def _write_shard(
         t0 = time.perf_counter()
         audio = models.embed_clips(spec.cfg, split_rows, {r["audio"] for b in todo for r in b})
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(out_path, "a", encoding="utf-8") as fh:
+        # appended, never through a link (one planted after the check above is refused here)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        with os.fdopen(os.open(out_path, flags, umask_mode()), "a", encoding="utf-8") as fh:
             collate = generation_collator(loaded, spec.cfg, audio)
             for batch_rows, batch in prefetched(todo, collate):
                 answers = generate(loaded, spec.cfg, batch_rows, batch, decode_lengths, audio)

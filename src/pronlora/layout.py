@@ -37,6 +37,35 @@ EPOCH_DIR = re.compile(r"epoch-\d+")
 BASE_CHECKPOINT = "base"
 
 
+def checkpoint_name(name: str) -> str:
+    """A checkpoint of a run is ``base`` or ``epoch-N``: never a path (outputs stay inside)."""
+    if name != BASE_CHECKPOINT and not EPOCH_DIR.fullmatch(name):
+        raise DataError(
+            f"--checkpoint {name!r}: expected base or epoch-N (a checkpoint of the run)"
+        )
+    return name
+
+
+def no_links_inside(root: Path, path: Path) -> Path:
+    """``path``, checked to lie inside ``root`` with no symbolic link on the way: run dirs are
+    group-writable, and a link planted by anyone in the group would carry a write elsewhere."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        raise DataError(f"{path}: outside {root}") from None
+    if ".." in parts:
+        raise DataError(f"{path}: '..' inside {root}")
+    here = root
+    for part in parts:
+        here = here / part
+        if here.is_symlink():
+            raise DataError(
+                f"{here}: a symbolic link inside {root}; pronlora writes only real files and "
+                "folders there (remove the link)"
+            )
+    return path
+
+
 def read_json_file(path: Path, what: str = "") -> Any:
     """JSON from a file; a missing or corrupt one is a DataError naming it."""
     try:
@@ -122,7 +151,7 @@ class RunDir:
         """``predictions/`` holds the test split (what collect scores); another split has its
         own ``predictions-<split>/`` so its shards never collide with the test ones."""
         root = "predictions" if split == "test" else f"predictions-{split}"
-        return self.root / root / checkpoint
+        return self.root / root / checkpoint_name(checkpoint)
 
     def prediction_checkpoints(self) -> list[Path]:
         root = self.root / "predictions"
@@ -131,13 +160,17 @@ class RunDir:
     def shard(
         self, checkpoint: str, shard: int, num_shards: int, split: str = "test"
     ) -> tuple[Path, Path, Path]:
-        """(lines, done marker, lock) of one predictions shard."""
+        """(lines, done marker, lock) of one predictions shard, none of them reached through
+        a symbolic link."""
         stem = self.predictions(checkpoint, split) / f"shard-{shard}-of-{num_shards}"
-        return (
+        paths = (
             stem.with_name(stem.name + ".jsonl"),
             stem.with_name(stem.name + ".done.json"),
             stem.with_name(stem.name + ".lock"),
         )
+        for path in paths:
+            no_links_inside(self.root, path)
+        return paths
 
     def read_run(self) -> dict[str, Any]:
         data = read_json_file(self.run_json)

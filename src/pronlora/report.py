@@ -17,6 +17,7 @@ import numpy as np
 
 from pronlora.atomic import write_bytes, write_json, write_text
 from pronlora.collect import METRIC_KEYS, Entry
+from pronlora.errors import DataError
 from pronlora.layout import PreparedDir
 from pronlora.paper import FIG5_PER_ACC_PCC, TABLE3
 from pronlora.protocol import APA_ASPECTS
@@ -595,6 +596,8 @@ def collect_and_report(
     """The collect stage: score every run's predictions, write tables, plots and report.md."""
     from pronlora.collect import collect
 
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: an existing file, not a folder for the report")
     entries = collect(prepared, runs, allow_partial, allow_mixed_decoding)
     synthetic = bool(PreparedDir(prepared).manifest().get("synthetic"))
     return write_outputs(entries, out, synthetic=synthetic)
