@@ -32,6 +32,11 @@ def main() -> int:
     ap.add_argument("--local-worker", type=int, default=0, help="this worker's GPU in its task")
     ap.add_argument("--config", help="config name, only for a run dir without run.json")
     ap.add_argument("--model", help="snapshot dir, only for a run dir without run.json")
+    ap.add_argument(
+        "--other-data",
+        action="store_true",
+        help="decode a prepared dir other than the one the run was trained on",
+    )
     args = ap.parse_args()
     if args.num_shards < 1 or args.gpus_per_task < 1:
         raise ConfigError("--num-shards and --gpus-per-task must be >= 1")
@@ -64,6 +69,7 @@ def main() -> int:
             args.config,
             args.model,
             models,
+            other_data=args.other_data,
         )
         print(f"shard {shard}/{args.num_shards} of {checkpoint}: {summary['by_task']}")
     if not items:

@@ -331,7 +331,7 @@ def _infer(*args: str) -> subprocess.CompletedProcess:
 def _copy_run(trained_run: Path, dest: Path) -> Path:
     import shutil
 
-    dest.mkdir()
+    dest.mkdir(parents=True)
     shutil.copy2(trained_run / "run.json", dest / "run.json")
     shutil.copytree(trained_run / "checkpoints", dest / "checkpoints")
     return dest
@@ -543,3 +543,95 @@ def test_stage_output_carries_no_third_party_advice(
         assert noise not in text, noise
     summary = next(line for line in text.splitlines() if "train_runtime" in line)
     assert "'tokens': 0" not in summary and "tokens_per_s" not in summary
+
+
+# --- issue 26: each stage checks that what it reads is what the last one wrote --------------
+
+
+def _other_prepared(demo_prepared: Path, dest: Path) -> Path:
+    """A copy of the prepared dir with the same ids and one test score changed, recorded by a
+    manifest of its own (another prep of other data)."""
+    import shutil
+
+    from pronlora.atomic import write_jsonl
+    from pronlora.layout import PreparedDir
+
+    shutil.copytree(demo_prepared, dest)
+    rows = read_jsonl(dest / "test.jsonl")
+    apa = next(r for r in rows if r["task"] == "APA")
+    apa["scores"]["accuracy"] = 10 - apa["scores"]["accuracy"]
+    write_jsonl(dest / "test.jsonl", rows)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    write_json(dest / "manifest.json", {**manifest, **PreparedDir(dest).content_record()})
+    return dest
+
+
+@pytest.mark.slow
+def test_prepared_files_edited_after_prep_are_refused_by_every_stage(
+    trained_run: Path, tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(demo_prepared, edited)
+    assert _infer_ok_or(trained_run, edited, tmp_path, "epoch-1") == 0  # a copy is the same data
+    os.utime(edited / "test.jsonl")  # touched, content unchanged: hashed again, accepted
+    assert _infer_ok_or(trained_run, edited, tmp_path / "t", "epoch-1") == 0
+    with open(edited / "test.jsonl", "a") as fh:
+        fh.write(" \n")  # one byte more: not what prep wrote
+    message = f"--prepared {edited}: train.jsonl and test.jsonl are not what prep wrote"
+    proc = _train_job(edited, tiny_model, tmp_path / "run", "max_steps=1")
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "run" / "run.json").exists()
+    proc = _infer(
+        "--run-dir", str(_copy_run(trained_run, tmp_path / "r2")), "--prepared", str(edited),
+        "--checkpoint", "epoch-1",
+    )  # fmt: skip
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    collect = [sys.executable, str(REPO / "jobs" / "collect.py"), "--prepared", str(edited)]
+    proc = subprocess.run(
+        [*collect, "--runs", str(trained_run), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and message in proc.stderr
+    (edited / "manifest.json").write_text(json.dumps({"format": 1}))  # a prep stopped early
+    proc = _train_job(edited, tiny_model, tmp_path / "run", "max_steps=1")
+    assert proc.returncode == 2 and "no content_hash (prep did not finish?)" in proc.stderr
+
+
+def _infer_ok_or(run: Path, prepared: Path, tmp: Path, checkpoint: str, *extra: str) -> int:
+    proc = _infer(
+        "--run-dir", str(_copy_run(run, tmp / "copy")), "--prepared", str(prepared),
+        "--checkpoint", checkpoint, *extra,
+    )  # fmt: skip
+    assert proc.returncode in (0, 2), proc.stderr
+    return proc.returncode
+
+
+@pytest.mark.slow
+def test_inference_and_collect_use_the_data_the_run_was_trained_on(
+    trained_run: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    other = _other_prepared(demo_prepared, tmp_path / "other")
+    run = _copy_run(trained_run, tmp_path / "run")
+    args = ["--run-dir", str(run), "--checkpoint", "epoch-1"]
+    proc = _infer(*args, "--prepared", str(other))
+    assert proc.returncode == 2 and "trained on data of hash" in proc.stderr
+    assert "--other-data" in proc.stderr and not (run / "predictions").exists()
+    proc = _infer(*args, "--prepared", str(other), "--other-data")
+    assert proc.returncode == 0 and "not the data" in proc.stderr, proc.stderr
+    # predictions of the other data, collected against the data the run was trained on
+    collect_args = [sys.executable, str(REPO / "jobs" / "collect.py"), "--runs", str(run)]
+    proc = subprocess.run(
+        [*collect_args, "--prepared", str(demo_prepared), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "shard-0-of-1.done.json: decoded from prepared" in proc.stderr
+    proc = subprocess.run(
+        [*collect_args, "--prepared", str(other), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr

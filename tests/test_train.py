@@ -12,6 +12,7 @@ from pronlora.atomic import read_jsonl
 from pronlora.collate import IGNORE_INDEX, Collator, SequenceTooLongError
 from pronlora.config import ConfigError, load_config
 from pronlora.errors import DataError, SnapshotError
+from pronlora.layout import PreparedDir
 from pronlora.model.load import AUDIO_MODULES, load_model
 from pronlora.model.snapshot import ADAPTER_TARGET_REGEX
 from pronlora.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
@@ -129,7 +130,9 @@ def test_loss_falls_when_overfitting(tiny_model: Path, demo_prepared: Path, tmp_
     prepared.mkdir()
     rows = read_jsonl(demo_prepared / "train.jsonl")[:4]
     (prepared / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (prepared / "manifest.json").write_text("{}")
+    (prepared / "test.jsonl").write_text("")
+    record = PreparedDir(prepared).content_record()
+    (prepared / "manifest.json").write_text(json.dumps(record))
     cfg = load_config(
         "smoke",
         [

@@ -84,6 +84,18 @@ def decoding_of(pred_dir: Path) -> dict[str, Any]:
     return next(iter(found.values()), UNRECORDED)
 
 
+def check_predicted_from(pred_dir: Path, data_hash: str) -> None:
+    """The shards were decoded from these prepared data (as far as their summaries record)."""
+    for done in sorted(pred_dir.glob("shard-*.done.json")):
+        recorded = (_read_json(done) or {}).get("prepared_content_hash")
+        if recorded is not None and recorded != data_hash:
+            raise DataError(
+                f"{done}: decoded from prepared data of content hash {recorded[:12]}, not the "
+                f"--prepared given to collect ({data_hash[:12]}); collect with the prepared dir "
+                "the predictions were made from"
+            )
+
+
 def check_same_decoding(entries: list[Entry]) -> None:
     """One table holds checkpoints decoded alike: a setting that differs is named."""
     unrecorded = [
@@ -336,6 +348,7 @@ def collect(
     if not prep.split_path("test").is_file():
         raise DataError(f"--prepared {prep.root}: no test.jsonl (run jobs/prep.py first)")
     test_rows = read_jsonl(prep.split_path("test"))
+    data_hash = prep.verified_hash()
     test = {r["id"]: r for r in test_rows}
     speakers = sorted({r["speaker"] for r in test_rows})
     train_path = prep.split_path("train")
@@ -349,6 +362,7 @@ def collect(
             raise CoverageError(f"{run_dir}: no predictions/ folder (run jobs/infer.py first)")
         label, strategy, prov = run_label(run_dir)
         for pred_dir in pred_dirs:
+            check_predicted_from(pred_dir, data_hash)
             preds, partial = read_predictions(pred_dir, set(test), allow_partial)
             metrics, confusion, apa_pairs, per_vs_acc, samples = score_checkpoint(
                 test, preds, fallback

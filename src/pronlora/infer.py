@@ -384,6 +384,29 @@ def generate(
     return answers
 
 
+def check_trained_on(run_dir: Path, prepared: Path, other_data: bool) -> str:
+    """The prepared dir's verified content hash, checked to be the data the run was trained on
+    (an inference-only run dir records none)."""
+    data_hash = PreparedDir(prepared).verified_hash()
+    run = RunDir(run_dir)
+    trained_on = run.read_run().get("data_content_hash") if run.run_json.is_file() else None
+    if trained_on and trained_on != data_hash:
+        if not other_data:
+            raise DataError(
+                f"--prepared {prepared}: content hash {data_hash[:12]}, but {run.run_json} was "
+                f"trained on data of hash {trained_on[:12]}; give the prepared dir it was "
+                "trained on, or --other-data to decode this one anyway"
+            )
+        log.warning(
+            "decoding %s (content hash %s), not the data %s was trained on (%s)",
+            prepared,
+            data_hash[:12],
+            run_dir,
+            trained_on[:12],
+        )
+    return data_hash
+
+
 def run_shard(
     run_dir: str | Path,
     checkpoint: str,
@@ -395,11 +418,14 @@ def run_shard(
     model: str | None = None,
     models: Models | None = None,
     decode_lengths: Mapping[str, int] | None = None,
+    other_data: bool = False,
 ) -> dict[str, Any]:
     """Decode one shard into its predictions file (resuming what is written).
 
     ``models``: the worker's model holder, so consecutive shards of one checkpoint share a
-    load; ``decode_lengths``: benchmarks only (see ExactLengths).
+    load; ``decode_lengths``: benchmarks only (see ExactLengths); ``other_data``: decode a
+    prepared dir other than the one the run was trained on (named in the log and the shard's
+    summary).
     """
     run_dir, prepared = Path(run_dir).resolve(), Path(prepared).resolve()
     if not 0 <= shard < num_shards:
@@ -410,6 +436,7 @@ def run_shard(
             raise ConfigError(f"--checkpoint {checkpoint}: {ckpt_dir} is missing or incomplete")
     out_path, _, lock = RunDir(run_dir).shard(checkpoint, shard, num_shards, split)
     split_rows = PreparedDir(prepared).load_split(split)
+    data_hash = check_trained_on(run_dir, prepared, other_data)
     with OutputLock(lock, f"predictions shard {out_path}"):
         return _write_shard(
             run_dir,
@@ -422,6 +449,7 @@ def run_shard(
             model,
             models=models or Models(),
             decode_lengths=decode_lengths,
+            data={"prepared": str(prepared), "prepared_content_hash": data_hash},
         )
 
 
@@ -436,6 +464,7 @@ def _write_shard(
     model: str | None,
     models: Models,
     decode_lengths: Mapping[str, int] | None,
+    data: dict[str, Any],
 ) -> dict[str, Any]:
     out_path, done_path = shard_paths(run_dir, checkpoint, shard, num_shards, split)
     spec = ensure_run(run_dir, config, model)
@@ -528,6 +557,7 @@ def _write_shard(
             for t in sorted(counts)
         },
         "decoding": decoding_settings(spec.cfg),
+        **data,
         "generated_this_run": n_new,
         "seconds": round(seconds, 2),
         "instances_per_s": round(n_new / seconds, 3) if todo and seconds else None,

@@ -7,6 +7,9 @@ Prepared dir::
 
     manifest.json  train.jsonl  test.jsonl  [audio/]
 
+    The manifest records the splits' content hash with each file's size and mtime: a stage
+    trusts the hash while both are unchanged and hashes the files again when not.
+
 Run dir::
 
     config.yaml  versions.json  run.json      resolved config and provenance
@@ -22,6 +25,7 @@ Run dir::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -32,6 +36,7 @@ from typing import Any
 from pronlora.atomic import read_jsonl
 from pronlora.errors import DataError
 
+SPLITS: tuple[str, ...] = ("train", "test")
 UNFROZEN_FILE = "unfrozen.safetensors"
 EPOCH_DIR = re.compile(r"epoch-\d+")
 BASE_CHECKPOINT = "base"
@@ -97,7 +102,8 @@ class PreparedDir:
         return data
 
     def load_split(self, split: str) -> list[dict[str, Any]]:
-        """The instances of a split, checked: fields present, audio files still there."""
+        """The instances of a split, checked: fields present, audio files still there, the
+        files what prep wrote (``verified_hash``)."""
         path = self.split_path(split)
         if not path.is_file():
             raise DataError(f"--prepared {self.root}: no {split}.jsonl (run jobs/prep.py first)")
@@ -115,7 +121,55 @@ class PreparedDir:
                 f"{path}: the audio of {len(gone)} instance(s) is missing, e.g. {gone[0]} "
                 f"(corpus moved or deleted after prep? rerun jobs/prep.py --out {self.root})"
             )
+        self.verified_hash()
         return rows
+
+    def content_hash(self) -> str | None:
+        """sha256 over the splits' files (None while one is missing)."""
+        h = hashlib.sha256()
+        for split in SPLITS:
+            path = self.split_path(split)
+            if not path.is_file():
+                return None
+            h.update(path.read_bytes())
+        return h.hexdigest()
+
+    def _stats(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for split in SPLITS:
+            st = self.split_path(split).stat()
+            out[split] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return out
+
+    def content_record(self) -> dict[str, Any]:
+        """What a manifest records of the splits it describes (written by prep, last)."""
+        return {"content_hash": self.content_hash(), "files": self._stats()}
+
+    def verified_hash(self) -> str:
+        """The splits' content hash, checked against the manifest: files edited after prep, or
+        a prep killed before its manifest, are named instead of being used."""
+        manifest = self.manifest()
+        recorded = manifest.get("content_hash")
+        if not isinstance(recorded, str):
+            raise DataError(
+                f"{self.manifest_path}: no content_hash (prep did not finish?); "
+                f"rerun jobs/prep.py --out {self.root}"
+            )
+        try:
+            unchanged = manifest.get("files") == self._stats()
+        except FileNotFoundError:
+            unchanged = False
+        if unchanged:
+            return recorded
+        actual = self.content_hash()
+        if actual != recorded:
+            raise DataError(
+                f"--prepared {self.root}: {' and '.join(f'{s}.jsonl' for s in SPLITS)} are not "
+                f"what prep wrote (content hash {str(actual)[:12]}, the manifest records "
+                f"{recorded[:12]}): edited after prep, or a prep stopped before its manifest; "
+                f"rerun jobs/prep.py --out {self.root}"
+            )
+        return recorded
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,7 @@ class TrainingRecipe:
         self.callbacks = list(callbacks)
         self.rows: list[dict[str, Any]] = []
         self.manifest: dict[str, Any] = {}
+        self.data_hash = ""
         self.engine = "ddp"
         self.resume: Path | None = None
         self.load_universal = False
@@ -92,6 +93,7 @@ class TrainingRecipe:
         prepared = PreparedDir(self.prepared)
         self.rows = prepared.load_split("train")
         self.manifest = prepared.manifest()
+        self.data_hash = prepared.verified_hash()
         check_snapshot(self.model_dir)
 
     def claim_run_dir(self) -> None:
@@ -108,7 +110,7 @@ class TrainingRecipe:
                 "config": resolved,
                 "model": str(self.model_dir),
                 "prepared": str(self.prepared),
-                "data_content_hash": self.manifest.get("content_hash"),
+                "data_content_hash": self.data_hash,
                 "synthetic_data": self.manifest.get("synthetic"),
             },
         )
@@ -124,6 +126,8 @@ class TrainingRecipe:
         diffs = [
             k for k in resolved if k not in EXECUTION_KEYS and saved["config"].get(k) != resolved[k]
         ]
+        if saved.get("data_content_hash") not in (None, self.data_hash):
+            diffs.append("the prepared data (its content hash)")
         moved = saved["model"] != str(self.model_dir) or saved["prepared"] != str(self.prepared)
         if diffs or moved:
             what = ", ".join(diffs) or "model/prepared path"

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pronlora.data.corpus import AudioRef, RawUtterance
-from pronlora.data.kaldi import SPLITS, CorpusLayoutError
+from pronlora.data.kaldi import CorpusLayoutError
+from pronlora.layout import SPLITS
 
 
 def _parquet_files(root: Path) -> dict[str, list[str]]:

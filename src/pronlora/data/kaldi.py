@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pronlora.data.corpus import AudioRef, RawUtterance
 from pronlora.errors import DataError
+from pronlora.layout import SPLITS
 
-SPLITS: tuple[str, ...] = ("train", "test")
 _KALDI_FILES = ("wav.scp", "text", "utt2spk")
 
 

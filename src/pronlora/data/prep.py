@@ -23,9 +23,9 @@ from pronlora.atomic import atomic_open, write_json, write_jsonl
 from pronlora.data.corpus import Problem, RawUtterance, Utterance, validate
 from pronlora.data.hf import HFCorpus
 from pronlora.data.instances import build_instances
-from pronlora.data.kaldi import SPLITS, KaldiCorpus
+from pronlora.data.kaldi import KaldiCorpus
 from pronlora.errors import DataError
-from pronlora.layout import PreparedDir
+from pronlora.layout import SPLITS, PreparedDir
 from pronlora.protocol import SAMPLE_RATE, TASKS, Task, prompt_text
 
 log = logging.getLogger(__name__)
@@ -72,16 +72,6 @@ def open_corpus(source: str, data: str | Path) -> Corpus:
     raise ValueError(f"unknown --source {source!r}; expected 'kaldi' or 'hf'")
 
 
-def _outputs_hash(out: Path) -> str | None:
-    h = hashlib.sha256()
-    for split in SPLITS:
-        path = PreparedDir(out).split_path(split)
-        if not path.is_file():
-            return None
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
 def _input_fingerprint(corpus: Corpus, tasks: tuple[Task, ...], skip_invalid: bool) -> str:
     spec = {
         "format": MANIFEST_FORMAT,
@@ -102,7 +92,7 @@ def _is_up_to_date(out: Path, fingerprint: str) -> dict[str, Any] | None:
         return None
     if manifest.get("input_fingerprint") != fingerprint:
         return None
-    if manifest.get("content_hash") != _outputs_hash(out):
+    if manifest.get("content_hash") != PreparedDir(out).content_hash():
         return None
     return manifest
 
@@ -203,7 +193,7 @@ def prepare(
         "skipped": [{"utt_id": p.utt_id, "file": p.file, "problem": p.message} for p in problems],
         "pronlora_version": __version__,
         "input_fingerprint": fingerprint,
-        "content_hash": _outputs_hash(out),
+        **PreparedDir(out).content_record(),
     }
     write_json(PreparedDir(out).manifest_path, manifest)
     log.info("wrote %s: %s", out, json.dumps(counts))

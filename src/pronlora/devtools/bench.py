@@ -139,7 +139,7 @@ def make_bench_data(out: Path, durations_file: Path, n_utts: int, seed: int = 0)
     prepared = PreparedDir(out)
     write_jsonl(prepared.split_path("train"), rows)
     write_jsonl(prepared.split_path("test"), rows)
-    write_json(prepared.manifest_path, {"bench": True})
+    write_json(prepared.manifest_path, {"bench": True, **prepared.content_record()})
     return out
 
 
