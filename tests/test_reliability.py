@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from pronlora.atomic import follow_umask, read_jsonl, write_json
 from pronlora.config import ConfigError, load_config
-from pronlora.errors import SnapshotError
+from pronlora.errors import DataError, SnapshotError
 from pronlora.infer import run_shard, shard_paths
 from pronlora.lock import LockedError, OutputLock
 from pronlora.stopping import STOP_SIGNALS
@@ -635,3 +635,70 @@ def test_inference_and_collect_use_the_data_the_run_was_trained_on(
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+# --- issue 26: storage and permissions are named, not tracebacks ----------------------------
+
+
+@pytest.mark.slow
+def test_a_tampered_step_checkpoint_is_named_as_untrusted(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    import pickle
+
+    cfg = load_config("smoke", ["grad_accum=8"])  # a step checkpoint at each step
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stop").touch()
+    assert train(cfg, demo_prepared, tiny_model, run, stop_file=run / "stop") == EXIT_REQUEUE
+    (run / "stop").unlink()
+    [step] = sorted((run / "trainer").glob("checkpoint-*"))
+    rng = step / "rng_state.pth"
+    assert rng.is_file()
+    rng.write_bytes(pickle.dumps(os.getcwd.__self__.system))  # a callable, not tensors
+    with pytest.raises(
+        DataError, match=f"{step}: a file of this step checkpoint cannot be trusted"
+    ):
+        train(cfg, demo_prepared, tiny_model, run)
+
+
+def test_a_lock_that_cannot_be_written_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    real_open = os.open
+
+    def read_only_fs(path, flags, *args):
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only_fs)
+    lock = tmp_path / "predictions" / "epoch-1" / "shard-0-of-1.lock"
+    with pytest.raises(DataError, match=r"epoch-1: cannot write the lock of shard x there \(Read"):
+        OutputLock(lock, "shard x").acquire()
+
+
+def test_a_full_disk_is_one_line_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import errno
+
+    from pronlora.atomic import write_text
+    from pronlora.cli import run_job
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "out" / "report.md"
+    with pytest.raises(SystemExit) as stopped:
+        run_job(lambda: write_text(target, "x" * 100))
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: no space left writing {target}; " in err and "GiB free" in err
+    assert "rerun the same command to resume" in err and "Traceback" not in err
+    assert list((tmp_path / "out").iterdir()) == []  # no temporary file left behind
+    with pytest.raises(OSError, match="I/O error"):  # other OS errors stay bugs: a traceback
+        run_job(lambda: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))

@@ -8,6 +8,7 @@ Files are created with the mode the process umask allows (0666 & ~umask, like ``
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -32,6 +33,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not exc.filename:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None  # names the file
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from pronlora.errors import InputError
 
@@ -56,12 +59,38 @@ def setup_logging(level: int = logging.INFO) -> None:
         pass
 
 
+def storage_full_message(exc: OSError) -> str | None:
+    """A full disk or quota as a one-line error naming the file and the space left."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = Path(exc.filename) if exc.filename else None
+    free = ""
+    probe = where
+    while probe is not None and not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe is not None:
+        free = f"; {shutil.disk_usage(probe).free / 2**30:.2f} GiB free on its file system"
+    what = "no space left" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+    target = f" writing {where}" if where else ""
+    return (
+        f"{what}{target}{free}. Finished work is kept (atomic writes); free space and rerun "
+        "the same command to resume"
+    )
+
+
 def run_job(main: Callable[[], int | None], known: tuple[type[BaseException], ...] = ()) -> None:
-    """Run ``main``; an InputError (or one of ``known``) prints its message and exits 2."""
+    """Run ``main``; an InputError (or one of ``known``) prints its message and exits 2, as does
+    a full disk or quota (named, with the space left)."""
     setup_logging()
     try:
         code = main()
     except (InputError, *known) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_INPUT_ERROR)
+    except OSError as exc:
+        message = storage_full_message(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_INPUT_ERROR)
     sys.exit(code or 0)

@@ -523,9 +523,12 @@ def _write_shard(
                     }
                     lines.append(jsonl_line(record))
                     n_tokens += n
-                fh.write("".join(lines))
-                fh.flush()
-                os.fsync(fh.fileno())
+                try:
+                    fh.write("".join(lines))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                except OSError as exc:  # a full disk names the shard (cli.run_job says more)
+                    raise OSError(exc.errno, exc.strerror, str(out_path)) from None
                 n_new += len(lines)
                 elapsed = time.perf_counter() - t0
                 log.info(

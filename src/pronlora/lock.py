@@ -9,6 +9,7 @@ be checked, is an error that names it and says how to clear the lock.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from pronlora.atomic import umask_mode
-from pronlora.errors import InputError
+from pronlora.errors import DataError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,9 @@ class OutputLock:
 
     def acquire(self) -> None:
         me = _holder()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, umask_mode())
+                fd = self._create()
             except FileExistsError:
                 holder = self._read()
                 if holder is None:  # being written right now, or empty after a crash
@@ -98,6 +98,21 @@ class OutputLock:
             self.held = True
             return
         raise LockedError(f"{self.path}: could not take the lock of {self.what} (contended)")
+
+    def _create(self) -> int:
+        """The lock file, created exclusively; a folder this user cannot write is named."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, umask_mode())
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            raise DataError(
+                f"{self.path.parent}: cannot write the lock of {self.what} there "
+                f"({exc.strerror}); run as a user who can write it, or use another folder"
+            ) from None
 
     def _read(self) -> dict[str, Any] | None:
         try:

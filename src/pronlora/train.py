@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,16 @@ class TrainingRecipe:
         if self.resume:
             form = " (universal form)" if self.load_universal else ""
             log.info("resuming from %s%s", self.resume, form)
-        self.trainer.train(resume_from_checkpoint=str(self.resume) if self.resume else None)
+        try:
+            self.trainer.train(resume_from_checkpoint=str(self.resume) if self.resume else None)
+        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused a file
+            if self.resume is None:
+                raise
+            raise DataError(
+                f"{self.resume}: a file of this step checkpoint cannot be trusted (it holds "
+                f"more than tensors: {str(exc).splitlines()[0][:160]}); delete {self.resume} "
+                "to resume from the step checkpoint before it"
+            ) from None
         step = self.trainer.state.global_step
         if self.stop.stopped:
             if self.requeue_marker and is_main_process():
