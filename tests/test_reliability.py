@@ -702,3 +702,57 @@ def test_a_full_disk_is_one_line_naming_the_file(
     assert list((tmp_path / "out").iterdir()) == []  # no temporary file left behind
     with pytest.raises(OSError, match="I/O error"):  # other OS errors stay bugs: a traceback
         run_job(lambda: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+
+
+@pytest.mark.slow
+def test_every_output_of_a_smoke_pipeline_lies_where_it_was_given(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Issue 26: prep, train, infer and collect through their entry points; every file they
+    write lies under the prepared dir, run dir, report dir or model cache they were given, and
+    none is a symbolic link."""
+    from pronlora.devtools.synthetic_corpus import make_demo_corpus
+
+    corpus = make_demo_corpus(tmp_path / "corpus", utterances=8, seed=3)
+    given = {n: tmp_path / n for n in ("prepared", "runs", "report", "cache", "home", "tmp")}
+    given["home"].mkdir()
+    given["tmp"].mkdir()
+    env = {
+        **os.environ,
+        "PRONLORA_CACHE": str(given["cache"]),
+        "HOME": str(given["home"]),
+        "TMPDIR": str(given["tmp"]),
+        "MPLCONFIGDIR": str(given["home"] / "mpl"),  # matplotlib's font cache, not ours
+    }
+    before = {p for p in tmp_path.rglob("*")}
+    run = given["runs"] / "smoke"
+    steps = [
+        ["prep.py", "--source", "kaldi", "--data", str(corpus), "--out", str(given["prepared"])],
+        ["train.py", "--config", "smoke", "--prepared", str(given["prepared"]), "--model",
+         str(tiny_model), "--run-dir", str(run), "epochs=1"],
+        ["infer.py", "--run-dir", str(run), "--prepared", str(given["prepared"]),
+         "--checkpoint", "base,epoch-1", "--num-shards", "2"],
+        ["collect.py", "--prepared", str(given["prepared"]), "--runs", str(run), "--out",
+         str(given["report"])],
+    ]  # fmt: skip
+    for step in steps:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "jobs" / step[0]), *step[1:]],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert proc.returncode == 0, (step[0], proc.stderr[-2000:])
+    written = sorted(p for p in tmp_path.rglob("*") if p not in before)
+    ours = ("prepared", "runs", "report", "cache")
+    stray = [
+        p
+        for p in written
+        if p.relative_to(tmp_path).parts[0] not in ours
+        and not p.is_relative_to(given["home"] / "mpl")
+    ]
+    assert stray == [], stray
+    assert [p for p in written if p.is_symlink()] == []
+    assert (run / "predictions" / "epoch-1").is_dir() and (given["report"] / "report.md").is_file()
+    for p in written:
+        assert ".." not in p.relative_to(tmp_path).parts
