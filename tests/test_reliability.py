@@ -756,3 +756,22 @@ def test_every_output_of_a_smoke_pipeline_lies_where_it_was_given(
     assert (run / "predictions" / "epoch-1").is_dir() and (given["report"] / "report.md").is_file()
     for p in written:
         assert ".." not in p.relative_to(tmp_path).parts
+
+
+@pytest.mark.slow
+def test_a_run_refused_for_a_long_instance_accepts_the_corrected_command(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    """max_length only refuses (nothing is cut), so the rerun with a larger one is the same
+    setup, not "a different setup"."""
+    from pronlora.collate import SequenceTooLongError
+
+    run = tmp_path / "run"
+    with pytest.raises(SequenceTooLongError, match="longer than max_length=16"):
+        train(
+            load_config("smoke", ["max_length=16", "max_steps=1"]), demo_prepared, tiny_model, run
+        )
+    assert (run / "run.json").is_file()  # the check runs in the first pass
+    assert train(load_config("smoke", ["max_steps=1"]), demo_prepared, tiny_model, run) == 0
+    with pytest.raises(ConfigError, match="different setup"):  # a real difference still is one
+        train(load_config("smoke", ["max_steps=1", "lr=0.5"]), demo_prepared, tiny_model, run)
