@@ -350,3 +350,47 @@ def test_the_encoder_depends_on_its_batch_and_cached_decoding_equals_the_models_
     apa = sorted((r for r in rows if r["task"] == "APA"), key=lambda r: group.index(r["audio"]))
     assert [r["audio"] for r in apa] == group
     assert generate(loaded, spec.cfg, apa, audio=audio) == generate(loaded, spec.cfg, apa)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_decodes_with_its_own_trained_weights(
+    trained_run: Path, demo_prepared: Path
+) -> None:
+    """Issue 27: inference puts the epoch's adapter into the model. Reference: the adapter file
+    merged by hand (W + alpha/r * B @ A, read with safetensors, no PEFT loader); the epoch's
+    logits equal it and differ from the base model's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from pronlora.infer import ensure_run, generation_collator, load_for_inference
+
+    spec = ensure_run(trained_run, None, None)
+    ckpt = trained_run / "checkpoints" / "epoch-1"
+    rows = [r for r in read_jsonl(demo_prepared / "test.jsonl") if r["task"] == "APA"][:3]
+
+    def last_logits(loaded) -> torch.Tensor:
+        batch = generation_collator(loaded, spec.cfg)(rows)
+        with torch.no_grad():
+            return loaded.model(**batch).logits[:, -1].float()
+
+    epoch = last_logits(load_for_inference(spec, ckpt))
+    base = load_for_inference(spec, None)
+    base_logits = last_logits(base)
+    adapter = load_file(str(ckpt / "adapter_model.safetensors"))
+    config = json.loads((ckpt / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    modules = dict(base.model.named_modules())
+    merged = 0
+    with torch.no_grad():
+        for key, a in adapter.items():
+            if ".lora_A." not in key:
+                continue
+            b = adapter[key.replace(".lora_A.", ".lora_B.")]
+            name = key.removeprefix("base_model.model.").split(".lora_A.")[0]
+            weight = modules[name].weight
+            weight += (scale * b.float() @ a.float()).to(weight.dtype)
+            merged += 1
+    assert merged == len(adapter) // 2 > 0
+    reference = last_logits(base)
+    torch.testing.assert_close(epoch, reference, rtol=1e-4, atol=1e-4)
+    assert (epoch - base_logits).abs().max() > 100 * (epoch - reference).abs().max()
