@@ -299,3 +299,63 @@ def test_a_checkpoint_without_recorded_settings_is_named_beside_recorded_ones(
     with pytest.raises(DataError, match="old/epoch-1: decoded by a pronlora that did not record"):
         collect(mini_prepared, [tmp_path / "old", tmp_path / "new"])
     assert len(collect(mini_prepared, [tmp_path / "old"])) == 1
+
+
+def test_intervals_resample_speakers_as_an_independent_cluster_bootstrap(
+    mini_prepared: Path, tmp_path: Path
+) -> None:
+    """Issue 27: WER's interval on a speaker-clustered test set (one speaker's answers all
+    wrong, the others' all right) equals a speaker bootstrap computed here by plain loops, and
+    is wider than the utterance-level interval the README warns against."""
+    from pronlora.metrics import normalise_words
+    from pronlora.uncertainty import LEVEL, N_BOOT, SEED
+
+    test = read_jsonl(mini_prepared / "test.jsonl")
+    speakers = sorted({r["speaker"] for r in test})
+    bad = speakers[0]
+    preds = []
+    for r in test:
+        if r["task"] == "MDD" and r["speaker"] == bad:
+            preds.append(_pred(r, format_mdd_answer("ZZZ " * len(r["text"].split()), "AA")))
+        else:
+            preds.append(_pred(r, r["target"]))
+    _write_run(tmp_path / "run", preds)
+    [entry] = collect(mini_prepared, [tmp_path / "run"])
+
+    # per utterance: (speaker, word errors, reference words), in the test file's order
+    mdd = []
+    for r in test:
+        if r["task"] != "MDD":
+            continue
+        n = len(normalise_words(r["text"]).split())
+        mdd.append((r["speaker"], n if r["speaker"] == bad else 0, n))
+    assert entry.metrics["wer"] == pytest.approx(
+        sum(e for _, e, _ in mdd) / sum(n for *_, n in mdd)
+    )
+
+    def percentile_interval(values: list[float]) -> tuple[float, float]:
+        lo, hi = np.percentile(values, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
+        return float(lo), float(hi)
+
+    # the speaker draws: SEED's generator, N_BOOT rows of len(speakers) indices (the convention
+    # every checkpoint shares); the WER of each resample summed by hand
+    draws = np.random.default_rng(SEED).integers(0, len(speakers), size=(N_BOOT, len(speakers)))
+    by_speaker = {s: [(e, n) for sp, e, n in mdd if sp == s] for s in speakers}
+    wers = []
+    for row in draws:
+        errors = words = 0
+        for i in row:
+            for e, n in by_speaker[speakers[i]]:
+                errors, words = errors + e, words + n
+        wers.append(errors / words)
+    expected = percentile_interval(wers)
+    assert entry.interval("wer") == pytest.approx(expected)
+
+    rng = np.random.default_rng(0)  # utterances resampled as if independent
+    utt_wers = []
+    for _ in range(N_BOOT):
+        pick = rng.integers(0, len(mdd), size=len(mdd))
+        utt_wers.append(sum(mdd[i][1] for i in pick) / sum(mdd[i][2] for i in pick))
+    utt_lo, utt_hi = percentile_interval(utt_wers)
+    lo, hi = entry.interval("wer")
+    assert hi - lo > 2 * (utt_hi - utt_lo)
