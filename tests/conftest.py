@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,13 @@ def trained_run(
     run = tmp_path_factory.mktemp("run") / "smoke"
     assert train(load_config("smoke", ["epochs=1"]), demo_prepared, tiny_model, run) == 0
     return run
+
+
+def train_job(prepared: Path, model: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``jobs/train.py --config smoke`` as a user runs it."""
+    args = ["--prepared", str(prepared), "--model", str(model), "--run-dir", str(run), *extra]
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "train.py"), "--config", "smoke", *args],
+        capture_output=True,
+        text=True,
+    )
