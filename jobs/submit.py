@@ -23,7 +23,7 @@ from pronlora.cli import run_job
 from pronlora.config import ConfigError, available
 from pronlora.experiment import available_experiments, experiment_runs, load_experiment
 from pronlora.launch import site_settings, submit
-from pronlora.plan import build_plan, plan_runs
+from pronlora.plan import build_plan, check_inputs, plan_runs
 from pronlora.sbatch import submit_sbatch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +82,9 @@ def main() -> int:
             nodes=args.nodes,
             gpus_per_node=args.gpus_per_node,
         )
+    inputs = check_inputs(settings, prep=not args.no_prep)  # before anything is submitted
     print(plan.describe())
+    print("\n".join(inputs))
     if args.executor == "sbatch":
         ids = submit_sbatch(plan, dry_run=args.dry_run)
     elif args.dry_run:

@@ -73,6 +73,15 @@ def test_shell_scripts_parse_and_pass_shellcheck(script: Path) -> None:
     assert proc.returncode == 0, proc.stdout
 
 
+@pytest.fixture(autouse=True)
+def _site(tiny_model: Path, mini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site whose inputs exist: the dry run checks the snapshot and corpus it will use."""
+    monkeypatch.setenv("PRONLORA_MODEL", str(tiny_model))
+    monkeypatch.setenv("PRONLORA_DATA", str(mini))
+    monkeypatch.setenv("PRONLORA_PREPARED", str(tmp_path / "site-prepared"))
+    monkeypatch.setenv("PRONLORA_RUNS", str(tmp_path / "site-runs"))
+
+
 def _submit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "jobs" / "submit.py"), *args],
@@ -364,3 +373,24 @@ def test_experiment_errors_name_the_key(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "unknown key(s) ['run']" in proc.stderr
     proc = _submit("--experiment", "table4", "--dry-run")
     assert proc.returncode == 2 and "no experiment named 'table4'" in proc.stderr
+
+
+def test_the_dry_run_shows_and_checks_what_it_will_use(tiny_model: Path, tmp_path: Path) -> None:
+    """Issue 25: snapshot, corpus, run dirs and image are printed, and a missing one is exit 2
+    naming it, before anything is submitted."""
+    proc = _pipeline("--experiment", "table3", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"snapshot: {tiny_model} (" in proc.stdout and "RANDOM WEIGHTS" in proc.stdout
+    assert "corpus: " in proc.stdout and "runs under: " in proc.stdout
+    missing = {
+        "PRONLORA_MODEL": ("/nonexistent", "--model /nonexistent: no such directory"),
+        "PRONLORA_DATA": ("/nonexistent2", "PRONLORA_DATA=/nonexistent2: no such corpus"),
+        "PRONLORA_CONTAINER": ("/no/pronlora.sif", "PRONLORA_CONTAINER=/no/pronlora.sif: no such"),
+    }
+    for key, (value, message) in missing.items():
+        proc = _pipeline("--experiment", "table3", "--dry-run", env={key: value})
+        assert proc.returncode == 2 and message in proc.stderr, (key, proc.stderr)
+        assert "Traceback" not in proc.stderr and "sbatch" not in proc.stdout
+    # without prep, the prepared dir must be one prep wrote
+    proc = _submit("--config", "smoke", "--no-prep", "--dry-run", "--executor", "sbatch")
+    assert proc.returncode == 2 and "site-prepared/manifest.json: missing" in proc.stderr

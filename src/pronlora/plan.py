@@ -155,6 +155,36 @@ def build_plan(
     return plan_runs([run], shards, settings, prep, nodes, gpus_per_node, run.run_dir)
 
 
+def check_inputs(settings: dict[str, str], prep: bool) -> list[str]:
+    """What the plan will use, each checked now (exit 2 naming a missing one), as lines to print:
+    the snapshot (``get_model.py --check``'s offline check), the corpus or the prepared dir,
+    where run dirs go, and the image or Python the jobs run in."""
+    from pronlora.errors import DataError
+    from pronlora.layout import PreparedDir
+    from pronlora.model.snapshot import check_snapshot, describe_snapshot
+
+    model = Path(_setting(settings, "PRONLORA_MODEL"))
+    check_snapshot(model)
+    lines = [f"snapshot: {model} ({describe_snapshot(model)})"]
+    prepared = Path(_setting(settings, "PRONLORA_PREPARED"))
+    if prep:
+        data = settings.get("PRONLORA_DATA", "")
+        source = settings.get("PRONLORA_DATA_SOURCE") or "kaldi"
+        if not data or (source == "kaldi" and not Path(data).is_dir()):
+            raise DataError(f"PRONLORA_DATA={data}: no such corpus directory (env.sh)")
+        lines.append(f"corpus: {data} ({source}) -> prepared dir {prepared}")
+    else:
+        digest = PreparedDir(prepared).verified_hash()
+        lines.append(f"prepared dir: {prepared} (content hash {digest[:12]}, verified)")
+    lines.append(f"runs under: {_setting(settings, 'PRONLORA_RUNS')}")
+    image = settings.get("PRONLORA_CONTAINER", "")
+    if image and not Path(image).is_file():
+        raise DataError(f"PRONLORA_CONTAINER={image}: no such image file (env.sh)")
+    python = settings.get("PRONLORA_PYTHON") or "python3"
+    lines.append(f"jobs run in: {f'the image {image}' if image else python}")
+    return lines
+
+
 def _setting(settings: dict[str, str], key: str) -> str:
     if not settings.get(key):
         raise ConfigError(f"env.sh: {key} is empty")
