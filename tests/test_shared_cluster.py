@@ -342,3 +342,28 @@ def test_a_run_refused_for_a_long_instance_accepts_the_corrected_command(
     assert train(load_config("smoke", ["max_steps=1"]), demo_prepared, tiny_model, run) == 0
     with pytest.raises(ConfigError, match="different setup"):  # a real difference still is one
         train(load_config("smoke", ["max_steps=1", "lr=0.5"]), demo_prepared, tiny_model, run)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_refuses_changed_prepared_data(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    """Prep rerun into the same dir on changed data (a manifest of its own): a resume of a run
+    trained on the old data is a different setup."""
+    import shutil
+
+    from pronlora.atomic import write_jsonl
+    from pronlora.layout import PreparedDir
+
+    prepared = tmp_path / "prepared"
+    shutil.copytree(demo_prepared, prepared)
+    run = tmp_path / "run"
+    cfg = load_config("smoke", ["max_steps=1"])
+    assert train(cfg, prepared, tiny_model, run) == 0
+    rows = read_jsonl(prepared / "train.jsonl")
+    rows[0]["target"] += " "
+    write_jsonl(prepared / "train.jsonl", rows)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    write_json(prepared / "manifest.json", {**manifest, **PreparedDir(prepared).content_record()})
+    with pytest.raises(ConfigError, match=r"different setup \(the prepared data"):
+        train(cfg, prepared, tiny_model, run)

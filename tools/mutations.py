@@ -1,0 +1,337 @@
+#!/usr/bin/env python3
+"""Break central behaviours on purpose, one at a time, and check that a test notices.
+
+Each mutation (``MUTATIONS`` below) replaces one exact piece of code in a copy of the repo and
+runs the tests named for it there; a mutation whose tests still pass is a survivor. Run it
+before a release (about 20-30 min on 2 cores), not in every CI run:
+
+  .venv/bin/python tools/mutations.py [--only ID[,ID...]] [--report tools/mutations-report.md]
+
+The copy sits in a temporary folder beside a link to ``../shared`` (the tests read the mini
+corpus from there) and imports its own ``src/`` first, so the checkout is never touched.
+Survivors the suite accepts on purpose are listed in ``EXPLAINED`` with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    id: str
+    path: str  # relative to the repo
+    find: str  # must occur exactly once
+    replace: str
+    tests: tuple[str, ...]  # pytest node ids or files
+    what: str
+
+
+INFER, COLLECT, LAYOUT = (
+    "src/pronlora/infer.py",
+    "src/pronlora/collect.py",
+    "src/pronlora/layout.py",
+)
+T_INFER, T_COLLECT = "tests/test_infer.py", "tests/test_collect.py"
+T_SHARED, T_REL = "tests/test_shared_cluster.py", "tests/test_reliability.py"
+
+MUTATIONS = (
+    Mutation(
+        "adapter-not-loaded",
+        INFER,
+        "set_peft_model_state_dict(model, state, adapter_name",
+        "set_peft_model_state_dict(model, {}, adapter_name",
+        (f"{T_INFER}::test_a_checkpoint_decodes_with_its_own_trained_weights",),
+        "inference decodes the untrained adapter",
+    ),
+    Mutation(
+        "bootstrap-utterances",
+        COLLECT,
+        'samples.mdd_speakers.append(row["speaker"])',
+        'samples.mdd_speakers.append(row["utt_id"])',
+        (f"{T_COLLECT}::test_intervals_resample_speakers_as_an_independent_cluster_bootstrap",),
+        "MDD intervals resample utterances instead of speakers",
+    ),
+    Mutation(
+        "interval-percentiles",
+        "src/pronlora/uncertainty.py",
+        "[100 * (1 - level) / 2, 100 * (1 + level) / 2]",
+        "[100 * (1 - level), 100 * level]",
+        (f"{T_COLLECT}::test_intervals_resample_speakers_as_an_independent_cluster_bootstrap",),
+        "a 90 % interval reported as 95 %",
+    ),
+    Mutation(
+        "clip-groups-per-shard",
+        INFER,
+        'audio = models.embed_clips(spec.cfg, split_rows, {r["audio"] for b in todo for r in b})',
+        'audio = models.embed_clips(spec.cfg, rows, {r["audio"] for b in todo for r in b})',
+        (f"{T_INFER}::test_answers_and_clip_embeddings_do_not_depend_on_batch_size_or_shards",),
+        "clips embedded in groups cut from the shard, not the split",
+    ),
+    Mutation(
+        "decode-batches-embed-audio",
+        INFER,
+        "answers = generate(loaded, spec.cfg, batch_rows, batch, decode_lengths, audio)",
+        "answers = generate(loaded, spec.cfg, batch_rows, None, decode_lengths)",
+        (f"{T_INFER}::test_answers_and_clip_embeddings_do_not_depend_on_batch_size_or_shards",),
+        "each decode batch embeds its own audio (the padding leaks per batch)",
+    ),
+    Mutation(
+        "decode-batches-per-shard",
+        INFER,
+        "return generation_batches(split_rows, size)[shard::num_shards]",
+        "return generation_batches(split_rows[shard::num_shards], size)",
+        (f"{T_INFER}::test_shards_deal_out_the_splits_decode_batches_whole",),
+        "decode batches cut from the shard's rows",
+    ),
+    Mutation(
+        "mixed-decoding-accepted",
+        COLLECT,
+        "    if not allow_mixed_decoding:\n        check_same_decoding(entries)",
+        "    pass",
+        (f"{T_COLLECT}::test_checkpoints_decoded_differently_are_refused_unless_asked",),
+        "checkpoints decoded differently share one table silently",
+    ),
+    Mutation(
+        "predicted-from-other-data",
+        COLLECT,
+        "            check_predicted_from(pred_dir, data_hash)\n",
+        "",
+        (f"{T_SHARED}::test_inference_and_collect_use_the_data_the_run_was_trained_on",),
+        "collect scores predictions of other prepared data",
+    ),
+    Mutation(
+        "links-followed",
+        LAYOUT,
+        "        if here.is_symlink():",
+        "        if False:",
+        (f"{T_SHARED}::test_links_planted_in_a_run_dir_are_refused_naming_them",),
+        "a link planted in a run dir is not named",
+    ),
+    Mutation(
+        "checkpoint-as-path",
+        LAYOUT,
+        "    if name != BASE_CHECKPOINT and not EPOCH_DIR.fullmatch(name):",
+        "    if False:",
+        (f"{T_SHARED}::test_a_checkpoint_is_a_name_of_the_run_not_a_path",),
+        "--checkpoint taken as a path",
+    ),
+    Mutation(
+        "edited-prep-accepted",
+        LAYOUT,
+        "        if actual != recorded:",
+        "        if False:",
+        (f"{T_SHARED}::test_prepared_files_edited_after_prep_are_refused_by_every_stage",),
+        "prepared files edited after prep are used",
+    ),
+    Mutation(
+        "other-training-data",
+        INFER,
+        "    if trained_on and trained_on != data_hash:",
+        "    if False:",
+        (f"{T_SHARED}::test_inference_and_collect_use_the_data_the_run_was_trained_on",),
+        "a run decodes prepared data it was not trained on without a word",
+    ),
+    Mutation(
+        "missing-epoch-leaves-folder",
+        INFER,
+        "    out_path, _, lock = RunDir(run_dir).shard(checkpoint, shard, num_shards, split)\n"
+        "    split_rows",
+        "    out_path, _, lock = RunDir(run_dir).shard(checkpoint, shard, num_shards, split)\n"
+        "    lock.parent.mkdir(parents=True, exist_ok=True)\n    split_rows",
+        (f"{T_SHARED}::test_a_missing_epoch_leaves_no_trace",),
+        "a failed --checkpoint epoch-9 leaves predictions/epoch-9/",
+    ),
+    Mutation(
+        "yaml-1.1-numbers",
+        "src/pronlora/config.py",
+        "    if tp is float and isinstance(value, str) and _PY_FLOAT.fullmatch(value.strip()):",
+        "    if False:",
+        (f"{T_REL}::test_numbers_read_as_python_reads_them",),
+        "lr=1e-4 refused as a string",
+    ),
+    Mutation(
+        "negative-seed",
+        "src/pronlora/config.py",
+        "    if not 0 <= cfg.seed < 2**32:",
+        "    if False:",
+        (f"{T_REL}::test_bad_overrides_are_named",),
+        "seed=-1 accepted (a traceback later)",
+    ),
+    Mutation(
+        "score-range",
+        "src/pronlora/protocol.py",
+        "SCORE_RANGE: tuple[int, int] = (0, 10)",
+        "SCORE_RANGE: tuple[int, int] = (0, 11)",
+        ("tests/test_parse.py",),
+        "an APA score of 11 is used",
+    ),
+    Mutation(
+        "mdd-precision",
+        "src/pronlora/metrics.py",
+        "        precision = div(self.tr, self.tr + self.fr)",
+        "        precision = div(self.tr, self.tr + self.fa)",
+        ("tests/test_metrics.py",),
+        "MDD precision divides by false acceptances",
+    ),
+    Mutation(
+        "wer-normalisation",
+        "src/pronlora/metrics.py",
+        '    return " ".join(_PUNCT.sub(" ", text.upper()).split())',
+        '    return " ".join(text.upper().split())',
+        ("tests/test_metrics.py",),
+        "punctuation counts as word errors",
+    ),
+    Mutation(
+        "prompt-in-labels",
+        "src/pronlora/collate.py",
+        "        labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids",
+        "        labels = prompt_ids + answer_ids",
+        ("tests/test_train.py::test_collator_labels_cover_exactly_the_answer",),
+        "the loss also trains on the prompt",
+    ),
+    Mutation(
+        "cut-line-kept",
+        INFER,
+        '    keep = data.rfind(b"\\n") + 1',
+        "    keep = len(data)",
+        (f"{T_INFER}::test_killed_shard_resumes_to_the_same_lines",),
+        "a line cut by a kill stays in the predictions",
+    ),
+    Mutation(
+        "two-lock-holders",
+        "src/pronlora/lock.py",
+        "os.O_CREAT | os.O_EXCL | os.O_WRONLY",
+        "os.O_CREAT | os.O_WRONLY",
+        (f"{T_REL}::test_live_lock_is_refused_naming_the_holder",),
+        "a second writer takes a held lock",
+    ),
+    Mutation(
+        "full-disk-traceback",
+        "src/pronlora/cli.py",
+        "    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):\n        return None",
+        "    return None",
+        (f"{T_SHARED}::test_a_full_disk_is_one_line_naming_the_file",),
+        "a full disk is a traceback",
+    ),
+    Mutation(
+        "untrusted-pickle-traceback",
+        "src/pronlora/train.py",
+        "        except pickle.UnpicklingError as exc:",
+        "        except KeyError as exc:",
+        (f"{T_SHARED}::test_a_tampered_step_checkpoint_is_named_as_untrusted",),
+        "a tampered step checkpoint is a traceback",
+    ),
+    Mutation(
+        "max-length-identity",
+        "src/pronlora/config.py",
+        '    "max_length",\n    "engine",',
+        '    "engine",',
+        (f"{T_SHARED}::test_a_run_refused_for_a_long_instance_accepts_the_corrected_command",),
+        "the corrected max_length is refused as a different setup",
+    ),
+    Mutation(
+        "resume-with-changed-data",
+        "src/pronlora/train.py",
+        '            diffs.append("the prepared data (its content hash)")',
+        "            pass",
+        (f"{T_SHARED}::test_a_resumed_run_refuses_changed_prepared_data",),
+        "a resumed run trains on changed prepared data",
+    ),
+)
+
+# Survivors accepted on purpose: mutation id -> why no test should fail.
+EXPLAINED: dict[str, str] = {}
+
+
+def mutant_copy(work: Path) -> Path:
+    """The repo without its venv and caches, beside a link to ../shared."""
+    ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", "bench")
+    copy = work / "repo"
+    shutil.copytree(REPO, copy, ignore=ignore)
+    (work / "shared").symlink_to((REPO.parent / "shared").resolve())
+    return copy
+
+
+def run(mutation: Mutation, copy: Path) -> tuple[str, float]:
+    path = copy / mutation.path
+    original = path.read_text()
+    if original.count(mutation.find) != 1:
+        return f"stale: the code to replace occurs {original.count(mutation.find)} times", 0.0
+    path.write_text(original.replace(mutation.find, mutation.replace))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
+            cwd=copy,
+            capture_output=True,
+            text=True,
+            env=_env(copy),
+        )
+    finally:
+        path.write_text(original)
+    seconds = time.perf_counter() - t0
+    if proc.returncode == 1:
+        return "killed", seconds
+    if proc.returncode == 0:
+        return "SURVIVED", seconds
+    return f"error (pytest exit {proc.returncode}): {proc.stdout[-300:]}", seconds
+
+
+def _env(copy: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(copy / "src")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--only", help="comma list of mutation ids")
+    ap.add_argument("--report", help="write the results as markdown here")
+    args = ap.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or m.id in args.only.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="pronlora-mutants-") as tmp:
+        copy = mutant_copy(Path(tmp))
+        imported = subprocess.run(
+            [sys.executable, "-c", "import pronlora; print(pronlora.__file__)"],
+            capture_output=True,
+            text=True,
+            env=_env(copy),
+        ).stdout.strip()
+        if not imported.startswith(str(copy)):
+            raise SystemExit(f"the copy imports pronlora from {imported}, not from {copy}")
+        for m in chosen:
+            outcome, seconds = run(m, copy)
+            if outcome == "SURVIVED" and m.id in EXPLAINED:
+                outcome = f"survived (explained: {EXPLAINED[m.id]})"
+            rows.append((m, outcome, seconds))
+            print(f"{m.id:28s} {outcome} ({seconds:.0f} s)", flush=True)
+    lines = [
+        "# Mutation check",
+        "",
+        f"`.venv/bin/python tools/mutations.py` on {time.strftime('%Y-%m-%d')}: "
+        f"{sum(o == 'killed' for _, o, _ in rows)} of {len(rows)} mutations killed.",
+        "",
+        "| mutation | what it breaks | file | outcome | s |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| `{m.id}` | {m.what} | `{m.path}` | {o} | {s:.0f} |" for m, o, s in rows]
+    if args.report:
+        Path(args.report).write_text("\n".join(lines) + "\n")
+    bad = [m.id for m, o, _ in rows if o == "SURVIVED" or o.startswith(("stale", "error"))]
+    if bad:
+        print(f"not killed: {', '.join(bad)}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
