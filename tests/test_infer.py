@@ -300,8 +300,8 @@ def test_answers_and_clip_embeddings_do_not_depend_on_batch_size_or_shards(
     for batch_size, shards in ((1, 1), (7, 1), (256, 1), (7, 3), (1, 3)):
         state["run"] = key = f"batch {batch_size}, {shards} shards"
         run = _run_with_batch_size(trained_run, tmp_path / f"b{batch_size}s{shards}", batch_size)
-        models = infer.Models()
-        for shard in range(shards):
+        for shard in range(shards):  # each shard its own process, as array tasks are
+            models = infer.Models()
             infer.run_shard(run, "epoch-1", demo_prepared, "test", shard, shards, models=models)
         state.pop("hook").remove()
         lines = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pronlora.uncertainty import Bootstrap, Samples, interval, speaker_weights, weighted_pcc
 
@@ -68,3 +69,14 @@ def test_same_resamples_for_every_checkpoint_make_differences_paired() -> None:
     # a tiny perturbation: paired differences are far tighter than either interval
     lo, hi = interval(a["accuracy_pcc"])
     assert np.nanstd(diff) < 0.1 * (hi - lo)
+
+
+def test_interval_is_the_central_95_percent_of_the_resamples() -> None:
+    """1,001 evenly spaced values: the 2.5th and 97.5th percentiles, NaNs beyond the tail
+    mass making the interval undefined."""
+    values = np.arange(1001, dtype=float)
+    assert interval(values) == pytest.approx((25.0, 975.0))
+    values[:20] = np.nan  # 2 % undefined: still an interval over the rest
+    assert interval(values) is not None
+    values[:30] = np.nan  # 3 % undefined: more than the lower tail's 2.5 %
+    assert interval(values) is None

@@ -67,7 +67,7 @@ MUTATIONS = (
         "src/pronlora/uncertainty.py",
         "[100 * (1 - level) / 2, 100 * (1 + level) / 2]",
         "[100 * (1 - level), 100 * level]",
-        (f"{T_COLLECT}::test_intervals_resample_speakers_as_an_independent_cluster_bootstrap",),
+        ("tests/test_uncertainty.py::test_interval_is_the_central_95_percent_of_the_resamples",),
         "a 90 % interval reported as 95 %",
     ),
     Mutation(
