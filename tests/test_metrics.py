@@ -103,6 +103,16 @@ def test_mdd_counts_one_of_each_outcome() -> None:
     assert c.confusion[("S", "<DEL>")] == 1 and c.confusion[("AE", "AH")] == 1
 
 
+def test_mdd_rates_from_unequal_counts() -> None:
+    """Each rate's numerator and denominator told apart (equal counts would hide a swap):
+    P = TR/(TR+FR), R = TR/(TR+FA), FAR = FA/(FA+TR), FRR = FR/(FR+TA), DER = DE/(CD+DE)."""
+    r = MDDCounts(ta=7, fr=1, fa=2, cd=3, de=1).rates()
+    assert r["precision"] == pytest.approx(4 / 5) and r["recall"] == pytest.approx(4 / 6)
+    assert r["f1"] == pytest.approx(2 * (4 / 5) * (4 / 6) / (4 / 5 + 4 / 6))
+    assert r["far"] == pytest.approx(2 / 6) and r["frr"] == pytest.approx(1 / 8)
+    assert r["der"] == pytest.approx(1 / 4)
+
+
 def test_mdd_two_phone_entry_is_a_correct_diagnosis() -> None:
     c = MDDCounts()
     c.add(["K", "IH"], ["K", "EH R"], ["K", "EH", "R"])

@@ -145,10 +145,8 @@ MUTATIONS = (
     Mutation(
         "missing-epoch-leaves-folder",
         INFER,
-        "    out_path, _, lock = RunDir(run_dir).shard(checkpoint, shard, num_shards, split)\n"
-        "    split_rows",
-        "    out_path, _, lock = RunDir(run_dir).shard(checkpoint, shard, num_shards, split)\n"
-        "    lock.parent.mkdir(parents=True, exist_ok=True)\n    split_rows",
+        '        if not (ckpt_dir / "meta.json").is_file():',
+        "        if False:",
         (f"{T_SHARED}::test_a_missing_epoch_leaves_no_trace",),
         "a failed --checkpoint epoch-9 leaves predictions/epoch-9/",
     ),
