@@ -273,9 +273,12 @@ def test_answers_and_clip_embeddings_do_not_depend_on_batch_size_or_shards(
     real_generate = infer.generate
 
     def recording_generate(loaded, cfg, batch_rows, batch=None, *args, **kwargs):
-        if "hook" not in state:  # the decoder's first layer sees the prompt's input embeddings
-            layer = multimodal_model(loaded.model).layers[0]
+        if state.get("model") is not loaded.model:  # each shard's process loads its own
+            if "hook" in state:
+                state.pop("hook").remove()
+            layer = multimodal_model(loaded.model).layers[0]  # sees the prompt's embeddings
             state["hook"] = layer.register_forward_pre_hook(record, with_kwargs=True)
+            state["model"] = loaded.model
         batches.setdefault(state["run"], set()).add(frozenset(r["id"] for r in batch_rows))
         collated = infer.generation_collator(loaded, cfg)(batch_rows)  # the same prompt layout
         state.update(
@@ -304,6 +307,7 @@ def test_answers_and_clip_embeddings_do_not_depend_on_batch_size_or_shards(
             models = infer.Models()
             infer.run_shard(run, "epoch-1", demo_prepared, "test", shard, shards, models=models)
         state.pop("hook").remove()
+        state.pop("model")
         lines = [
             json.loads(line)
             for f in sorted((run / "predictions" / "epoch-1").glob("shard-*.jsonl"))
