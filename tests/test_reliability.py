@@ -305,23 +305,9 @@ def test_numbers_read_as_python_reads_them(text: str, value: float, tmp_path: Pa
 
 
 def test_a_yaml_tag_in_a_train_override_exits_2(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "jobs" / "train.py"),
-            "--config",
-            "smoke",
-            "--prepared",
-            str(tmp_path / "none"),
-            "--model",
-            str(tmp_path / "none"),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "epochs=!!python/object/apply:os.system [id]",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    missing = tmp_path / "none"
+    tag = "epochs=!!python/object/apply:os.system [id]"
+    proc = train_job(missing, missing, tmp_path / "run", tag)
     assert proc.returncode == 2 and "not plain YAML" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 

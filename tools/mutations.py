@@ -105,7 +105,7 @@ MUTATIONS = (
     Mutation(
         "predicted-from-other-data",
         COLLECT,
-        "            check_predicted_from(pred_dir, data_hash)\n",
+        "            check_predicted_from(summaries, data_hash)\n",
         "",
         (f"{T_SHARED}::test_inference_and_collect_use_the_data_the_run_was_trained_on",),
         "collect scores predictions of other prepared data",

@@ -67,14 +67,20 @@ class CoverageError(DataError, ValueError):
 UNRECORDED = {"recorded": False}  # shards of a pronlora older than the record
 
 
-def decoding_of(pred_dir: Path) -> dict[str, Any]:
-    """The decoding settings the checkpoint's shards record (``*.done.json``), one for all."""
-    found: dict[str, dict[str, Any]] = {}
+def shard_summaries(pred_dir: Path) -> dict[Path, dict[str, Any]]:
+    """The checkpoint's shard summaries (``*.done.json``), read once for every check."""
+    found = {}
     for done in sorted(pred_dir.glob("shard-*.done.json")):
         summary = _read_json(done)
         if summary is None:
             raise DataError(f"{done}: unreadable shard summary; rerun that shard's inference")
-        found[done.name] = summary.get("decoding", UNRECORDED)
+        found[done] = summary
+    return found
+
+
+def decoding_of(pred_dir: Path, summaries: dict[Path, dict[str, Any]]) -> dict[str, Any]:
+    """The decoding settings the checkpoint's shards record, one for all."""
+    found = {done.name: s.get("decoding", UNRECORDED) for done, s in summaries.items()}
     if len({json.dumps(d, sort_keys=True) for d in found.values()}) > 1:
         raise DataError(
             f"{pred_dir}: its shards were decoded under different settings "
@@ -84,10 +90,10 @@ def decoding_of(pred_dir: Path) -> dict[str, Any]:
     return next(iter(found.values()), UNRECORDED)
 
 
-def check_predicted_from(pred_dir: Path, data_hash: str) -> None:
+def check_predicted_from(summaries: dict[Path, dict[str, Any]], data_hash: str) -> None:
     """The shards were decoded from these prepared data (as far as their summaries record)."""
-    for done in sorted(pred_dir.glob("shard-*.done.json")):
-        recorded = (_read_json(done) or {}).get("prepared_content_hash")
+    for done, summary in summaries.items():
+        recorded = summary.get("prepared_content_hash")
         if recorded is not None and recorded != data_hash:
             raise DataError(
                 f"{done}: decoded from prepared data of content hash {recorded[:12]}, not the "
@@ -362,7 +368,8 @@ def collect(
             raise CoverageError(f"{run_dir}: no predictions/ folder (run jobs/infer.py first)")
         label, strategy, prov = run_label(run_dir)
         for pred_dir in pred_dirs:
-            check_predicted_from(pred_dir, data_hash)
+            summaries = shard_summaries(pred_dir)
+            check_predicted_from(summaries, data_hash)
             preds, partial = read_predictions(pred_dir, set(test), allow_partial)
             metrics, confusion, apa_pairs, per_vs_acc, samples = score_checkpoint(
                 test, preds, fallback
@@ -382,7 +389,7 @@ def collect(
                         **prov,
                         "checkpoint_meta": meta,
                         "apa_fallback": fallback,
-                        "decoding": decoding_of(pred_dir),
+                        "decoding": decoding_of(pred_dir, summaries),
                     },
                     confusion=confusion,
                     apa_pairs=apa_pairs,
