@@ -355,7 +355,7 @@ def test_table3_grid_plan_under_both_launchers(tmp_path: Path, seeds: int) -> No
     assert collect.endswith("after " + ",".join(f"infer:{r}" for r in runs))
     assert f"-> {tmp_path / 't3' / 'lora-s1'} (evaluates base," in via_submit.stdout
     assert "epochs=4 strategy=unfreeze seed=1" in via_submit.stdout
-    assert "GPU-h training" in via_submit.stdout
+    assert "estimate train:lora-s1: " in via_submit.stdout
     sbatch = [line for line in via_pipeline.stdout.splitlines() if line.startswith("sbatch ")]
     assert len(sbatch) == 2 + 2 * len(runs)
     infer_ids = ":".join(str(103 + 2 * i) for i in range(len(runs)))  # dry-run ids from 101

@@ -68,15 +68,15 @@ def why_not_cached(model: Any, strategy: str, engine: str) -> str | None:
     return None
 
 
-def clip_groups(rows: list[dict[str, Any]]) -> list[list[str]]:
-    """The encoder batches of a split: all its clips in (duration, path) order, ``GROUP`` each.
+def clip_groups(rows: list[dict[str, Any]], size: int = GROUP) -> list[list[str]]:
+    """The encoder batches of a split: all its clips in (duration, path) order, ``size`` each.
 
     ``rows`` is the whole split (every shard of it), so a clip's group mates, and hence its
     embedding, are the same whichever subset of the split a process decodes or trains on.
     """
     duration = {r["audio"]: float(r["duration_s"]) for r in rows}
     order = sorted(duration, key=lambda clip: (duration[clip], clip))
-    return [order[i : i + GROUP] for i in range(0, len(order), GROUP)]
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 @dataclass

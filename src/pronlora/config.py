@@ -40,6 +40,10 @@ class InferSpec:
     # static: preallocated KV cache with compiled decoding steps (CUDA only; compilation is
     # paid once per worker process); static_eager: the preallocated cache, eager steps.
     cache: Literal["dynamic", "static", "static_eager"] = "dynamic"
+    # Clips per audio-encoder batch, in the split's duration order. The encoder attends to its
+    # batch's padding, so this decides the embeddings: 1 embeds each clip alone (the model
+    # card's one-clip forward), more is faster and fixed by the split.
+    clips_per_encoder_batch: int = 16
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key in _POSITIVE:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
-    for key in ("batch_size", "max_new_tokens_apa", "max_new_tokens_mdd"):
+    for key in (
+        "batch_size",
+        "max_new_tokens_apa",
+        "max_new_tokens_mdd",
+        "clips_per_encoder_batch",
+    ):
         if getattr(cfg.infer, key) < 1:
             raise ConfigError(f"infer.{key}: must be >= 1, got {getattr(cfg.infer, key)}")
     if cfg.pad_to_multiple_of < 0:

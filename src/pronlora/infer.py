@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from pronlora.atomic import jsonl_line, umask_mode, write_json
-from pronlora.audio_cache import GROUP, AudioEmbeddingCache, clip_groups
+from pronlora.audio_cache import AudioEmbeddingCache, clip_groups
 from pronlora.collate import Collator, approx_prompt_tokens
 from pronlora.config import ConfigError, TrainConfig, from_dict, load_config, to_dict
 from pronlora.errors import DataError
@@ -155,7 +155,9 @@ def decoding_settings(cfg: TrainConfig) -> dict[str, Any]:
         "search": "greedy",
         "max_new_tokens_apa": cfg.infer.max_new_tokens_apa,
         "max_new_tokens_mdd": cfg.infer.max_new_tokens_mdd,
-        "audio_encoder_batches": f"the split's clips by duration, {GROUP} per batch",
+        "audio_encoder_batches": (
+            f"the split's clips by duration, {cfg.infer.clips_per_encoder_batch} per batch"
+        ),
         "merge_adapter": cfg.infer.merge_adapter and cfg.quantization == "bf16",
         "kv_cache": cfg.infer.cache,
         "attn_implementation": cfg.attn_implementation,
@@ -234,7 +236,8 @@ class Models:
         """The loaded model's embeddings of ``clips``, each computed in its group of the split
         (``clip_groups(split_rows)``) and kept for the worker's next shards."""
         assert self.loaded is not None
-        groups = [g for g in clip_groups(split_rows) if clips.intersection(g)]
+        size = cfg.infer.clips_per_encoder_batch
+        groups = [g for g in clip_groups(split_rows, size) if clips.intersection(g)]
         dev = device()
         workers = min(4, (os.cpu_count() or 1) // 2) if dev.type == "cuda" else 0
         collate = generation_collator(self.loaded, cfg)
@@ -497,10 +500,13 @@ def _write_shard(
     )
     t0 = time.perf_counter()
     n_tokens = n_new = 0
+    load_s = embed_s = 0.0
     if todo:
         loaded = models.get(spec, ckpt_dir)
+        load_s = time.perf_counter() - t0  # 0 when this worker's last shard loaded it
         t0 = time.perf_counter()
         audio = models.embed_clips(spec.cfg, split_rows, {r["audio"] for b in todo for r in b})
+        embed_s = time.perf_counter() - t0
         out_path.parent.mkdir(parents=True, exist_ok=True)
         # appended, never through a link (one planted after the check above is refused here)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
@@ -562,7 +568,9 @@ def _write_shard(
         "decoding": decoding_settings(spec.cfg),
         **data,
         "generated_this_run": n_new,
-        "seconds": round(seconds, 2),
+        "seconds": round(seconds, 2),  # embedding and decoding; the load is load_s
+        "load_s": round(load_s, 2),
+        "embed_s": round(embed_s, 2),
         "instances_per_s": round(n_new / seconds, 3) if todo and seconds else None,
         "tokens_per_s": round(n_tokens / seconds, 1) if todo and seconds else None,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",

@@ -11,11 +11,13 @@ on the local executor.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import submitit
 
 from pronlora.config import load_config
 from pronlora.errors import EnvironmentProblem
+from pronlora.layout import JOB_TIMES
 from pronlora.plan import Job, LaunchPlan
 
 SETTINGS_PREFIXES = ("PRONLORA_", "HF_HOME")
@@ -249,10 +252,29 @@ def _submit(plan: LaunchPlan, kind: str, submitted: list[submitit.Job]) -> dict[
         if kind == "slurm" and deps:
             ex.update_parameters(additional_parameters={"dependency": f"afterok:{':'.join(deps)}"})
         fn = _callable(plan, job)
+        if kind == "local":
+            ids[job.key] = _run_here(plan, job, ex, fn, submitted)
+            continue
         handles = ex.map_array(fn, list(range(job.array))) if job.array else [ex.submit(fn)]
         submitted.extend(handles)
         ids[job.key] = handles[0].job_id
-        if kind == "local":  # no scheduler to hold the next job: wait (raises on failure)
-            for h in handles:
-                h.result()
     return ids
+
+
+def _run_here(
+    plan: LaunchPlan, job: Job, ex: submitit.Executor, fn: Any, submitted: list[submitit.Job]
+) -> str:
+    """A job on this machine, array tasks one after another (they would share its GPUs), each
+    awaited (raises on failure) and its wall time recorded in the grid dir's job_times.jsonl."""
+    first = ""
+    for task in range(job.array) if job.array else [None]:
+        t0 = time.time()
+        handle = ex.submit(fn) if task is None else ex.submit(fn, task)
+        submitted.append(handle)
+        first = first or handle.job_id
+        handle.result()
+        key = job.key if task is None else f"{job.key}[{task}]"
+        record = {"job": key, "stage": job.stage, "wall_s": round(time.time() - t0, 1)}
+        with open(Path(plan.report_dir).parent / JOB_TIMES, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    return first

@@ -21,6 +21,9 @@ Run dir::
     predictions/<checkpoint>/shard-I-of-N.{jsonl,done.json,lock}   test split
     predictions-<split>/<checkpoint>/...      any other split
     report/  logs/
+
+Grid dir (a launch plan's --run-dir): its runs' dirs, ``report/``, ``submitit/`` and, on the
+local executor, ``job_times.jsonl`` (each job's wall time, compared with the plan's estimate).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ SPLITS: tuple[str, ...] = ("train", "test")
 UNFROZEN_FILE = "unfrozen.safetensors"
 EPOCH_DIR = re.compile(r"epoch-\d+")
 BASE_CHECKPOINT = "base"
+JOB_TIMES = "job_times.jsonl"
 
 
 def checkpoint_name(name: str) -> str:

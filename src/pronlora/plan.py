@@ -16,16 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 from pronlora.config import ConfigError, accumulation_steps, load_config
+from pronlora.job_costs import combination, instance_counts, rate
 from pronlora.layout import BASE_CHECKPOINT, RunDir
 
 Stage = Literal["prep", "train", "infer", "collect"]
-
-# One H100, full-size checkpoint, the full SpeechOcean762 (2,500 + 2,500 training instances,
-# 5,000 test generations), measured by jobs/bench.py with the real tokenizer:
-# bench/results/nvidia-h100-80gb-hbm3-2026-11-26-bf16-real-tokenizer.md (bf16) and
-# ...-2026-11-24-nf4-train-current.md (nf4, before the real tokenizer).
-TRAIN_MIN_PER_EPOCH = {"bf16": 11.74 / 3, "nf4": 18.8 / 3}
-INFER_MIN_PER_CHECKPOINT = {"bf16": 165 / 60, "nf4": 306 / 60}
 
 
 @dataclass(frozen=True)
@@ -80,6 +74,8 @@ class LaunchPlan:
     settings: dict[str, str] = field(repr=False)
     jobs: tuple[Job, ...]
     report_dir: str
+    instances: dict[str, int] = field(default_factory=dict)  # per split, for the estimate
+    counted_from: str = ""
 
     def job(self, key: str) -> Job:
         return next(j for j in self.jobs if j.key == key)
@@ -96,21 +92,63 @@ class LaunchPlan:
             )
         lines.append(f"report: {self.report_dir}")
         lines += [f"  {j.describe()}" for j in self.jobs]
-        train_h, infer_h = self.gpu_hours()
-        lines.append(
-            f"estimate: {train_h:.1f} GPU-h training + {infer_h:.1f} GPU-h inference on H100s "
-            "for the full SpeechOcean762 (jobs/bench.py figures; data-parallel overhead not "
-            "included)"
-        )
+        lines += self.estimate_lines()
         return "\n".join(lines)
 
-    def gpu_hours(self) -> tuple[float, float]:
-        train = infer = 0.0
-        for r in self.runs:
-            quant = load_config(r.config, list(r.overrides)).quantization
-            train += r.epochs * TRAIN_MIN_PER_EPOCH[quant] / 60
-            infer += len(r.evaluate) * INFER_MIN_PER_CHECKPOINT[quant] / 60
-        return train, infer
+    def estimates(self) -> dict[str, tuple[float | None, str]]:
+        """Wall seconds of each GPU job (array tasks as ``key[i]``) from the measured rates,
+        with the rate's source; None where no rate was measured for the run's combination."""
+        out: dict[str, tuple[float | None, str]] = {}
+        n_train, n_test = self.instances.get("train", 0), self.instances.get("test", 0)
+        for job in self.jobs:
+            if job.stage not in ("train", "infer"):
+                continue
+            cfg = load_config(self.run(job.run).config, list(self.run(job.run).overrides))
+            r = rate(job.stage, cfg)
+            note = r.source if r else f"no measured rate for {combination(cfg)}"
+            if job.stage == "train":
+                gpus = job.nodes * job.procs_per_node
+                # data-parallel: each GPU takes 1/gpus of the steps (its overhead not included)
+                sec = r.seconds(math.ceil(n_train / gpus), self.run(job.run).epochs) if r else None
+                out[job.key] = (sec, note)
+                continue
+            items = len(self.run(job.run).evaluate) * self.shards
+            per_task = math.ceil(items / max(job.array, 1))  # checkpoint shards per task
+            for task in range(job.array):
+                sec = per_task * r.seconds(math.ceil(n_test / self.shards)) if r else None
+                out[f"{job.key}[{task}]"] = (sec, note)
+        return out
+
+    def estimate_lines(self) -> list[str]:
+        """One line per GPU job (its array tasks summed) and a total, each naming its rate."""
+        est = self.estimates()
+        lines = [
+            f"estimate from measured rates, one GPU per process ({self.instances.get('train', 0)} "
+            f"training and {self.instances.get('test', 0)} test instances: {self.counted_from}):"
+        ]
+        gpu_h = {"train": 0.0, "infer": 0.0}
+        missing = set()
+        for job in self.jobs:
+            mine = [v for k, v in est.items() if k == job.key or k.startswith(f"{job.key}[")]
+            if not mine:
+                continue
+            note = mine[0][1]
+            if any(sec is None for sec, _ in mine):
+                missing.add(note)
+                lines.append(f"estimate {job.key}: {note}")
+                continue
+            total = sum(sec or 0 for sec, _ in mine)
+            gpu_h[job.stage] += total * job.nodes * job.procs_per_node / 3600
+            tasks = f" in {len(mine)} tasks" if job.array else ""
+            lines.append(f"estimate {job.key}: {total / 60:.1f} min{tasks} ({note})")
+        if missing:
+            lines.append("estimate total: none (bench/rates.sh measures a missing rate)")
+        else:
+            lines.append(
+                f"estimate total: {gpu_h['train']:.2f} GPU-h training + {gpu_h['infer']:.2f} "
+                "GPU-h inference (data-parallel overhead and queue time not included)"
+            )
+        return lines
 
 
 def _positive(value: int | None, what: str, default: str | None) -> int:
@@ -208,6 +246,7 @@ def plan_runs(
         _setting(settings, key)
     for r in runs:
         accumulation_steps(load_config(r.config, list(r.overrides)), nodes * gpus)
+    instances, counted_from = instance_counts(settings, prep)
     gpu_jobs = bool(settings.get("PRONLORA_GRES"))
     per_gpu_cpus = int(settings.get("PRONLORA_CPUS_PER_TASK") or 1)
     gpu_res = {"cpus_per_task": per_gpu_cpus, "mem": settings.get("PRONLORA_MEM", "")}
@@ -259,4 +298,6 @@ def plan_runs(
         settings=settings,
         jobs=tuple(jobs),
         report_dir=str(Path(report_root) / "report"),
+        instances=instances,
+        counted_from=counted_from,
     )

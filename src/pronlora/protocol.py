@@ -26,6 +26,9 @@ CONTROL_TOKENS: dict[Task, str] = {Task.APA: "<|APA|>", Task.MDD: "<|MDD|>"}
 # collator replaces this placeholder with the snapshot's own audio token ids.
 AUDIO_PLACEHOLDER = "<|audio_1|>"
 
+# The full corpus's official split sizes (utterances): what a plan assumes before prep has run.
+CORPUS_UTTERANCES: dict[str, int] = {"train": 2500, "test": 2500}
+
 # Sentence-level aspects the model predicts. Completeness is excluded (paper: near-constant).
 APA_ASPECTS: tuple[str, ...] = ("accuracy", "fluency", "prosodic", "total")
 # Aspects carried through the prepared data (completeness kept for analysis only).

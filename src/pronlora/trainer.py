@@ -153,6 +153,7 @@ class PronloraTrainer(Trainer):
         self.tokenizer_to_save = tokenizer
         self.tokens_total = 0  # non-padding tokens trained on, for throughput and benchmarks
         self._tokens, self._t0 = 0, time.perf_counter()
+        self._started = self._t0  # log entries carry time_s since, for rates and time left
         self.add_callback(EpochCheckpoints(self))
         self.add_callback(OptimizerStateOnDevice(self))
 
@@ -216,7 +217,12 @@ class PronloraTrainer(Trainer):
         super().log(logs, start_time)
         if not self.is_world_process_zero():
             return
-        entry = {"step": self.state.global_step, "epoch": self.state.epoch, **logs}
+        entry = {
+            "step": self.state.global_step,
+            "epoch": self.state.epoch,
+            "time_s": round(now - self._started, 2),
+            **logs,
+        }
         with open(self.run.train_log, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
 

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Job costs from a run of bench/rates.sh, and the rates file the launch plan reads.
+
+  python bench/rates.py record --combo C --run-dir R --train-wall S --infer-wall S ...
+  python bench/rates.py install RESULTS.jsonl --source bench/results/FILE.md
+
+``record``: one JSON line for a combo from its run dir: the training job's wall time split into
+one-time seconds (process start, load, compile, audio cache, saves) and seconds per training
+instance (the median step time of the second half of the epoch, over the instances of a step);
+the decode job's into one-time seconds (process start, load) and seconds per test instance.
+``install``: writes those lines into ``src/pronlora/measured_rates.json`` with their source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+RATES = Path(__file__).resolve().parents[1] / "src" / "pronlora" / "measured_rates.json"
+
+
+def train_record(run: Path, wall: float) -> dict[str, Any]:
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    steps = [e for e in log if "loss" in e]
+    meta = json.loads((run / "run.json").read_text())
+    config = meta["config"]
+    instances = len((Path(meta["prepared"]) / "train.jsonl").read_text().splitlines())
+    gaps = [(b["time_s"] - a["time_s"]) / (b["step"] - a["step"]) for a, b in pairwise(steps)]
+    steady = statistics.median(gaps[len(gaps) // 2 :])
+    n_steps = steps[-1]["step"]
+    return {
+        "wall_s": wall,
+        "instances": instances,
+        "steps": n_steps,
+        "step_s": round(steady, 3),
+        "s_per_instance": round(steady * n_steps / instances, 5),
+        "fixed_s": round(wall - steady * n_steps, 1),
+        "tokens_per_s": statistics.median(e["tokens_per_s"] for e in steps[len(steps) // 2 :]),
+        "gpu_mem_gb": max(e.get("gpu_mem_gb", 0) for e in log),
+        "micro_batch": config["micro_batch"],
+    }
+
+
+def infer_record(run: Path, wall: float) -> dict[str, Any]:
+    done = json.loads((run / "predictions/epoch-1/shard-0-of-1.done.json").read_text())
+    return {
+        "wall_s": wall,
+        "instances": done["instances"],
+        "load_s": done["load_s"],
+        "embed_s": done["embed_s"],
+        "decode_s": done["seconds"],
+        "s_per_instance": round(done["seconds"] / done["instances"], 5),
+        "fixed_s": round(wall - done["seconds"], 1),
+        "device": done["device"],
+    }
+
+
+def cmd_record(a: argparse.Namespace) -> None:
+    run = Path(a.run_dir)
+    rec = {
+        "combo": a.combo.replace(":", " "),
+        "train": train_record(run, a.train_wall) | {"command": a.train_command},
+        "infer": infer_record(run, a.infer_wall) | {"command": a.infer_command},
+    }
+    print(json.dumps(rec))
+
+
+def cmd_install(a: argparse.Namespace) -> None:
+    rows = [json.loads(x) for x in Path(a.results).read_text().splitlines() if x.strip()]
+    rates = json.loads(RATES.read_text()) if RATES.is_file() else {"train": {}, "infer": {}}
+    for r in rows:
+        for stage in ("train", "infer"):
+            m = r[stage]
+            rates[stage][r["combo"]] = {
+                "fixed_s": m["fixed_s"],
+                "s_per_instance": m["s_per_instance"],
+                "source": a.source,
+                "command": m["command"],
+            }
+    RATES.write_text(json.dumps(rates, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {RATES}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("record")
+    r.add_argument("--combo", required=True)
+    r.add_argument("--run-dir", required=True)
+    r.add_argument("--train-wall", type=float, required=True)
+    r.add_argument("--infer-wall", type=float, required=True)
+    r.add_argument("--train-command", default="")
+    r.add_argument("--infer-command", default="")
+    i = sub.add_parser("install")
+    i.add_argument("results")
+    i.add_argument("--source", required=True)
+    a = ap.parse_args()
+    cmd_record(a) if a.cmd == "record" else cmd_install(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
