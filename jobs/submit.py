@@ -19,12 +19,13 @@ import argparse
 import time
 from pathlib import Path
 
+from pronlora.atomic import write_text
 from pronlora.cli import run_job
 from pronlora.config import ConfigError, available
 from pronlora.experiment import available_experiments, experiment_runs, load_experiment
 from pronlora.launch import site_settings, submit
 from pronlora.plan import build_plan, check_inputs, plan_runs
-from pronlora.sbatch import submit_sbatch
+from pronlora.sbatch import submission_script, submit_sbatch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +50,12 @@ def main() -> int:
     ap.add_argument("--gpus-per-node", help="GPUs per node (default: env.sh)")
     ap.add_argument("--no-prep", action="store_true")
     ap.add_argument("--set", action="append", default=[], help="config override key=value")
+    ap.add_argument(
+        "--emit-script",
+        metavar="FILE",
+        help="--executor sbatch: write the sbatch commands to FILE instead of running them "
+        "(slurm/pipeline.sh builds the plan in the image and runs FILE on the host)",
+    )
     args = ap.parse_args()
     settings = site_settings(REPO)
     if args.experiment:
@@ -85,7 +92,12 @@ def main() -> int:
     inputs = check_inputs(settings, prep=not args.no_prep)  # before anything is submitted
     print(plan.describe())
     print("\n".join(inputs))
-    if args.executor == "sbatch":
+    if args.emit_script and (args.executor != "sbatch" or args.dry_run):
+        raise ConfigError("--emit-script goes with --executor sbatch, without --dry-run")
+    if args.emit_script:
+        write_text(Path(args.emit_script), submission_script(plan))
+        ids = {}
+    elif args.executor == "sbatch":
         ids = submit_sbatch(plan, dry_run=args.dry_run)
     elif args.dry_run:
         ids = {}

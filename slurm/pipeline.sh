@@ -8,8 +8,10 @@
 #
 # Prints the plan, then the run dir and job ids as key=value lines (--dry-run: the sbatch
 # commands, nothing submitted). The plan is jobs/submit.py's (one plan, built and validated in
-# Python; this script is its sbatch backend). Site settings come from env.sh. Exit 2: bad
-# arguments, config or settings, or a submission Slurm refused (nothing is left queued).
+# Python; this script is its sbatch backend). Site settings come from env.sh. With
+# PRONLORA_CONTAINER set, the plan is built in the image and only sbatch runs on the host: a
+# login node needs apptainer and sbatch, no Python. Exit 2: bad arguments, config or settings,
+# or a submission Slurm refused (nothing is left queued).
 
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,9 +19,24 @@ export PRONLORA_ROOT=${PRONLORA_ROOT:-$(dirname "$here")}
 # shellcheck source=lib/common.sh
 source "$here/lib/common.sh"
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 for arg in "$@"; do
     case "$arg" in -h|--help) usage 0 ;; esac
 done
-require_python
-exec "$PRONLORA_PYTHON" "$PRONLORA_ROOT/jobs/submit.py" --executor sbatch "$@"
+if [ -z "$PRONLORA_CONTAINER" ]; then
+    require_python
+    exec "$PRONLORA_PYTHON" "$PRONLORA_ROOT/jobs/submit.py" --executor sbatch "$@"
+fi
+dry=0
+for arg in "$@"; do
+    [ "$arg" = --dry-run ] && dry=1
+done
+if [ "$dry" = 1 ]; then
+    run_py "$PRONLORA_ROOT/jobs/submit.py" --executor sbatch "$@"
+    exit
+fi
+# the checkout is bound into the image (run_py), so the script written there is readable here
+script=$(mktemp "$PRONLORA_ROOT/.submit-XXXXXX.sh")
+trap 'rm -f "$script"' EXIT
+run_py "$PRONLORA_ROOT/jobs/submit.py" --executor sbatch --emit-script "$script" "$@"
+bash "$script"

@@ -231,10 +231,22 @@ def test_table3_grid_through_pipeline_survives_a_requeue_mid_training(
 ) -> None:
     """The experiment with the smoke recipe, 1 epoch per run: prep, 2 trainings, 2 inference
     arrays (base decoded once), one collect over both runs; the LoRA run's training is
-    requeued (scontrol) once it has taken a few steps, and must end as an uninterrupted run."""
+    requeued (scontrol) once it has taken a few steps, and must end as an uninterrupted run.
+    Submitted as from a login node with only sbatch and apptainer: no Python with pronlora on
+    the host; the plan is built in the "image" (tests/standin/apptainer runs the project's venv)
+    and every job runs through the templates' container path."""
     sets = ["--set", "epochs=1", "--set", "save_steps=2"]
     args = ["--experiment", "table3", "--config", "smoke", "--run-dir", str(tmp_path / "t3")]
-    ids = _submitted(site, *args, *sets)
+    image = tmp_path / "pronlora.sif"
+    image.write_text("stand-in image")
+    login_node = {
+        **site,
+        "PATH": f"{REPO / 'tests' / 'standin'}:{os.environ['PATH']}",
+        "PRONLORA_CONTAINER": str(image),
+        "PRONLORA_PYTHON": "/nonexistent/python3",
+        "STANDIN_PYTHON": sys.executable,
+    }
+    ids = _submitted(login_node, *args, *sets)
     jobs = [v for k, v in ids.items() if k.endswith("_job")]
     assert len(jobs) == 6, ids  # prep, train x2, infer x2, collect
     lora = tmp_path / "t3" / "lora"

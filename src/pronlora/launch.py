@@ -58,6 +58,19 @@ def minutes(hms: str) -> int:
     return days * 1440 + h * 60 + m + (1 if s else 0)
 
 
+def require_gpu(stage: str) -> None:
+    """A GPU stage that sees no GPU would decode or train on the CPU for days: refuse (the
+    sbatch templates' require_gpu, for the submitit backend)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        where = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise EnvironmentProblem(
+            f"the {stage} job asked for GPUs (PRONLORA_GRES) but sees none "
+            f"(CUDA_VISIBLE_DEVICES={where!r}); set PRONLORA_GRES= for CPU-only nodes"
+        )
+
+
 # --- the stages (picklable callables) ---------------------------------------------------------
 @dataclass
 class PrepStage:
@@ -80,6 +93,7 @@ class TrainStage(submitit.helpers.Checkpointable):
     prepared: str
     model: str
     run_dir: str
+    gpu: bool = False  # the plan's job asks for GPUs
 
     def __call__(self) -> int:
         from pronlora.cli import setup_logging
@@ -87,6 +101,8 @@ class TrainStage(submitit.helpers.Checkpointable):
         from pronlora.train import train
 
         setup_logging()
+        if self.gpu:
+            require_gpu("train")
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             # device = LOCAL_RANK among the job's GPUs (train.py sets it)
@@ -121,6 +137,7 @@ class InferTask:
     num_shards: int
     workers_per_task: int
     tasks: int  # the array's size (the plan's job.array)
+    gpu: bool = False  # the plan's job asks for GPUs
 
     def __call__(self, task: int) -> list[dict[str, Any]]:
         from pronlora.cli import setup_logging
@@ -132,6 +149,8 @@ class InferTask:
         from pronlora.infer import Models, run_shard, worker_items
 
         setup_logging()
+        if self.gpu:
+            require_gpu("infer")
         n_workers = self.workers_per_task * self.tasks
         worker = task * self.workers_per_task + local
         items = worker_items(self.checkpoints, self.num_shards, worker, n_workers)
@@ -168,7 +187,11 @@ def _executor(kind: str, plan: LaunchPlan, job: Job) -> submitit.Executor:
     tasks = job.procs_per_node if job.stage in ("train", "infer") else 1
     if kind == "local":
         ex = submitit.LocalExecutor(folder, python=python)
-        ex.update_parameters(timeout_min=minutes(job.time), tasks_per_node=tasks)
+        # submitit hides every GPU from a local job that asks for none (CUDA_VISIBLE_DEVICES="")
+        gpus = job.procs_per_node if job.gpu else 0
+        ex.update_parameters(
+            timeout_min=minutes(job.time), tasks_per_node=tasks, gpus_per_node=gpus
+        )
         return ex
     ex = submitit.SlurmExecutor(folder, python=python)
     params: dict[str, Any] = {
@@ -204,10 +227,18 @@ def _callable(plan: LaunchPlan, job: Job) -> Any:
     run = plan.run(job.run)
     if job.stage == "train":
         prepared, model = s["PRONLORA_PREPARED"], s["PRONLORA_MODEL"]
-        return TrainStage(run.config, list(run.overrides), prepared, model, run.run_dir)
+        return TrainStage(
+            run.config, list(run.overrides), prepared, model, run.run_dir, gpu=job.gpu
+        )
     prepared = s["PRONLORA_PREPARED"]
     return InferTask(
-        run.run_dir, prepared, list(run.evaluate), plan.shards, job.procs_per_node, job.array
+        run.run_dir,
+        prepared,
+        list(run.evaluate),
+        plan.shards,
+        job.procs_per_node,
+        job.array,
+        gpu=job.gpu,
     )
 
 

@@ -10,6 +10,7 @@ description for both.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,7 +217,9 @@ def check_inputs(settings: dict[str, str], prep: bool) -> list[str]:
         lines.append(f"prepared dir: {prepared} (content hash {digest[:12]}, verified)")
     lines.append(f"runs under: {_setting(settings, 'PRONLORA_RUNS')}")
     image = settings.get("PRONLORA_CONTAINER", "")
-    if image and not Path(image).is_file():
+    # inside the image (pipeline.sh builds the plan there) the host's path to it is not visible
+    inside = bool(os.environ.get("APPTAINER_CONTAINER"))
+    if image and not inside and not Path(image).is_file():
         raise DataError(f"PRONLORA_CONTAINER={image}: no such image file (env.sh)")
     python = settings.get("PRONLORA_PYTHON") or "python3"
     lines.append(f"jobs run in: {f'the image {image}' if image else python}")

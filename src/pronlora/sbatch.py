@@ -75,6 +75,50 @@ def sbatch_args(plan: LaunchPlan, job: Job, ids: dict[str, str]) -> list[str]:
     return args
 
 
+def submission_script(plan: LaunchPlan) -> str:
+    """The plan's sbatch commands as a bash script for a host with sbatch but no pronlora (the
+    plan is built in the image, the script runs outside it): it prints each job id as a
+    key=value line and, when Slurm refuses a job, cancels what it queued and removes the run
+    dirs it made, like ``submit_sbatch``."""
+    dirs = {str(Path(plan.report_dir).parent), *(r.run_dir for r in plan.runs)}
+    made = [d for d in sorted(dirs) if not Path(d).exists()]
+    logs = sorted({str(_logs(plan, job)) for job in plan.jobs})
+    q = shlex.quote
+    lines = [
+        "#!/usr/bin/env bash",
+        "# Written by jobs/submit.py --emit-script: submits one launch plan with sbatch.",
+        "set -uo pipefail",
+        "queued=()",
+        "refused() {",
+        '    echo "error: sbatch refused the $1 job ($2); nothing is left queued" >&2',
+        '    [ ${#queued[@]} -eq 0 ] || scancel "${queued[@]}"',
+        *(f"    rm -rf {q(d)}" for d in made),
+        "    exit 2",
+        "}",
+        # the settings the plan was built with (env.sh as the image saw it)
+        *(f"export {k}={q(v)}" for k, v in sorted(plan.settings.items())),
+        "mkdir -p " + " ".join(q(d) for d in logs),
+    ]
+    ids: dict[str, str] = {}
+    refs: dict[str, str] = {}
+    for n, job in enumerate(plan.jobs):
+        var = f"job{n}"
+        env = {**job_env(plan, job)}
+        command = " ".join(q(a) for a in sbatch_args(plan, job, ids))
+        for ref, name in refs.items():  # a dependency is the id an earlier line captured
+            command = command.replace(ref, f"${{{name}}}")
+        exports = " ".join(f"{k}={q(v)}" for k, v in env.items())
+        lines += [
+            f'out=$(env {exports} {command} 2>&1) || refused {q(job.key)} "$(tail -1 <<< "$out")"',
+            f"{var}=${{out%%;*}}",
+            f'queued+=("${var}")',
+            f'echo "{job.key.replace(":", "_")}_job=${var}"',
+        ]
+        ids[job.key] = f"JOBREF{n}X"
+        refs[f"JOBREF{n}X"] = var
+    return "\n".join(lines) + "\n"
+
+
 def submit_sbatch(plan: LaunchPlan, dry_run: bool = False) -> dict[str, str]:
     """Submit every job in order; returns job key -> Slurm job id (dry run: made-up ids)."""
     base = {**os.environ, **plan.settings}

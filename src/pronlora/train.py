@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,6 +92,13 @@ class TrainingRecipe:
     def validate(self) -> None:
         """Every input checked first, so a corrected command is not refused as "a different
         setup" by the run.json of a failed one."""
+        if self.cfg.dtype == "bf16" and not torch.cuda.is_available():
+            where = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise ConfigError(
+                f"config {self.cfg.name} computes in bf16 on a GPU (dtype: bf16), but this process "
+                f"sees no GPU (CUDA_VISIBLE_DEVICES={where!r}); run it on a GPU node, or on a CPU "
+                "use --config smoke (dtype: fp32)"
+            )
         prepared = PreparedDir(self.prepared)
         self.rows = prepared.load_split("train")
         self.manifest = prepared.manifest()
