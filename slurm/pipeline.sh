@@ -27,6 +27,14 @@ if [ -z "$PRONLORA_CONTAINER" ]; then
     require_python
     exec "$PRONLORA_PYTHON" "$PRONLORA_ROOT/jobs/submit.py" --executor sbatch "$@"
 fi
+if [ ! -f "$PRONLORA_CONTAINER" ]; then
+    echo "error: PRONLORA_CONTAINER=$PRONLORA_CONTAINER: no such image file (env.sh)" >&2
+    exit 2
+fi
+if ! command -v apptainer > /dev/null; then
+    echo "error: PRONLORA_CONTAINER is set, but apptainer is not on PATH" >&2
+    exit 2
+fi
 dry=0
 for arg in "$@"; do
     [ "$arg" = --dry-run ] && dry=1

@@ -471,3 +471,43 @@ def test_a_gpu_recipe_refuses_a_process_without_a_gpu(
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "config paper_r64 computes in bf16 on a GPU" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "run.json").exists()
+
+
+def test_the_estimate_comes_from_the_measured_rates_file(
+    tmp_path: Path, mini: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pronlora import job_costs
+    from pronlora.plan import build_plan
+
+    rates = {
+        "train": {"smoke lora bf16": {"fixed_s": 60, "s_per_instance": 0.5, "source": "T.md"}},
+        "infer": {"smoke lora bf16": {"fixed_s": 10, "s_per_instance": 0.25, "source": "I.md"}},
+    }
+    monkeypatch.setattr(job_costs, "measured_rates", lambda: rates)
+    settings = {**site_settings(REPO), "PRONLORA_DATA": str(mini)}
+    plan = build_plan("smoke", ["epochs=2", "dtype=bf16"], None, 2, str(tmp_path / "r"), settings)
+    assert plan.instances == {"train": 280, "test": 120}  # the mini corpus: 140 + 60 utterances
+    est = plan.estimates()
+    assert est["train"] == (60 + 2 * 280 * 0.5, "T.md")
+    # base + 2 epochs, 2 shards each: 6 items in 6 tasks of one GPU, each 60 test instances
+    assert [k for k in est if k.startswith("infer")] == [f"infer[{i}]" for i in range(6)]
+    assert est["infer[0]"] == (10 + 60 * 0.25, "I.md")
+    text = plan.describe()
+    assert "estimate train: 5.7 min (T.md)" in text and "estimate infer: 2.5 min in 6 tasks" in text
+    total = (60 + 280) / 3600
+    assert f"estimate total: {total:.2f} GPU-h training + {150 / 3600:.2f} GPU-h" in text
+    nf4 = build_plan("smoke", ["quantization=nf4", "dtype=bf16"], None, 1, str(tmp_path), settings)
+    assert "estimate train: no measured rate for smoke lora nf4" in nf4.describe()
+    assert "estimate total: none" in nf4.describe()
+
+
+def test_every_measured_rate_names_its_results_file_and_command() -> None:
+    from pronlora.job_costs import measured_rates
+
+    rates = measured_rates()
+    assert rates["train"] and rates["infer"]
+    for stage in ("train", "infer"):
+        for combo, r in rates[stage].items():
+            assert (REPO / r["source"]).is_file(), (combo, r["source"])
+            assert r["command"].startswith(f"python3 jobs/{stage}.py"), combo
+            assert r["fixed_s"] > 0 and r["s_per_instance"] > 0
