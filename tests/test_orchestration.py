@@ -1,5 +1,6 @@
 """Static checks of the Slurm scripts, the submitit plan and the container definition."""
 
+import json
 import os
 import re
 import shutil
@@ -499,6 +500,19 @@ def test_the_estimate_comes_from_the_measured_rates_file(
     nf4 = build_plan("smoke", ["quantization=nf4", "dtype=bf16"], None, 1, str(tmp_path), settings)
     assert "estimate train: no measured rate for smoke lora nf4" in nf4.describe()
     assert "estimate total: none" in nf4.describe()
+
+
+def test_the_plan_counts_instances_in_the_corpus_or_the_prepared_dir(
+    tmp_path: Path, demo_prepared: Path
+) -> None:
+    from pronlora.job_costs import instance_counts
+
+    manifest = json.loads((demo_prepared / "manifest.json").read_text())["counts"]
+    want = {s: manifest[s]["APA"] + manifest[s]["MDD"] for s in ("train", "test")}
+    settings = {"PRONLORA_PREPARED": str(demo_prepared)}
+    assert instance_counts(settings, prep=False) == (want, f"the prepared dir {demo_prepared}")
+    full = instance_counts({"PRONLORA_DATA": str(tmp_path / "none")}, prep=True)
+    assert full == ({"train": 5000, "test": 5000}, "the full SpeechOcean762")
 
 
 def test_every_measured_rate_names_its_results_file_and_command() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pronlora.config import TrainConfig
+from pronlora.layout import PreparedDir
 from pronlora.protocol import CORPUS_UTTERANCES, TASKS
 
 RATES_FILE = "measured_rates.json"
@@ -60,10 +61,10 @@ def instance_counts(settings: dict[str, str], prep: bool) -> tuple[dict[str, int
                 s: sum(1 for x in p.read_text().splitlines() if x.strip()) for s, p in lists.items()
             }
             return {s: k * len(TASKS) for s, k in n.items()}, f"the corpus {data}"
-    manifest = Path(settings.get("PRONLORA_PREPARED", "")) / "manifest.json"
-    if not prep and manifest.is_file():
-        counts = json.loads(manifest.read_text())["counts"]
+    prepared = PreparedDir(Path(settings.get("PRONLORA_PREPARED") or "."))
+    if not prep and prepared.manifest_path.is_file():
+        counts = prepared.manifest()["counts"]
         n = {s: sum(counts[s].get(t.value, 0) for t in TASKS) for s in CORPUS_UTTERANCES}
-        return n, f"the prepared dir {manifest.parent}"
+        return n, f"the prepared dir {prepared.root}"
     full = {s: k * len(TASKS) for s, k in CORPUS_UTTERANCES.items()}
     return full, "the full SpeechOcean762"
