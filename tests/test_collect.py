@@ -359,3 +359,81 @@ def test_intervals_resample_speakers_as_an_independent_cluster_bootstrap(
     utt_lo, utt_hi = percentile_interval(utt_wers)
     lo, hi = entry.interval("wer")
     assert hi - lo > 2 * (utt_hi - utt_lo)
+
+
+def _entry(run: str, epoch: int, values: dict[str, float], spread: float = 0.01, **kw):
+    """A Table 3 entry with chosen values: each BOOT_METRICS key resampled as value + N(0, spread)
+    (the same draws for every entry, as collect pairs them)."""
+    from pronlora.collect import METRIC_KEYS, Entry
+    from pronlora.uncertainty import BOOT_METRICS
+
+    draws = np.random.default_rng(0).normal(0, spread, 400)
+    metrics = {k: 0.5 for k in METRIC_KEYS} | {k: 0.01 for k in METRIC_KEYS if k.endswith("_p")}
+    metrics |= {"n_apa": 10, "n_mdd": 10, "apa_parse_failures": 0, "mdd_parse_failures": 0}
+    metrics |= values
+    boot = {k: metrics[k] + draws for k in BOOT_METRICS}
+    pairs = {a: ([1.0, 2.0], [1.0, 2.0]) for a in ("accuracy", "fluency", "prosodic", "total")}
+    return Entry(
+        run=run, label=run, checkpoint=f"epoch-{epoch}", epoch=epoch, strategy="lora",
+        partial=False, metrics=metrics, provenance=kw.get("provenance", {}), boot=boot,
+        apa_pairs=pairs,
+    )  # fmt: skip
+
+
+def _row(table: str, epoch: int, run: str = "lora") -> list[str]:
+    """The cells of ``run``'s row for ``epoch``, by column header."""
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        row = dict(zip(header, cells, strict=True))
+        if row.get("ep") == str(epoch) and run in line:
+            return row
+    raise AssertionError(f"no row for {run} epoch {epoch} in\n{table}")
+
+
+def test_table3_marks_significance_the_paper_and_the_previous_epoch() -> None:
+    """Expected marks worked out by hand: † where Pearson's p >= 0.05; ‡ where the paper's value
+    (LoRA epoch 2: Acc 0.637, Flu 0.726, WER 0.139) is outside our interval; ↑/↓ where the paired
+    interval against the previous epoch excludes 0, by the column's direction."""
+    from pronlora.report import table3_markdown
+
+    first = _entry("lora", 1, {"accuracy_pcc": 0.60, "fluency_pcc": 0.72, "wer": 0.14})
+    second = _entry(
+        "lora",
+        2,
+        {
+            "accuracy_pcc": 0.637,  # the paper's value, inside the interval: no ‡
+            "accuracy_pcc_p": 0.2,  # not significant: †
+            "fluency_pcc": 0.50,  # far below the paper's 0.726: ‡; and below epoch 1's: ↓
+            "wer": 0.30,  # higher WER than epoch 1: worse, ↓ (lower is better); paper 0.139: ‡
+            "per": 0.40,  # lower PER than epoch 1's 0.5: better, ↑
+        },
+    )
+    row = _row(table3_markdown([first, second]), 2)
+    acc, flu, wer, per = (re.sub(r"\[[^]]*\]", "", row[c]) for c in ("Acc", "Flu", "WER", "PER"))
+    assert "†" in acc and "‡" not in acc and "↑" in acc  # 0.637 vs 0.60: better than epoch 1
+    assert "‡" in flu and "↓" in flu and "†" not in flu
+    assert "‡" in wer and "↓" in wer
+    assert "↑" in per and "↓" not in per
+    assert not any(m in re.sub(r"\[[^]]*\]", "", _row(table3_markdown([first]), 1)["Total"])
+                   for m in "†↑↓")  # fmt: skip
+
+
+def test_the_seed_table_is_mean_and_sample_sd_over_the_seed_runs() -> None:
+    from pronlora.report import table3_markdown
+
+    cfg = {"config": {"name": "paper_r64"}}
+    values = [0.61, 0.65, 0.70]
+    seeds = [
+        _entry(f"lora-s{i}", 2, {"accuracy_pcc": v}, provenance=cfg)
+        for i, v in enumerate(values, 1)
+    ]
+    table = table3_markdown(seeds)
+    assert "Over seeds (mean +- sd" in table
+    row = next(line for line in table.splitlines() if line.startswith("| paper_r64 | LoRA | 2 |"))
+    mean = sum(values) / 3
+    sd = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5  # the sample sd (n - 1)
+    assert row.split("|")[4].strip() == "3"
+    assert row.split("|")[5].strip() == f"{mean:.3f} +- {sd:.3f}"
+    assert "Over seeds" not in table3_markdown(seeds[:1])
