@@ -8,6 +8,7 @@ config fields from transformers' native conversion (paper-protocol.md).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -270,8 +271,43 @@ def _no_tokenizer(snap: Path) -> str:
     return f"{snap / 'tokenizer.json'}: missing; the snapshot has no tokenizer"
 
 
+def _audio_id_of_another_model(snap: Path) -> str:
+    path = replace_file(snap / "config.json")
+    config = json.loads(path.read_text())
+    config["audio_config"]["audio_token_id"] += 1
+    path.write_text(json.dumps(config))
+    tok = snap / "tokenizer.json"
+    return f"{tok}: the audio token .* has id 200011, but config.json's .* is 200012"
+
+
+def _chat_token_not_special(snap: Path) -> str:
+    path = replace_file(snap / "tokenizer.json")
+    tok = json.loads(path.read_text())
+    tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<|assistant|>"]
+    path.write_text(json.dumps(tok))
+    return re.escape(f"{path}: chat tokens ['<|assistant|>'] are not special tokens")
+
+
+def _adapter_rank_of_another_adapter(snap: Path) -> str:
+    path = replace_file(snap / "speech-lora" / "adapter_config.json")
+    config = json.loads(path.read_text())
+    config["r"] = 16  # the weights are rank 8
+    path.write_text(json.dumps(config))
+    return f"adapter_model.safetensors: .*lora_A.* has rank != r=16 of {path}"
+
+
 @pytest.mark.parametrize(
-    "damage", [_remote_code, _missing_shard, _wrong_tokenizer, _truncated_weights, _no_tokenizer]
+    "damage",
+    [
+        _remote_code,
+        _missing_shard,
+        _wrong_tokenizer,
+        _truncated_weights,
+        _no_tokenizer,
+        _audio_id_of_another_model,
+        _chat_token_not_special,
+        _adapter_rank_of_another_adapter,
+    ],
 )
 def test_unusable_snapshots_exit_2_naming_file_and_fix(
     tiny_model: Path, tmp_path: Path, damage
@@ -385,3 +421,38 @@ def test_a_sharded_snapshot_counts_as_complete_only_with_every_shard(
         "config.json",
         "model.safetensors (or an index with its shards)",
     ]
+
+
+def _base(tiny_model: Path):
+    from pronlora.config import load_config
+    from pronlora.model.load import _base_model
+
+    return _base_model(tiny_model, load_config("smoke"), None)
+
+
+def test_the_speech_adapter_loader_refuses_what_it_did_not_load(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three ways a load can go wrong without an error from peft: keys that match no module,
+    weights left at their initial values, a merge that changes nothing."""
+    from types import SimpleNamespace
+
+    import peft
+
+    from pronlora.model.snapshot import SnapshotError
+    from pronlora.model.speech_adapter import attach_speech_adapter, merge_speech_adapter
+
+    real = peft.set_peft_model_state_dict
+    monkeypatch.setattr(
+        peft, "set_peft_model_state_dict",
+        lambda *a, **k: SimpleNamespace(unexpected_keys=["x.lora_A.weight"], missing_keys=[]),
+    )  # fmt: skip
+    with pytest.raises(SnapshotError, match=r"keys that match no module: \['x.lora_A.weight'\]"):
+        attach_speech_adapter(_base(tiny_model), tiny_model, adapter_name="s", trainable=False)
+    monkeypatch.setattr(peft, "set_peft_model_state_dict", lambda *a, **k: SimpleNamespace())
+    with pytest.raises(SnapshotError, match=r"lora_A did not load \(values differ from the file\)"):
+        attach_speech_adapter(_base(tiny_model), tiny_model, adapter_name="s", trainable=False)
+    monkeypatch.setattr(peft, "set_peft_model_state_dict", real)
+    monkeypatch.setattr(peft.tuners.lora.LoraModel, "merge_and_unload", lambda self: self.unload())
+    with pytest.raises(SnapshotError, match=r"merging left 8 adapted weights unchanged"):
+        merge_speech_adapter(_base(tiny_model), tiny_model)
