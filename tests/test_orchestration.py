@@ -302,19 +302,37 @@ def test_submit_without_a_slurm_controller_says_so_in_one_line(tmp_path: Path) -
     assert not (tmp_path / "run").exists()
 
 
-def test_both_launchers_print_the_same_plan(tmp_path: Path) -> None:
-    args = ["--config", "smoke", "--shards", "2", "--epochs", "1,2", "--run-dir", str(tmp_path)]
-    args += ["--gpus-per-node", "2", "--set", "micro_batch=1"]
-    via_pipeline = _pipeline(*args, "--dry-run")
-    via_submit = _submit(*args, "--dry-run")
-    assert via_pipeline.returncode == 0 == via_submit.returncode, via_pipeline.stderr
+def test_both_backends_ask_slurm_for_the_same_resources(tmp_path: Path) -> None:
+    """The sbatch templates (one torchrun task per node) and submitit (one task per GPU) spell
+    a job differently; per node they must ask for the same time, GPUs, CPUs, memory, array."""
+    from pronlora.launch import _executor, minutes
+    from pronlora.plan import build_plan
+    from pronlora.sbatch import sbatch_args
 
-    def plan(out: str) -> list[str]:
-        keep = ("run ", "report:", "  prep:", "  train", "  infer", "  collect")
-        return [line for line in out.splitlines() if line.startswith(keep)]
-
-    assert plan(via_pipeline.stdout) == plan(via_submit.stdout)
-    assert len(plan(via_submit.stdout)) == 6  # 2 header lines + 4 jobs
+    settings = {
+        **site_settings(REPO),
+        "PRONLORA_GRES": "gpu:a100:2",
+        "PRONLORA_CPUS_PER_TASK": "4",
+        "PRONLORA_MEM": "32G",
+        "PRONLORA_PARTITION": "gpu",
+    }
+    overrides = ["micro_batch=1", "grad_accum=4"]
+    run = str(tmp_path / "r")
+    plan = build_plan("smoke", overrides, [1, 2], 2, run, settings, nodes=2, gpus_per_node=2)
+    assert [j.stage for j in plan.jobs] == ["prep", "train", "infer", "collect"]
+    for job in plan.jobs:
+        args = sbatch_args(plan, job, {})
+        opt = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+        sub = _executor("slurm", plan, job).parameters
+        tasks = int(opt.get("ntasks-per-node", 1))
+        assert int(opt["cpus-per-task"]) * tasks == sub["cpus_per_task"] * sub["ntasks_per_node"]
+        assert opt.get("gres") == sub.get("gres"), job.key
+        assert minutes(opt["time"]) == sub["time"] and opt.get("mem") == sub.get("mem")
+        assert int(opt.get("nodes", 1)) == sub["nodes"] and opt["partition"] == sub["partition"]
+        assert opt.get("array") == (f"0-{job.array - 1}" if job.array else None)
+    train = plan.job("train")
+    assert _executor("slurm", plan, train).parameters["gres"] == "gpu:a100:2"
+    assert _executor("slurm", plan, train).parameters["cpus_per_task"] == 4
 
 
 @pytest.mark.parametrize("seeds", [1, 3])
