@@ -1,6 +1,5 @@
 import json
 import os
-import re
 import signal
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from pronlora.config import ConfigError, load_config
 from pronlora.errors import DataError, SnapshotError
 from pronlora.layout import PreparedDir
 from pronlora.model.load import AUDIO_MODULES, load_model
-from pronlora.model.snapshot import ADAPTER_TARGET_REGEX
 from pronlora.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
 from pronlora.train import NonFiniteLossError, build_trainer, train
 
@@ -53,12 +51,15 @@ def test_collator_refuses_overlong_instances(tiny_model: Path, demo_prepared: Pa
         Collator(loaded.tokenizer, loaded.feature_extractor, max_length=50)(rows)
 
 
-def _lora_param_count(model: torch.nn.Module, r: int) -> int:
-    pattern = re.compile(ADAPTER_TARGET_REGEX)
+def _lora_param_count(snapshot: Path, r: int) -> int:
+    """LoRA parameters of rank ``r`` on the modules the snapshot's shipped speech adapter adapts,
+    with their shapes read from that file (not from the regex that builds adapters)."""
+    shipped = load_file(str(snapshot / "speech-lora" / "adapter_model.safetensors"))
     total = 0
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) and pattern.fullmatch(name):
-            total += r * (mod.in_features + mod.out_features)
+    for key, a in shipped.items():
+        if ".lora_A." in key:
+            b = shipped[key.replace(".lora_A.", ".lora_B.")]
+            total += r * (a.shape[1] + b.shape[0])  # A: r x in, B: out x r
     return total
 
 
@@ -75,7 +76,7 @@ def test_configs_train_what_they_claim(tiny_model: Path, adapter: str, strategy:
     model = load_model(cfg, tiny_model).model
     plain = Phi4MultimodalForCausalLM.from_pretrained(tiny_model)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    expected = _lora_param_count(plain, r)
+    expected = _lora_param_count(tiny_model, r)
     audio = {
         f"base_model.model.{m}.{k}": v
         for m in AUDIO_MODULES
