@@ -27,16 +27,16 @@ from typing import Any
 
 import torch
 
-from pronlora.atomic import read_jsonl
-from pronlora.audio_cache import AudioEmbeddingCache, clip_groups
-from pronlora.infer import (
+from pronlora.core.atomic import read_jsonl
+from pronlora.core.layout import PreparedDir, RunDir
+from pronlora.infer.stage import (
     device,
     ensure_run,
     generation_batches,
     generation_collator,
     load_for_inference,
 )
-from pronlora.layout import PreparedDir, RunDir
+from pronlora.model.audio_cache import AudioEmbeddingCache, clip_groups
 
 
 def embed(loaded: Any, cfg: Any, groups: list[list[str]]) -> dict[str, torch.Tensor]:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from pronlora.collate import Collator
-from pronlora.config import load_config
+from pronlora.core.config import load_config
+from pronlora.core.layout import PreparedDir
 from pronlora.devtools.bench import make_bench_data
-from pronlora.layout import PreparedDir
-from pronlora.loss import label_only_loss
+from pronlora.model.collate import Collator
 from pronlora.model.load import load_model
+from pronlora.train.loss import label_only_loss
 
 AUDIO = ("audio_input_features", "audio_embed_sizes", "audio_attention_mask")
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ assert torch.__version__.split("+")[0] == pin, f"torch {torch.__version__}, pinn
 assert torch.cuda.is_available(), "no GPU visible (apptainer test --nv, on a GPU node)"
 missing = []
 for name in ("transformers", "peft", "accelerate", "bitsandbytes", "deepspeed", "flash_attn",
-             "soundfile", "submitit", "jiwer", "pronlora.train", "pronlora.infer"):
+             "soundfile", "submitit", "jiwer", "pronlora.train.recipe", "pronlora.infer.stage"):
     try:
         importlib.import_module(name)
     except ImportError as exc:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from pronlora.atomic import write_text
-from pronlora.cli import run_job
-from pronlora.config import ConfigError, load_config
+from pronlora.core.atomic import write_text
+from pronlora.core.cli import run_job
+from pronlora.core.config import ConfigError, load_config
 from pronlora.devtools.bench import (
     VARIANTS,
     bench_infer,

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from pronlora.cli import run_job
-from pronlora.config import ConfigError, load_config
+from pronlora.core.cli import run_job
+from pronlora.core.config import ConfigError, load_config
+from pronlora.core.layout import PreparedDir
 from pronlora.devtools.bench import VARIANTS, make_bench_data, results_header, write_results
 from pronlora.devtools.profile import markdown, profile_inference, profile_training
-from pronlora.layout import PreparedDir
 
 REPO = Path(__file__).resolve().parents[1]
 

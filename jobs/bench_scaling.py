@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from pronlora.cli import run_job
-from pronlora.config import ConfigError, accumulation_steps, load_config
+from pronlora.core.cli import run_job
+from pronlora.core.config import ConfigError, accumulation_steps, load_config
 from pronlora.devtools.bench import make_bench_data, results_header, write_results
 from pronlora.devtools.bench_scaling import compare, markdown, run_point
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pronlora.cli import run_job
-from pronlora.report import collect_and_report
+from pronlora.collect.report import collect_and_report
+from pronlora.core.cli import run_job
 
 
 def main() -> int:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pronlora.cli import run_job
-from pronlora.errors import InputError
+from pronlora.core.cli import run_job
+from pronlora.core.errors import InputError
 from pronlora.model.hub import download_snapshot
 from pronlora.model.snapshot import check_snapshot, describe_snapshot
 

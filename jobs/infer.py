@@ -14,10 +14,10 @@ import argparse
 import math
 import os
 
-from pronlora.cli import run_job
-from pronlora.collate import SequenceTooLongError
-from pronlora.config import ConfigError
-from pronlora.infer import Models, run_shard, worker_items
+from pronlora.core.cli import run_job
+from pronlora.core.config import ConfigError
+from pronlora.infer.stage import Models, run_shard, worker_items
+from pronlora.model.collate import SequenceTooLongError
 
 
 def main() -> int:

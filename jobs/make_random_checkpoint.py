@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from pronlora.cli import run_job
+from pronlora.core.cli import run_job
 from pronlora.devtools.random_checkpoint import SIZES, make_random_checkpoint
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from pronlora.cli import run_job
+from pronlora.core.cli import run_job
+from pronlora.core.protocol import TASKS
 from pronlora.data.kaldi import CorpusLayoutError
 from pronlora.data.prep import PrepError, prepare
-from pronlora.protocol import TASKS
 
 
 def main() -> int:

@@ -19,13 +19,13 @@ import argparse
 import time
 from pathlib import Path
 
-from pronlora.atomic import write_text
-from pronlora.cli import run_job
-from pronlora.config import ConfigError, available
-from pronlora.experiment import available_experiments, experiment_runs, load_experiment
-from pronlora.launch import site_settings, submit
-from pronlora.plan import build_plan, check_inputs, plan_runs
-from pronlora.sbatch import submission_script, submit_sbatch
+from pronlora.core.atomic import write_text
+from pronlora.core.cli import run_job
+from pronlora.core.config import ConfigError, available
+from pronlora.launch.experiment import available_experiments, experiment_runs, load_experiment
+from pronlora.launch.plan import build_plan, check_inputs, plan_runs
+from pronlora.launch.sbatch import submission_script, submit_sbatch
+from pronlora.launch.submitit_backend import site_settings, submit
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 
-from pronlora.cli import run_job
-from pronlora.collate import SequenceTooLongError
-from pronlora.config import ConfigError, available, load_config
-from pronlora.distributed import launched_by_torchrun
-from pronlora.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
-from pronlora.train import NonFiniteLossError, train
+from pronlora.core.cli import run_job
+from pronlora.core.config import ConfigError, available, load_config
+from pronlora.core.distributed import launched_by_torchrun
+from pronlora.model.collate import SequenceTooLongError
+from pronlora.train.recipe import NonFiniteLossError, train
+from pronlora.train.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
 
 
 def main() -> int:

@@ -98,8 +98,8 @@ def demo_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_run(
     tiny_model: Path, demo_prepared: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    from pronlora.config import load_config
-    from pronlora.train import train
+    from pronlora.core.config import load_config
+    from pronlora.train.recipe import train
 
     run = tmp_path_factory.mktemp("run") / "smoke"
     assert train(load_config("smoke", ["epochs=1"]), demo_prepared, tiny_model, run) == 0

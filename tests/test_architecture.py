@@ -7,13 +7,38 @@ import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pronlora"
-# Each stage's modules; the driver (launch.py) and the tools (bench*) may use any stage.
+PACKAGES = ("core", "data", "model", "train", "infer", "collect", "launch", "devtools")
+
+
+def _package(name: str) -> set[str]:
+    return {f"pronlora.{name}.{p.stem}" for p in (SRC / name).glob("*.py") if p.stem != "__init__"}
+
+
+# Each stage's modules; the launchers (launch/) and the tools (devtools/) may use any stage.
 STAGES = {
-    "prep": {"pronlora.data.prep"},
-    "train": {"pronlora.train"},
-    "infer": {"pronlora.infer"},
-    "collect": {"pronlora.collect", "pronlora.report"},
+    "prep": _package("data"),
+    "train": _package("train"),
+    "infer": _package("infer"),
+    "collect": _package("collect"),
 }
+
+
+def test_the_package_tree_shows_the_stages() -> None:
+    top = sorted(p.name for p in SRC.glob("*.py"))
+    assert top == ["__init__.py"], f"modules outside the stage packages: {top}"
+    assert sorted(p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()) == sorted(
+        PACKAGES
+    )
+
+
+def test_the_core_and_the_model_import_no_stage() -> None:
+    stages = set().union(*STAGES.values()) | _package("launch")
+    for floor in ("core", "model"):
+        allowed = {"core"} if floor == "core" else {"core", "model"}
+        for module in _package(floor):
+            reached = {m for m in _closure(module) if m.count(".") == 2}
+            assert not reached & stages, f"{module} imports {sorted(reached & stages)}"
+            assert all(m.split(".")[1] in allowed for m in reached), (module, sorted(reached))
 
 
 def _imports(module: str) -> set[str]:

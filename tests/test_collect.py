@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pronlora.atomic import read_jsonl, write_jsonl
-from pronlora.collect import CoverageError, apa_fallback, collect
+from pronlora.collect.report import write_outputs
+from pronlora.collect.stage import CoverageError, apa_fallback, collect
+from pronlora.core.atomic import read_jsonl, write_jsonl
+from pronlora.core.errors import DataError
+from pronlora.core.phones import transcript_phones
+from pronlora.core.protocol import format_apa_answer, format_mdd_answer
 from pronlora.data.prep import prepare
-from pronlora.errors import DataError
-from pronlora.phones import transcript_phones
-from pronlora.protocol import format_apa_answer, format_mdd_answer
-from pronlora.report import write_outputs
 
 from .conftest import REPO
 
@@ -307,8 +307,8 @@ def test_intervals_resample_speakers_as_an_independent_cluster_bootstrap(
     """Issue 27: WER's interval on a speaker-clustered test set (one speaker's answers all
     wrong, the others' all right) equals a speaker bootstrap computed here by plain loops, and
     is wider than the utterance-level interval the README warns against."""
-    from pronlora.metrics import normalise_words
-    from pronlora.uncertainty import LEVEL, N_BOOT, SEED
+    from pronlora.collect.metrics import normalise_words
+    from pronlora.collect.uncertainty import LEVEL, N_BOOT, SEED
 
     test = read_jsonl(mini_prepared / "test.jsonl")
     speakers = sorted({r["speaker"] for r in test})
@@ -364,8 +364,8 @@ def test_intervals_resample_speakers_as_an_independent_cluster_bootstrap(
 def _entry(run: str, epoch: int, values: dict[str, float], spread: float = 0.01, **kw):
     """A Table 3 entry with chosen values: each BOOT_METRICS key resampled as value + N(0, spread)
     (the same draws for every entry, as collect pairs them)."""
-    from pronlora.collect import METRIC_KEYS, Entry
-    from pronlora.uncertainty import BOOT_METRICS
+    from pronlora.collect.stage import METRIC_KEYS, Entry
+    from pronlora.collect.uncertainty import BOOT_METRICS
 
     draws = np.random.default_rng(0).normal(0, spread, 400)
     metrics = {k: 0.5 for k in METRIC_KEYS} | {k: 0.01 for k in METRIC_KEYS if k.endswith("_p")}
@@ -396,7 +396,7 @@ def test_table3_marks_significance_the_paper_and_the_previous_epoch() -> None:
     """Expected marks worked out by hand: † where Pearson's p >= 0.05; ‡ where the paper's value
     (LoRA epoch 2: Acc 0.637, Flu 0.726, WER 0.139) is outside our interval; ↑/↓ where the paired
     interval against the previous epoch excludes 0, by the column's direction."""
-    from pronlora.report import table3_markdown
+    from pronlora.collect.report import table3_markdown
 
     first = _entry("lora", 1, {"accuracy_pcc": 0.60, "fluency_pcc": 0.72, "wer": 0.14})
     second = _entry(
@@ -421,7 +421,7 @@ def test_table3_marks_significance_the_paper_and_the_previous_epoch() -> None:
 
 
 def test_the_seed_table_is_mean_and_sample_sd_over_the_seed_runs() -> None:
-    from pronlora.report import table3_markdown
+    from pronlora.collect.report import table3_markdown
 
     cfg = {"config": {"name": "paper_r64"}}
     values = [0.61, 0.65, 0.70]

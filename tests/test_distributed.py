@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pronlora.atomic import read_jsonl
-from pronlora.config import ConfigError, accumulation_steps, load_config
-from pronlora.distributed import free_port, resume_plan, write_checkpoint_parallel
-from pronlora.train import train
+from pronlora.core.atomic import read_jsonl
+from pronlora.core.config import ConfigError, accumulation_steps, load_config
+from pronlora.core.distributed import free_port, resume_plan, write_checkpoint_parallel
+from pronlora.train.recipe import train
 
 from .conftest import REPO
 
@@ -198,7 +198,7 @@ def test_engine_combinations_are_checked_before_any_run() -> None:
 def _agree(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from pronlora.distributed import any_rank
+    from pronlora.core.distributed import any_rank
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     # only rank 1 was signalled; both must stop

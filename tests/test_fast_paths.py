@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pronlora.atomic import read_jsonl
-from pronlora.collate import Collator
-from pronlora.config import load_config
-from pronlora.loss import label_only_loss
+from pronlora.core.atomic import read_jsonl
+from pronlora.core.config import load_config
+from pronlora.model.collate import Collator
 from pronlora.model.load import load_model
-from pronlora.sampler import LengthGroupedSampler
+from pronlora.train.loss import label_only_loss
+from pronlora.train.sampler import LengthGroupedSampler
 
 
 def _lora_grads(model) -> dict[str, torch.Tensor]:
@@ -248,7 +248,7 @@ def test_folded_gqa_attention_generates_the_sdpa_tokens(
     tiny_model: Path, demo_prepared: Path
 ) -> None:
     """The whole model, left-padded batch, prefill and cached decoding steps."""
-    from pronlora.infer import generate, generation_collator
+    from pronlora.infer.stage import generate, generation_collator
     from pronlora.model.attention import FOLDED_GQA
 
     rows = [r for r in read_jsonl(demo_prepared / "test.jsonl") if r["task"] == "MDD"][:3]
@@ -271,7 +271,7 @@ def test_preallocated_cache_generates_the_growing_cache_tokens(
 ) -> None:
     """infer.cache=static_eager (the paper configs' default) against the dynamic cache, on a
     left-padded batch of each task."""
-    from pronlora.infer import generate, generation_batches
+    from pronlora.infer.stage import generate, generation_batches
 
     rows = read_jsonl(demo_prepared / "test.jsonl")[:8]
     answers = {}
@@ -309,7 +309,7 @@ def test_cached_audio_embeddings_give_the_plain_loss_and_gradients(
     and the audio encoder does not run in it."""
     from contextlib import nullcontext
 
-    from pronlora.audio_cache import AudioEmbeddingCache, multimodal_model, why_not_cached
+    from pronlora.model.audio_cache import AudioEmbeddingCache, multimodal_model, why_not_cached
 
     cfg = load_config("smoke", ["lora.dropout=0.0"])
     loaded = load_model(cfg, tiny_model)
@@ -346,7 +346,7 @@ def test_cached_audio_embeddings_give_the_plain_loss_and_gradients(
 def test_audio_embeddings_are_cached_only_while_the_audio_path_is_frozen(
     tiny_model: Path,
 ) -> None:
-    from pronlora.audio_cache import multimodal_model, why_not_cached
+    from pronlora.model.audio_cache import multimodal_model, why_not_cached
 
     lora = load_model(load_config("smoke"), tiny_model).model
     assert why_not_cached(lora, "lora", "zero2") is None
@@ -367,8 +367,8 @@ def test_training_embeds_each_clip_once(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:
     """The Trainer builds the cache at its first pass; no pass runs the encoder after it."""
-    from pronlora.audio_cache import GROUP, multimodal_model
-    from pronlora.trainer import build_trainer
+    from pronlora.model.audio_cache import GROUP, multimodal_model
+    from pronlora.train.trainer import build_trainer
 
     rows = read_jsonl(demo_prepared / "train.jsonl")
     cfg = load_config("smoke", ["max_steps=3"])

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pronlora.atomic import read_jsonl
-from pronlora.config import ConfigError, load_config
-from pronlora.infer import BASE, decode_batches, shard_paths, worker_items
+from pronlora.core.atomic import read_jsonl
+from pronlora.core.config import ConfigError, load_config
+from pronlora.infer.stage import BASE, decode_batches, shard_paths, worker_items
 
 from .conftest import REPO
 
@@ -196,7 +196,7 @@ def test_missing_checkpoint_is_named(trained_run: Path, demo_prepared: Path) -> 
 def test_merged_adapter_generates_the_same_tokens(trained_run: Path, demo_prepared: Path) -> None:
     from dataclasses import replace
 
-    from pronlora.infer import ensure_run, generate, load_for_inference
+    from pronlora.infer.stage import ensure_run, generate, load_for_inference
 
     spec = ensure_run(trained_run, None, None)
     rows = [r for r in read_jsonl(demo_prepared / "test.jsonl") if r["task"] == "MDD"][:3]
@@ -212,7 +212,7 @@ def test_merged_adapter_generates_the_same_tokens(trained_run: Path, demo_prepar
 def test_a_worker_loads_a_checkpoint_once_and_benchmarks_decode_real_lengths(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:
-    from pronlora.infer import Models, generate, run_shard
+    from pronlora.infer.stage import Models, generate, run_shard
 
     rows = read_jsonl(demo_prepared / "test.jsonl")
     lengths = {r["id"]: 3 + i % 5 for i, r in enumerate(rows)}  # as a bench would ask
@@ -264,8 +264,8 @@ def test_answers_and_clip_embeddings_do_not_depend_on_batch_size_or_shards(
     answers (a tiny model's greedy answers hide most differences)."""
     import torch
 
-    import pronlora.infer as infer
-    from pronlora.audio_cache import multimodal_model
+    import pronlora.infer.stage as infer
+    from pronlora.model.audio_cache import multimodal_model
 
     given: dict[str, dict[str, torch.Tensor]] = {}  # run -> clip -> rows the decoder got
     batches: dict[str, set[frozenset[str]]] = {}  # run -> the decode batches
@@ -337,8 +337,8 @@ def test_the_encoder_depends_on_its_batch_and_cached_decoding_equals_the_models_
     is the clips' group."""
     import torch
 
-    from pronlora.audio_cache import clip_groups
-    from pronlora.infer import Models, ensure_run, generate
+    from pronlora.infer.stage import Models, ensure_run, generate
+    from pronlora.model.audio_cache import clip_groups
 
     spec = ensure_run(trained_run, None, None)
     rows = read_jsonl(demo_prepared / "test.jsonl")
@@ -366,7 +366,7 @@ def test_a_checkpoint_decodes_with_its_own_trained_weights(
     import torch
     from safetensors.torch import load_file
 
-    from pronlora.infer import ensure_run, generation_collator, load_for_inference
+    from pronlora.infer.stage import ensure_run, generation_collator, load_for_inference
 
     spec = ensure_run(trained_run, None, None)
     ckpt = trained_run / "checkpoints" / "epoch-1"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pronlora.metrics import (
+from pronlora.collect.metrics import (
     MDDCounts,
     align_to_canonical,
     corpus_rate,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pronlora.errors import EnvironmentProblem
-from pronlora.launch import site_settings
+from pronlora.core.errors import EnvironmentProblem
+from pronlora.launch.submitit_backend import site_settings
 
 from .conftest import REPO
 
@@ -305,9 +305,9 @@ def test_submit_without_a_slurm_controller_says_so_in_one_line(tmp_path: Path) -
 def test_both_backends_ask_slurm_for_the_same_resources(tmp_path: Path) -> None:
     """The sbatch templates (one torchrun task per node) and submitit (one task per GPU) spell
     a job differently; per node they must ask for the same time, GPUs, CPUs, memory, array."""
-    from pronlora.launch import _executor, minutes
-    from pronlora.plan import build_plan
-    from pronlora.sbatch import sbatch_args
+    from pronlora.launch.plan import build_plan
+    from pronlora.launch.sbatch import sbatch_args
+    from pronlora.launch.submitit_backend import _executor, minutes
 
     settings = {
         **site_settings(REPO),
@@ -459,8 +459,8 @@ def test_a_refused_submission_from_the_image_leaves_nothing_queued(tmp_path: Pat
 
 
 def test_local_jobs_get_the_gpus_their_plan_asks_for(tmp_path: Path) -> None:
-    from pronlora.launch import InferTask, _executor
-    from pronlora.plan import build_plan
+    from pronlora.launch.plan import build_plan
+    from pronlora.launch.submitit_backend import InferTask, _executor
 
     for gres, want in (("gpu:1", 1), ("", 0)):
         settings = {**site_settings(REPO), "PRONLORA_GRES": gres}
@@ -495,8 +495,8 @@ def test_a_gpu_recipe_refuses_a_process_without_a_gpu(
 def test_the_estimate_comes_from_the_measured_rates_file(
     tmp_path: Path, mini: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pronlora import job_costs
-    from pronlora.plan import build_plan
+    from pronlora.launch import job_costs
+    from pronlora.launch.plan import build_plan
 
     rates = {
         "train": {"smoke lora bf16": {"fixed_s": 60, "s_per_instance": 0.5, "source": "T.md"}},
@@ -523,7 +523,7 @@ def test_the_estimate_comes_from_the_measured_rates_file(
 def test_the_plan_counts_instances_in_the_corpus_or_the_prepared_dir(
     tmp_path: Path, demo_prepared: Path
 ) -> None:
-    from pronlora.job_costs import instance_counts
+    from pronlora.launch.job_costs import instance_counts
 
     manifest = json.loads((demo_prepared / "manifest.json").read_text())["counts"]
     want = {s: manifest[s]["APA"] + manifest[s]["MDD"] for s in ("train", "test")}
@@ -534,7 +534,7 @@ def test_the_plan_counts_instances_in_the_corpus_or_the_prepared_dir(
 
 
 def test_every_measured_rate_names_its_results_file_and_command() -> None:
-    from pronlora.job_costs import measured_rates
+    from pronlora.launch.job_costs import measured_rates
 
     rates = measured_rates()
     assert rates["train"] and rates["infer"]

@@ -1,6 +1,6 @@
 import pytest
 
-from pronlora.parse import parse_answer
+from pronlora.core.parse import parse_answer
 
 
 @pytest.mark.parametrize(

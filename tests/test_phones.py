@@ -1,6 +1,6 @@
 import pytest
 
-from pronlora.phones import (
+from pronlora.core.phones import (
     Mispronunciation,
     PhoneError,
     normalise_phone_sequence,

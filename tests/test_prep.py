@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pronlora.atomic import read_jsonl
+from pronlora.core.atomic import read_jsonl
 from pronlora.data.prep import PrepError, prepare
 from pronlora.devtools.synthetic_corpus import make_demo_corpus
 

@@ -65,7 +65,7 @@ def test_trace_summary_counts_overlapping_streams_once_and_per_step() -> None:
 
 
 def test_model_flops_count_the_decoder_layers_linear_weights_only(tiny_model: Path) -> None:
-    from pronlora.config import load_config
+    from pronlora.core.config import load_config
     from pronlora.model.load import load_model
 
     model = load_model(load_config("smoke"), tiny_model).model

@@ -1,6 +1,12 @@
 import pytest
 
-from pronlora.protocol import Task, format_apa_answer, format_mdd_answer, prompt_text, user_content
+from pronlora.core.protocol import (
+    Task,
+    format_apa_answer,
+    format_mdd_answer,
+    prompt_text,
+    user_content,
+)
 
 from .conftest import SHARED
 

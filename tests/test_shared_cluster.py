@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pronlora.atomic import read_jsonl, write_json
-from pronlora.config import ConfigError, load_config
-from pronlora.errors import DataError
-from pronlora.lock import OutputLock
-from pronlora.train import EXIT_REQUEUE, train
+from pronlora.core.atomic import read_jsonl, write_json
+from pronlora.core.config import ConfigError, load_config
+from pronlora.core.errors import DataError
+from pronlora.core.lock import OutputLock
+from pronlora.train.recipe import EXIT_REQUEUE, train
 
 from .conftest import REPO, train_job
 
@@ -126,8 +126,8 @@ def _other_prepared(demo_prepared: Path, dest: Path) -> Path:
     manifest of its own (another prep of other data)."""
     import shutil
 
-    from pronlora.atomic import write_jsonl
-    from pronlora.layout import PreparedDir
+    from pronlora.core.atomic import write_jsonl
+    from pronlora.core.layout import PreparedDir
 
     shutil.copytree(demo_prepared, dest)
     rows = read_jsonl(dest / "test.jsonl")
@@ -145,7 +145,7 @@ def test_prepared_files_edited_after_prep_are_refused_by_every_stage(
 ) -> None:
     import shutil
 
-    from pronlora.layout import PreparedDir
+    from pronlora.core.layout import PreparedDir
 
     edited = tmp_path / "edited"
     shutil.copytree(demo_prepared, edited)
@@ -252,8 +252,8 @@ def test_a_full_disk_is_one_line_naming_the_file(
 ) -> None:
     import errno
 
-    from pronlora.atomic import write_text
-    from pronlora.cli import run_job
+    from pronlora.core.atomic import write_text
+    from pronlora.core.cli import run_job
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -331,7 +331,7 @@ def test_a_run_refused_for_a_long_instance_accepts_the_corrected_command(
 ) -> None:
     """max_length only refuses (nothing is cut), so the rerun with a larger one is the same
     setup, not "a different setup"."""
-    from pronlora.collate import SequenceTooLongError
+    from pronlora.model.collate import SequenceTooLongError
 
     run = tmp_path / "run"
     with pytest.raises(SequenceTooLongError, match="longer than max_length=16"):
@@ -352,8 +352,8 @@ def test_a_resumed_run_refuses_changed_prepared_data(
     trained on the old data is a different setup."""
     import shutil
 
-    from pronlora.atomic import write_jsonl
-    from pronlora.layout import PreparedDir
+    from pronlora.core.atomic import write_jsonl
+    from pronlora.core.layout import PreparedDir
 
     prepared = tmp_path / "prepared"
     shutil.copytree(demo_prepared, prepared)

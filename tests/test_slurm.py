@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pronlora.atomic import read_jsonl
-from pronlora.config import load_config
+from pronlora.core.atomic import read_jsonl
+from pronlora.core.config import load_config
 from pronlora.data.prep import prepare
 from pronlora.devtools.synthetic_corpus import make_demo_corpus
-from pronlora.train import train
+from pronlora.train.recipe import train
 
 from .conftest import REPO
 

@@ -18,13 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pronlora.atomic import read_jsonl
-from pronlora.collate import Collator
-from pronlora.config import load_config
-from pronlora.errors import SnapshotError
+from pronlora.core.atomic import read_jsonl
+from pronlora.core.config import load_config
+from pronlora.core.errors import SnapshotError
+from pronlora.core.protocol import Task, prompt_text
+from pronlora.model.collate import Collator
 from pronlora.model.load import load_model, load_tokenizer
 from pronlora.model.snapshot import PEFT_KEY_PREFIX, check_snapshot
-from pronlora.protocol import Task, prompt_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,7 @@ def test_autotokenizer_trap_is_caught(tiny_model: Path, monkeypatch: pytest.Monk
 def _first_loss(model_dir: Path, rows: list[dict], silence: bool = False) -> float:
     import numpy as np
 
-    from pronlora.collate import load_audio
+    from pronlora.model.collate import load_audio
 
     loaded = load_model(load_config("smoke", ["lora.dropout=0.0"]), model_dir)
     collator = Collator(loaded.tokenizer, loaded.feature_extractor)
@@ -424,7 +424,7 @@ def test_a_sharded_snapshot_counts_as_complete_only_with_every_shard(
 
 
 def _base(tiny_model: Path):
-    from pronlora.config import load_config
+    from pronlora.core.config import load_config
     from pronlora.model.load import _base_model
 
     return _base_model(tiny_model, load_config("smoke"), None)

@@ -7,14 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pronlora.atomic import read_jsonl
-from pronlora.collate import IGNORE_INDEX, Collator, SequenceTooLongError
-from pronlora.config import ConfigError, load_config
-from pronlora.errors import DataError, SnapshotError
-from pronlora.layout import PreparedDir
+from pronlora.core.atomic import read_jsonl
+from pronlora.core.config import ConfigError, load_config
+from pronlora.core.errors import DataError, SnapshotError
+from pronlora.core.layout import PreparedDir
+from pronlora.model.collate import IGNORE_INDEX, Collator, SequenceTooLongError
 from pronlora.model.load import AUDIO_MODULES, load_model
-from pronlora.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
-from pronlora.train import NonFiniteLossError, build_trainer, train
+from pronlora.train.recipe import NonFiniteLossError, build_trainer, train
+from pronlora.train.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
 
 
 def test_collator_labels_cover_exactly_the_answer(tiny_model: Path, demo_prepared: Path) -> None:
@@ -327,7 +327,7 @@ def test_a_stopped_run_resumes_with_another_pass_size_to_the_same_losses(
 
 
 def test_a_pass_takes_as_many_micro_batches_as_divide_each_process_share() -> None:
-    from pronlora.config import accumulation_steps, pass_size
+    from pronlora.core.config import accumulation_steps, pass_size
 
     cfg = load_config("paper_r64", ["micro_batches_per_pass=2"])
     assert [pass_size(cfg, w) for w in (1, 2, 4, 8)] == [2, 2, 2, 1]
@@ -371,7 +371,7 @@ def test_step_counts_move_to_their_parameters_device_after_a_resume() -> None:
     kernel refuses on a GPU; the callback moves them (``meta`` stands in for the GPU here)."""
     from types import SimpleNamespace
 
-    from pronlora.trainer import OptimizerStateOnDevice
+    from pronlora.train.trainer import OptimizerStateOnDevice
 
     param = torch.nn.Parameter(torch.zeros(3, device="meta"))
     adamw = torch.optim.AdamW([param])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pronlora.uncertainty import Bootstrap, Samples, interval, speaker_weights, weighted_pcc
+from pronlora.collect.uncertainty import Bootstrap, Samples, interval, speaker_weights, weighted_pcc
 
 
 def _test_set(rng: np.random.Generator, speakers: int = 125, per: int = 20):

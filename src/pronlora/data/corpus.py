@@ -14,8 +14,8 @@ from typing import Any
 
 import soundfile as sf
 
-from pronlora.phones import Mispronunciation, PhoneError, perceived_alignment
-from pronlora.protocol import SAMPLE_RATE, SCORE_FIELDS, SCORE_RANGE
+from pronlora.core.phones import Mispronunciation, PhoneError, perceived_alignment
+from pronlora.core.protocol import SAMPLE_RATE, SCORE_FIELDS, SCORE_RANGE
 
 
 @dataclass(frozen=True)

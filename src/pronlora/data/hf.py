@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pronlora.core.layout import SPLITS
 from pronlora.data.corpus import AudioRef, RawUtterance
 from pronlora.data.kaldi import CorpusLayoutError
-from pronlora.layout import SPLITS
 
 
 def _parquet_files(root: Path) -> dict[str, list[str]]:

@@ -6,15 +6,15 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from pronlora.data.corpus import Utterance
-from pronlora.phones import transcript_phones
-from pronlora.protocol import (
+from pronlora.core.phones import transcript_phones
+from pronlora.core.protocol import (
     APA_ASPECTS,
     Task,
     format_apa_answer,
     format_mdd_answer,
     user_content,
 )
+from pronlora.data.corpus import Utterance
 
 
 def target_for(task: Task, utt: Utterance) -> str:

@@ -7,9 +7,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from pronlora.core.errors import DataError
+from pronlora.core.layout import SPLITS
 from pronlora.data.corpus import AudioRef, RawUtterance
-from pronlora.errors import DataError
-from pronlora.layout import SPLITS
 
 _KALDI_FILES = ("wav.scp", "text", "utt2spk")
 

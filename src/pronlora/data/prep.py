@@ -19,14 +19,14 @@ from typing import Any, Protocol
 import soundfile as sf
 
 from pronlora import __version__
-from pronlora.atomic import atomic_open, write_json, write_jsonl
+from pronlora.core.atomic import atomic_open, write_json, write_jsonl
+from pronlora.core.errors import DataError
+from pronlora.core.layout import SPLITS, PreparedDir
+from pronlora.core.protocol import SAMPLE_RATE, TASKS, Task, prompt_text
 from pronlora.data.corpus import Problem, RawUtterance, Utterance, validate
 from pronlora.data.hf import HFCorpus
 from pronlora.data.instances import build_instances
 from pronlora.data.kaldi import KaldiCorpus
-from pronlora.errors import DataError
-from pronlora.layout import SPLITS, PreparedDir
-from pronlora.protocol import SAMPLE_RATE, TASKS, Task, prompt_text
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,11 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from pronlora.atomic import read_jsonl, write_json, write_jsonl, write_text
-from pronlora.config import TrainConfig
-from pronlora.layout import PreparedDir, RunDir
-from pronlora.phones import CMU_PHONES
-from pronlora.protocol import (
+from pronlora.core.atomic import read_jsonl, write_json, write_jsonl, write_text
+from pronlora.core.config import TrainConfig
+from pronlora.core.layout import PreparedDir, RunDir
+from pronlora.core.phones import CMU_PHONES
+from pronlora.core.protocol import (
     SAMPLE_RATE,
     TASKS,
     Task,
@@ -37,7 +37,7 @@ from pronlora.protocol import (
     format_mdd_answer,
     user_content,
 )
-from pronlora.versions import versions
+from pronlora.core.versions import versions
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def bench_train(
     """Per-task optimizer steps of one forward/backward pass each (``micro_batch`` x
     ``micro_batches_per_pass`` instances)."""
     from pronlora.model.load import load_model
-    from pronlora.trainer import build_trainer
+    from pronlora.train.trainer import build_trainer
 
     rows_all = PreparedDir(prepared).load_split("train")
     per_pass = cfg.micro_batch * cfg.micro_batches_per_pass
@@ -275,7 +275,7 @@ def decode_test_split(
 ) -> dict[str, Any]:
     """One pass of the inference stage (``run_shard``) over the base model and the test split,
     each instance decoding ``lengths[id]`` tokens; its summary."""
-    from pronlora.infer import run_shard
+    from pronlora.infer.stage import run_shard
 
     return run_shard(
         run_dir,
@@ -300,7 +300,7 @@ def bench_infer(
     (static-cache compilation, allocator), the second gives the steady rate. ``models``: a
     caller's holder, to decode more passes with the same load (the profile does).
     """
-    from pronlora.infer import Models
+    from pronlora.infer.stage import Models
     from pronlora.model.load import load_tokenizer
 
     rows = PreparedDir(prepared).load_split("test")

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pronlora.atomic import read_jsonl
+from pronlora.core.atomic import read_jsonl
+from pronlora.core.distributed import free_port
+from pronlora.core.layout import RunDir
 from pronlora.devtools.bench import results_heading
-from pronlora.distributed import free_port
-from pronlora.layout import RunDir
 
 # Loss curves of the same samples on different rank counts differ by reduction order only;
 # more than this relative gap means the data-parallel setup changed the optimisation.

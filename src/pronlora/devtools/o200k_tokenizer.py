@@ -16,7 +16,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from pronlora.errors import EnvironmentProblem
+from pronlora.core.errors import EnvironmentProblem
 from pronlora.model.snapshot import (
     AUDIO_SPECIAL_TOKEN,
     CHAT_TEMPLATE,
@@ -220,7 +220,7 @@ def tokenizer_config() -> dict:
 
 def write_phi4_tokenizer(out: Path) -> None:
     """Write ``tokenizer.json`` and ``tokenizer_config.json`` of the real format into ``out``."""
-    from pronlora.atomic import write_text
+    from pronlora.core.atomic import write_text
 
     write_text(out / "tokenizer.json", json.dumps(tokenizer_json(o200k_rank_file())) + "\n")
     write_text(out / "tokenizer_config.json", json.dumps(tokenizer_config(), indent=2) + "\n")

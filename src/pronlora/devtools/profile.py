@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from pronlora.config import accumulation_steps
+from pronlora.core.config import accumulation_steps
 from pronlora.devtools.bench import PAPER_EPOCHS, PAPER_TRAIN_PER_TASK, results_heading
 
 # First match wins: nccl before the generic patterns, dequantisation before matmul.
@@ -193,7 +193,7 @@ def profile_training(
     from transformers import TrainerCallback
 
     from pronlora.model.load import load_model
-    from pronlora.trainer import build_trainer
+    from pronlora.train.trainer import build_trainer
 
     # one step after the profiled ones, so the final save at the run's end stays outside them
     cfg = replace(cfg, max_steps=warmup + 2 * steps + 1, save_steps=10**6, logging_steps=10**6)
@@ -256,9 +256,9 @@ def profile_inference(cfg: Any, model_dir: Path, prepared: Path, run_dir: Path) 
     """The inference stage over the test split, each instance decoding its real target's length
     (``bench_infer``: a warm-up pass and a timed one), then a third pass under the profiler,
     all on one model load. Per-step figures are per generation batch."""
+    from pronlora.core.layout import PreparedDir
     from pronlora.devtools.bench import bench_infer, decode_test_split, target_lengths
-    from pronlora.infer import Models
-    from pronlora.layout import PreparedDir
+    from pronlora.infer.stage import Models
     from pronlora.model.load import load_tokenizer
 
     models = Models()

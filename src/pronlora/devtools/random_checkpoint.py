@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pronlora.atomic import follow_umask, write_text
+from pronlora.core.atomic import follow_umask, write_text
 from pronlora.devtools.o200k_tokenizer import write_phi4_tokenizer
 from pronlora.model.snapshot import (
     ADAPTER_TARGET_REGEX,

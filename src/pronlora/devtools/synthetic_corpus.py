@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pronlora.atomic import write_text
+from pronlora.core.atomic import write_text
+from pronlora.core.phones import CMU_PHONES, VOWELS, strip_stress
+from pronlora.core.protocol import SAMPLE_RATE
 from pronlora.data.prep import SYNTHETIC_MARKER
-from pronlora.phones import CMU_PHONES, VOWELS, strip_stress
-from pronlora.protocol import SAMPLE_RATE
 
 LEXICON: dict[str, list[str]] = {
     "WE": ["W", "IY1"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pronlora.errors import EnvironmentProblem
+from pronlora.core.errors import EnvironmentProblem
 from pronlora.model.snapshot import HUB_REPO, NATIVE_REVISION
 
 log = logging.getLogger(__name__)

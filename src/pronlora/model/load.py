@@ -27,11 +27,12 @@ from typing import Any
 
 import torch
 
-from pronlora.atomic import follow_umask
-from pronlora.config import ConfigError, TrainConfig
-from pronlora.distributed import rank
-from pronlora.errors import SnapshotError
-from pronlora.layout import model_cache
+from pronlora.core.atomic import follow_umask
+from pronlora.core.config import ConfigError, TrainConfig
+from pronlora.core.distributed import rank
+from pronlora.core.errors import SnapshotError
+from pronlora.core.layout import model_cache
+from pronlora.core.protocol import CONTROL_TOKENS, TASKS, prompt_text
 from pronlora.model.attention import FOLDED_GQA
 from pronlora.model.attention import register as register_folded_gqa
 from pronlora.model.snapshot import (
@@ -41,7 +42,6 @@ from pronlora.model.snapshot import (
     read_json,
 )
 from pronlora.model.speech_adapter import attach_speech_adapter, merge_speech_adapter
-from pronlora.protocol import CONTROL_TOKENS, TASKS, prompt_text
 
 log = logging.getLogger(__name__)
 

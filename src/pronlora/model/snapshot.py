@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from pronlora.errors import SnapshotError
+from pronlora.core.errors import SnapshotError
 
 HUB_REPO = "microsoft/Phi-4-multimodal-instruct"
 # The native-format weights live on this revision (what transformers' integration test loads).

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pronlora.errors import SnapshotError
+from pronlora.core.errors import SnapshotError
 from pronlora.model.snapshot import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,

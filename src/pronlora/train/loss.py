@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pronlora.collate import IGNORE_INDEX
+from pronlora.model.collate import IGNORE_INDEX
 
 
 def label_only_loss(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,8 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pronlora.atomic import umask_mode
-from pronlora.errors import DataError, InputError
+from pronlora.core.atomic import umask_mode
+from pronlora.core.errors import DataError, InputError
 
 log = logging.getLogger(__name__)
 

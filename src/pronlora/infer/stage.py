@@ -31,18 +31,24 @@ from typing import Any
 
 import torch
 
-from pronlora.atomic import jsonl_line, umask_mode, write_json
-from pronlora.audio_cache import AudioEmbeddingCache, clip_groups
-from pronlora.collate import Collator, approx_prompt_tokens
-from pronlora.config import ConfigError, TrainConfig, from_dict, load_config, to_dict
-from pronlora.errors import DataError
-from pronlora.layout import BASE_CHECKPOINT, UNFROZEN_FILE, PreparedDir, RunDir, checkpoint_name
-from pronlora.lock import OutputLock
+from pronlora.core.atomic import jsonl_line, umask_mode, write_json
+from pronlora.core.config import ConfigError, TrainConfig, from_dict, load_config, to_dict
+from pronlora.core.errors import DataError
+from pronlora.core.layout import (
+    BASE_CHECKPOINT,
+    UNFROZEN_FILE,
+    PreparedDir,
+    RunDir,
+    checkpoint_name,
+)
+from pronlora.core.lock import OutputLock
+from pronlora.core.parse import parse_answer
+from pronlora.core.protocol import Task
+from pronlora.core.versions import versions
+from pronlora.model.audio_cache import AudioEmbeddingCache, clip_groups
+from pronlora.model.collate import Collator, approx_prompt_tokens
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, torch_dtype
 from pronlora.model.snapshot import END_TOKEN, special_token_id
-from pronlora.parse import parse_answer
-from pronlora.protocol import Task
-from pronlora.versions import versions
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from pronlora.errors import DataError
+from pronlora.core.errors import DataError
 
 
 @contextmanager

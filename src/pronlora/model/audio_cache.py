@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pronlora.collate import Collator, load_audio
+from pronlora.model.collate import Collator, load_audio
 
 log = logging.getLogger(__name__)
 

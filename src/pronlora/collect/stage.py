@@ -1,7 +1,7 @@
 """The collector stage: prediction files of many runs -> one metrics entry per checkpoint.
 
 Finds every ``predictions/<checkpoint>/`` under the given run dirs, checks that each test id
-appears exactly once per checkpoint, and scores it with ``pronlora.metrics``.
+appears exactly once per checkpoint, and scores it with ``pronlora.collect.metrics``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pronlora.atomic import read_jsonl
-from pronlora.errors import DataError
-from pronlora.layout import PreparedDir, RunDir
-from pronlora.metrics import (
+from pronlora.collect.metrics import (
     EditCounts,
     MDDCounts,
     correlation,
@@ -29,11 +26,14 @@ from pronlora.metrics import (
     phone_match_counts,
     recognised_phones,
 )
+from pronlora.collect.uncertainty import BOOT_METRICS, Bootstrap, Samples, interval
+from pronlora.core.atomic import read_jsonl
+from pronlora.core.errors import DataError
+from pronlora.core.layout import PreparedDir, RunDir
+from pronlora.core.parse import parse_answer
+from pronlora.core.phones import transcript_phones
+from pronlora.core.protocol import APA_ASPECTS, MDD_FIELDS, SCORE_RANGE, Task
 from pronlora.model.snapshot import RANDOM_WEIGHTS_MARKER
-from pronlora.parse import parse_answer
-from pronlora.phones import transcript_phones
-from pronlora.protocol import APA_ASPECTS, MDD_FIELDS, SCORE_RANGE, Task
-from pronlora.uncertainty import BOOT_METRICS, Bootstrap, Samples, interval
 
 METRIC_KEYS = (
     *(f"{a}_pcc" for a in APA_ASPECTS),

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from pronlora.atomic import write_bytes, write_json, write_text
-from pronlora.collect import METRIC_KEYS, Entry
-from pronlora.errors import DataError
-from pronlora.layout import PreparedDir
-from pronlora.paper import FIG5_PER_ACC_PCC, TABLE3
-from pronlora.protocol import APA_ASPECTS
-from pronlora.uncertainty import BOOT_METRICS, differs, mean_sd, paired_difference
+from pronlora.collect.paper import FIG5_PER_ACC_PCC, TABLE3
+from pronlora.collect.stage import METRIC_KEYS, Entry
+from pronlora.collect.uncertainty import BOOT_METRICS, differs, mean_sd, paired_difference
+from pronlora.core.atomic import write_bytes, write_json, write_text
+from pronlora.core.errors import DataError
+from pronlora.core.layout import PreparedDir
+from pronlora.core.protocol import APA_ASPECTS
 
 # Table 3 columns: (header, metrics key, higher is better)
 COLUMNS: list[tuple[str, str, bool]] = [
@@ -594,7 +594,7 @@ def collect_and_report(
     allow_mixed_decoding: bool = False,
 ) -> dict[str, Path]:
     """The collect stage: score every run's predictions, write tables, plots and report.md."""
-    from pronlora.collect import collect
+    from pronlora.collect.stage import collect
 
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: an existing file, not a folder for the report")

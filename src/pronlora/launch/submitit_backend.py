@@ -24,10 +24,10 @@ from typing import Any
 
 import submitit
 
-from pronlora.config import load_config
-from pronlora.errors import EnvironmentProblem
-from pronlora.layout import JOB_TIMES
-from pronlora.plan import Job, LaunchPlan
+from pronlora.core.config import load_config
+from pronlora.core.errors import EnvironmentProblem
+from pronlora.core.layout import JOB_TIMES
+from pronlora.launch.plan import Job, LaunchPlan
 
 SETTINGS_PREFIXES = ("PRONLORA_", "HF_HOME")
 
@@ -79,7 +79,7 @@ class PrepStage:
     prepared: str
 
     def __call__(self) -> dict[str, Any]:
-        from pronlora.cli import setup_logging
+        from pronlora.core.cli import setup_logging
         from pronlora.data.prep import prepare
 
         setup_logging()
@@ -96,9 +96,9 @@ class TrainStage(submitit.helpers.Checkpointable):
     gpu: bool = False  # the plan's job asks for GPUs
 
     def __call__(self) -> int:
-        from pronlora.cli import setup_logging
-        from pronlora.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
-        from pronlora.train import train
+        from pronlora.core.cli import setup_logging
+        from pronlora.train.recipe import train
+        from pronlora.train.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
 
         setup_logging()
         if self.gpu:
@@ -140,13 +140,13 @@ class InferTask:
     gpu: bool = False  # the plan's job asks for GPUs
 
     def __call__(self, task: int) -> list[dict[str, Any]]:
-        from pronlora.cli import setup_logging
+        from pronlora.core.cli import setup_logging
 
         local = submitit.JobEnvironment().local_rank if self.workers_per_task > 1 else 0
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
         if len(visible) > 1:  # before CUDA starts: this worker sees its own GPU only
             os.environ["CUDA_VISIBLE_DEVICES"] = visible[local % len(visible)]
-        from pronlora.infer import Models, run_shard, worker_items
+        from pronlora.infer.stage import Models, run_shard, worker_items
 
         setup_logging()
         if self.gpu:
@@ -168,7 +168,7 @@ class CollectStage:
     out: str
 
     def __call__(self) -> str:
-        from pronlora.report import collect_and_report
+        from pronlora.collect.report import collect_and_report
 
         runs = [Path(r) for r in self.run_dirs]
         return str(collect_and_report(Path(self.prepared), runs, Path(self.out))["report"])

@@ -13,9 +13,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pronlora.errors import EnvironmentProblem
-from pronlora.layout import RunDir
-from pronlora.plan import Job, LaunchPlan
+from pronlora.core.errors import EnvironmentProblem
+from pronlora.core.layout import RunDir
+from pronlora.launch.plan import Job, LaunchPlan
 
 TEMPLATES = {s: f"slurm/{s}.sbatch" for s in ("prep", "train", "infer", "collect")}
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 import yaml
 
-from pronlora.atomic import write_json, write_text
-from pronlora.config import EXECUTION_KEYS, ConfigError, TrainConfig, to_dict
-from pronlora.distributed import (
+from pronlora.core.atomic import write_json, write_text
+from pronlora.core.config import EXECUTION_KEYS, ConfigError, TrainConfig, to_dict
+from pronlora.core.distributed import (
     DEEPSPEED_ENGINES,
     barrier,
     ensure_universal,
@@ -36,15 +36,15 @@ from pronlora.distributed import (
     verify_replicas,
     world_size,
 )
-from pronlora.errors import DataError
-from pronlora.layout import PreparedDir, RunDir
-from pronlora.lock import OutputLock
+from pronlora.core.errors import DataError
+from pronlora.core.layout import PreparedDir, RunDir
+from pronlora.core.lock import OutputLock
+from pronlora.core.versions import versions
 from pronlora.model.load import Loaded, load_model, prepare_cache
 from pronlora.model.snapshot import check_snapshot
-from pronlora.run_checkpoints import complete_checkpoints, recover_epoch_checkpoint
-from pronlora.stopping import EXIT_REQUEUE, StopRequest
-from pronlora.trainer import NonFiniteLossError, PronloraTrainer, build_trainer
-from pronlora.versions import versions
+from pronlora.train.checkpoints import complete_checkpoints, recover_epoch_checkpoint
+from pronlora.train.stopping import EXIT_REQUEUE, StopRequest
+from pronlora.train.trainer import NonFiniteLossError, PronloraTrainer, build_trainer
 
 __all__ = ["EXIT_REQUEUE", "NonFiniteLossError", "TrainingRecipe", "build_trainer", "train"]
 

@@ -19,9 +19,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from pronlora.errors import DataError
+from pronlora.core.errors import DataError
+from pronlora.core.protocol import AUDIO_PLACEHOLDER, SAMPLE_RATE
 from pronlora.model.snapshot import END_TOKEN, special_token_id
-from pronlora.protocol import AUDIO_PLACEHOLDER, SAMPLE_RATE
 
 IGNORE_INDEX = -100
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pronlora.errors import ConfigError
+from pronlora.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pronlora.atomic import read_jsonl
-from pronlora.errors import DataError
+from pronlora.core.atomic import read_jsonl
+from pronlora.core.errors import DataError
 
 SPLITS: tuple[str, ...] = ("train", "test")
 UNFROZEN_FILE = "unfrozen.safetensors"

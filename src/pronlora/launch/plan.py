@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pronlora.config import ConfigError, accumulation_steps, load_config
-from pronlora.job_costs import combination, instance_counts, rate
-from pronlora.layout import BASE_CHECKPOINT, RunDir
+from pronlora.core.config import ConfigError, accumulation_steps, load_config
+from pronlora.core.layout import BASE_CHECKPOINT, RunDir
+from pronlora.launch.job_costs import combination, instance_counts, rate
 
 Stage = Literal["prep", "train", "infer", "collect"]
 
@@ -198,8 +198,8 @@ def check_inputs(settings: dict[str, str], prep: bool) -> list[str]:
     """What the plan will use, each checked now (exit 2 naming a missing one), as lines to print:
     the snapshot (``get_model.py --check``'s offline check), the corpus or the prepared dir,
     where run dirs go, and the image or Python the jobs run in."""
-    from pronlora.errors import DataError
-    from pronlora.layout import PreparedDir
+    from pronlora.core.errors import DataError
+    from pronlora.core.layout import PreparedDir
     from pronlora.model.snapshot import check_snapshot, describe_snapshot
 
     model = Path(_setting(settings, "PRONLORA_MODEL"))

@@ -18,11 +18,9 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from pronlora.atomic import follow_umask
-from pronlora.audio_cache import AudioEmbeddingCache, why_not_cached
-from pronlora.collate import Collator, approx_tokens
-from pronlora.config import TrainConfig, accumulation_steps, pass_size
-from pronlora.distributed import (
+from pronlora.core.atomic import follow_umask
+from pronlora.core.config import TrainConfig, accumulation_steps, pass_size
+from pronlora.core.distributed import (
     DEEPSPEED_ENGINES,
     any_rank,
     barrier,
@@ -32,13 +30,15 @@ from pronlora.distributed import (
     world_size,
     write_checkpoint_parallel,
 )
-from pronlora.errors import InputError
-from pronlora.layout import UNFROZEN_FILE, RunDir
-from pronlora.loss import label_only_loss
+from pronlora.core.errors import InputError
+from pronlora.core.layout import UNFROZEN_FILE, RunDir
+from pronlora.model.audio_cache import AudioEmbeddingCache, why_not_cached
+from pronlora.model.collate import Collator, approx_tokens
 from pronlora.model.load import Loaded, load_unfrozen_state, unfrozen_state
-from pronlora.run_checkpoints import complete_checkpoints, save_epoch
-from pronlora.sampler import LengthGroupedSampler
-from pronlora.stopping import StopRequest
+from pronlora.train.checkpoints import complete_checkpoints, save_epoch
+from pronlora.train.loss import label_only_loss
+from pronlora.train.sampler import LengthGroupedSampler
+from pronlora.train.stopping import StopRequest
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pronlora.errors import InputError
+from pronlora.core.errors import InputError
 
 # Errors whose message already names the file, utterance or key at fault: print it, exit 2,
 # no traceback. Anything else is a bug and keeps its traceback.

@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any
 
-from pronlora.protocol import APA_ASPECTS, MDD_FIELDS, SCORE_RANGE, Task
+from pronlora.core.protocol import APA_ASPECTS, MDD_FIELDS, SCORE_RANGE, Task
 
 Parsed = tuple[dict[str, Any] | None, str | None]
 

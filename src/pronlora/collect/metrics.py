@@ -20,7 +20,7 @@ import jiwer
 import numpy as np
 from scipy import stats
 
-from pronlora.phones import DEL, UNK, VOWELS, normalise_phone_sequence
+from pronlora.core.phones import DEL, UNK, VOWELS, normalise_phone_sequence
 
 
 # --- APA -------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from pronlora.atomic import write_json
+from pronlora.core.atomic import write_json
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pronlora.atomic import follow_umask, write_json
-from pronlora.distributed import barrier, is_complete
-from pronlora.layout import UNFROZEN_FILE, RunDir
+from pronlora.core.atomic import follow_umask, write_json
+from pronlora.core.distributed import barrier, is_complete
+from pronlora.core.layout import UNFROZEN_FILE, RunDir
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from pronlora.config import TrainConfig
-from pronlora.layout import PreparedDir
-from pronlora.protocol import CORPUS_UTTERANCES, TASKS
+from pronlora.core.config import TrainConfig
+from pronlora.core.layout import PreparedDir
+from pronlora.core.protocol import CORPUS_UTTERANCES, TASKS
 
 RATES_FILE = "measured_rates.json"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from pronlora.config import ConfigError, load_config
-from pronlora.layout import BASE_CHECKPOINT
-from pronlora.plan import TrainRun
+from pronlora.core.config import ConfigError, load_config
+from pronlora.core.layout import BASE_CHECKPOINT
+from pronlora.launch.plan import TrainRun
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
