@@ -428,3 +428,26 @@ def test_stage_output_carries_no_third_party_advice(
         assert noise not in text, noise
     summary = next(line for line in text.splitlines() if "train_runtime" in line)
     assert "'tokens': 0" not in summary and "tokens_per_s" not in summary
+
+
+def test_a_kill_inside_an_atomic_write_leaves_the_old_file_whole(tmp_path: Path) -> None:
+    """A process killed (SIGKILL) while write_jsonl streams a large file: the target holds the old
+    content, byte for byte; the kill lands mid-write (the temporary sibling is there, partial)."""
+    target = tmp_path / "rows.jsonl"
+    old = '{"old": 1}\n'
+    target.write_text(old)
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom pronlora.core.atomic import write_jsonl\n"
+         "def rows():\n    for i in range(10**7):\n"
+         "        if i == 1000:\n            print('writing', flush=True)\n"
+         "        if i > 1000:\n            time.sleep(0.001)\n        yield {'i': i}\n"
+         f"write_jsonl({str(target)!r}, rows())\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stdout is not None and child.stdout.readline() == "writing\n"
+    partial = list(tmp_path.glob(".rows.jsonl.*.tmp"))
+    assert len(partial) == 1  # the write is under way beside the target
+    child.kill()
+    assert child.wait() == -signal.SIGKILL
+    assert target.read_text() == old
