@@ -396,7 +396,7 @@ def test_table3_marks_significance_the_paper_and_the_previous_epoch() -> None:
     """Expected marks worked out by hand: † where Pearson's p >= 0.05; ‡ where the paper's value
     (LoRA epoch 2: Acc 0.637, Flu 0.726, WER 0.139) is outside our interval; ↑/↓ where the paired
     interval against the previous epoch excludes 0, by the column's direction."""
-    from pronlora.collect.report import table3_markdown
+    from pronlora.collect.table3 import table3_markdown
 
     first = _entry("lora", 1, {"accuracy_pcc": 0.60, "fluency_pcc": 0.72, "wer": 0.14})
     second = _entry(
@@ -421,7 +421,7 @@ def test_table3_marks_significance_the_paper_and_the_previous_epoch() -> None:
 
 
 def test_the_seed_table_is_mean_and_sample_sd_over_the_seed_runs() -> None:
-    from pronlora.collect.report import table3_markdown
+    from pronlora.collect.table3 import table3_markdown
 
     cfg = {"config": {"name": "paper_r64"}}
     values = [0.61, 0.65, 0.70]

@@ -379,3 +379,14 @@ def test_step_counts_move_to_their_parameters_device_after_a_resume() -> None:
     wrapped = SimpleNamespace(optimizer=SimpleNamespace(optimizer=adamw))  # accelerate, ZeRO
     OptimizerStateOnDevice(SimpleNamespace(optimizer=wrapped)).on_train_begin(None, None, None)
     assert adamw.state[param]["step"].device.type == "meta"
+
+
+def test_a_process_count_that_cannot_split_the_batch_says_which_counts_can() -> None:
+    from pronlora.core.config import accumulation_steps
+
+    cfg = load_config("paper_r64")  # 8 x 8 = 64
+    with pytest.raises(ConfigError, match=r"use a GPU count that divides 64: 1, 2, 4, 8, 16"):
+        accumulation_steps(cfg, 3)
+    with pytest.raises(ConfigError, match=r"pick a micro_batch that divides 4: 1, 2, 4$"):
+        accumulation_steps(load_config("paper_r64", ["micro_batch=16", "grad_accum=4"]), 16)
+    assert accumulation_steps(cfg, 4) == 1  # 2 micro-batches per process, in one pass of 2

@@ -38,9 +38,9 @@ class Mutation:
 
 
 INFER, COLLECT, LAYOUT = (
-    "src/pronlora/infer.py",
-    "src/pronlora/collect.py",
-    "src/pronlora/layout.py",
+    "src/pronlora/infer/stage.py",
+    "src/pronlora/collect/stage.py",
+    "src/pronlora/core/layout.py",
 )
 T_INFER, T_COLLECT = "tests/test_infer.py", "tests/test_collect.py"
 T_SHARED, T_REL = "tests/test_shared_cluster.py", "tests/test_reliability.py"
@@ -64,7 +64,7 @@ MUTATIONS = (
     ),
     Mutation(
         "interval-percentiles",
-        "src/pronlora/uncertainty.py",
+        "src/pronlora/collect/uncertainty.py",
         "[100 * (1 - level) / 2, 100 * (1 + level) / 2]",
         "[100 * (1 - level), 100 * level]",
         ("tests/test_uncertainty.py::test_interval_is_the_central_95_percent_of_the_resamples",),
@@ -152,7 +152,7 @@ MUTATIONS = (
     ),
     Mutation(
         "yaml-1.1-numbers",
-        "src/pronlora/config.py",
+        "src/pronlora/core/config.py",
         "    if tp is float and isinstance(value, str) and _PY_FLOAT.fullmatch(value.strip()):",
         "    if False:",
         (f"{T_REL}::test_numbers_read_as_python_reads_them",),
@@ -160,7 +160,7 @@ MUTATIONS = (
     ),
     Mutation(
         "negative-seed",
-        "src/pronlora/config.py",
+        "src/pronlora/core/config.py",
         "    if not 0 <= cfg.seed < 2**32:",
         "    if False:",
         (f"{T_REL}::test_bad_overrides_are_named",),
@@ -168,7 +168,7 @@ MUTATIONS = (
     ),
     Mutation(
         "score-range",
-        "src/pronlora/protocol.py",
+        "src/pronlora/core/protocol.py",
         "SCORE_RANGE: tuple[int, int] = (0, 10)",
         "SCORE_RANGE: tuple[int, int] = (0, 11)",
         ("tests/test_parse.py",),
@@ -176,7 +176,7 @@ MUTATIONS = (
     ),
     Mutation(
         "mdd-precision",
-        "src/pronlora/metrics.py",
+        "src/pronlora/collect/metrics.py",
         "        precision = div(self.tr, self.tr + self.fr)",
         "        precision = div(self.tr, self.tr + self.fa)",
         ("tests/test_metrics.py",),
@@ -184,7 +184,7 @@ MUTATIONS = (
     ),
     Mutation(
         "wer-normalisation",
-        "src/pronlora/metrics.py",
+        "src/pronlora/collect/metrics.py",
         '    return " ".join(_PUNCT.sub(" ", text.upper()).split())',
         '    return " ".join(text.upper().split())',
         ("tests/test_metrics.py",),
@@ -192,7 +192,7 @@ MUTATIONS = (
     ),
     Mutation(
         "prompt-in-labels",
-        "src/pronlora/collate.py",
+        "src/pronlora/model/collate.py",
         "        labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids",
         "        labels = prompt_ids + answer_ids",
         ("tests/test_train.py::test_collator_labels_cover_exactly_the_answer",),
@@ -208,7 +208,7 @@ MUTATIONS = (
     ),
     Mutation(
         "two-lock-holders",
-        "src/pronlora/lock.py",
+        "src/pronlora/core/lock.py",
         "os.O_CREAT | os.O_EXCL | os.O_WRONLY",
         "os.O_CREAT | os.O_WRONLY",
         (f"{T_REL}::test_live_lock_is_refused_naming_the_holder",),
@@ -216,7 +216,7 @@ MUTATIONS = (
     ),
     Mutation(
         "full-disk-traceback",
-        "src/pronlora/cli.py",
+        "src/pronlora/core/cli.py",
         "    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):\n        return None",
         "    return None",
         (f"{T_SHARED}::test_a_full_disk_is_one_line_naming_the_file",),
@@ -224,7 +224,7 @@ MUTATIONS = (
     ),
     Mutation(
         "untrusted-pickle-traceback",
-        "src/pronlora/train.py",
+        "src/pronlora/train/recipe.py",
         "        except pickle.UnpicklingError as exc:",
         "        except KeyError as exc:",
         (f"{T_SHARED}::test_a_tampered_step_checkpoint_is_named_as_untrusted",),
@@ -232,7 +232,7 @@ MUTATIONS = (
     ),
     Mutation(
         "max-length-identity",
-        "src/pronlora/config.py",
+        "src/pronlora/core/config.py",
         '    "max_length",\n    "engine",',
         '    "engine",',
         (f"{T_SHARED}::test_a_run_refused_for_a_long_instance_accepts_the_corrected_command",),
@@ -240,7 +240,7 @@ MUTATIONS = (
     ),
     Mutation(
         "resume-with-changed-data",
-        "src/pronlora/train.py",
+        "src/pronlora/train/recipe.py",
         '            diffs.append("the prepared data (its content hash)")',
         "            pass",
         (f"{T_SHARED}::test_a_resumed_run_refuses_changed_prepared_data",),

@@ -308,9 +308,16 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 def _micro_batches_per_process(cfg: TrainConfig, world: int) -> int:
     per_step = cfg.micro_batch * world
     if cfg.effective_batch % per_step:
+        batch = cfg.effective_batch
+        if batch % world:  # no micro_batch can help: the process count must change
+            counts = [n for n in range(1, batch + 1) if batch % n == 0 and n <= 64]
+            fix = f"use a GPU count that divides {batch}: {', '.join(map(str, counts[:8]))}"
+        else:
+            sizes = [m for m in range(1, batch // world + 1) if (batch // world) % m == 0]
+            fix = f"pick a micro_batch that divides {batch // world}: {', '.join(map(str, sizes))}"
         raise ConfigError(
             f"micro_batch: {cfg.micro_batch} x {world} processes does not divide the effective "
-            f"batch {cfg.effective_batch} (micro_batch x grad_accum); pick a micro_batch that does"
+            f"batch {batch} (micro_batch x grad_accum); {fix}"
         )
     return cfg.effective_batch // per_step
 

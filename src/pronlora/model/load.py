@@ -290,8 +290,8 @@ def load_model(
             if getattr(cfg.lora, key) != theirs:
                 raise ConfigError(
                     f"lora.{key}: config says {getattr(cfg.lora, key)}, the shipped adapter "
-                    f"{model_dir / SPEECH_ADAPTER_DIR} has {theirs} "
-                    "(continue_speech keeps its shape)"
+                    f"{model_dir / SPEECH_ADAPTER_DIR} has {theirs}; continue_speech keeps its "
+                    f"shape: set lora.{key}={theirs}, or adapter=merge_speech for a new LoRA"
                 )
         if cfg.control_tokens == "special":
             raise ConfigError("control_tokens: special needs adapter: merge_speech")

@@ -262,7 +262,12 @@ def _check_adapter(model_dir: Path, base_keys: set[str]) -> None:
         k for k, v in header.items() if ".lora_A." in k and int(v["shape"][0]) != int(cfg["r"])
     )
     if bad_rank:
-        raise SnapshotError(f"{weights}: {bad_rank[0]} has rank != r={cfg['r']} of {cfg_path}")
+        found = int(header[bad_rank[0]]["shape"][0])
+        raise SnapshotError(
+            f"{weights}: {bad_rank[0]} has rank {found}, but {cfg_path} says r={cfg['r']}: the "
+            f"adapter files do not belong together; download the snapshot again "
+            f"({DOWNLOAD_COMMAND})"
+        )
 
 
 def check_snapshot(model_dir: str | Path) -> dict[str, Any]:
