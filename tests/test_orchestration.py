@@ -543,3 +543,16 @@ def test_every_measured_rate_names_its_results_file_and_command() -> None:
             assert (REPO / r["source"]).is_file(), (combo, r["source"])
             assert r["command"].startswith(f"python3 jobs/{stage}.py"), combo
             assert r["fixed_s"] > 0 and r["s_per_instance"] > 0
+
+
+def test_a_plan_prints_each_runs_effective_overrides_and_no_gpu_estimate_without_gpus(
+    tmp_path: Path,
+) -> None:
+    args = ["--experiment", "table3", "--config", "smoke", "--set", "epochs=2"]
+    proc = _submit(*args, "--run-dir", str(tmp_path / "t3"), "--dry-run",
+                   env={"PRONLORA_GRES": ""})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "run lora: smoke epochs=2 strategy=lora -> " in proc.stdout
+    assert "epochs=4" not in proc.stdout
+    assert "estimate: none: no job asks for a GPU here" in proc.stdout
+    assert "GPU-h" not in proc.stdout

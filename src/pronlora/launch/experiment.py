@@ -80,6 +80,16 @@ def _overrides(value: object, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def effective_overrides(overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """One ``key=value`` per key, the last one given winning (``epochs=4 ... epochs=2`` is
+    ``epochs=2``), in the order the keys first appear: what the run is, as a plan prints it."""
+    merged: dict[str, str] = {}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        merged[key] = item
+    return tuple(merged.values())
+
+
 def experiment_runs(
     exp: Experiment, root: Path, seeds: int = 0, config: str | None = None, extra: tuple = ()
 ) -> list[TrainRun]:
@@ -97,6 +107,7 @@ def experiment_runs(
             overrides = (*exp.overrides, *run_overrides, *extra)
             if seed is not None:
                 overrides = (*overrides, f"seed={seed}")
+            overrides = effective_overrides(overrides)
             try:
                 cfg = load_config(base, list(overrides))
             except ConfigError as exc:

@@ -122,6 +122,11 @@ class LaunchPlan:
 
     def estimate_lines(self) -> list[str]:
         """One line per GPU job (its array tasks summed) and a total, each naming its rate."""
+        if not any(j.gpu for j in self.jobs):
+            return [
+                "estimate: none: no job asks for a GPU here (PRONLORA_GRES is empty); the "
+                "measured rates are for GPUs"
+            ]
         est = self.estimates()
         lines = [
             f"estimate from measured rates, one GPU per process ({self.instances.get('train', 0)} "
