@@ -437,3 +437,40 @@ def test_the_seed_table_is_mean_and_sample_sd_over_the_seed_runs() -> None:
     assert row.split("|")[4].strip() == "3"
     assert row.split("|")[5].strip() == f"{mean:.3f} +- {sd:.3f}"
     assert "Over seeds" not in table3_markdown(seeds[:1])
+
+
+def test_figures_name_their_run_and_say_why_they_draw_nothing() -> None:
+    """A run whose every answer failed to parse: no figure draws points or a matrix; each says
+    why in readable type and names its run and checkpoint (two runs' figures differ)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pronlora.collect.plots import MESSAGE_PT, confusion, per_vs_accuracy, score_scatter
+
+    def failed(run: str):
+        e = _entry(run, 2, {"apa_parse_failures": 10, "mdd_parse_failures": 10})
+        e.apa_failed = [True, True]
+        e.per_vs_acc = [(1.0, 5.0, 6.0), (1.0, 7.0, 6.0)]
+        return e
+
+    def texts(fig) -> list:
+        return [t for ax in fig.axes for t in ax.texts] + [ax.title for ax in fig.axes]
+
+    for run in ("lora", "unfreeze"):
+        e = failed(run)
+        for draw, says in (
+            (confusion, "every MDD answer failed to parse"),
+            (per_vs_accuracy, "every utterance's PER is 1.00"),
+            (score_scatter, "APA answers failed to parse"),
+        ):
+            fig = draw(plt, e)
+            words = " ".join(t.get_text().replace("\n", " ") for t in texts(fig))
+            title = fig._suptitle.get_text() if fig._suptitle else words
+            assert says in words, (draw.__name__, words)
+            assert f"run {run}" in title and "epoch-2" in title, (draw.__name__, title)
+            assert all(t.get_fontsize() >= 8 for t in texts(fig))
+            assert any(t.get_fontsize() >= MESSAGE_PT for t in texts(fig))
+            assert not any(ax.collections or ax.images for ax in fig.axes), draw.__name__
+            plt.close(fig)
