@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -453,6 +454,7 @@ def test_figures_name_their_run_and_say_why_they_draw_nothing() -> None:
         e = _entry(run, 2, {"apa_parse_failures": 10, "mdd_parse_failures": 10})
         e.apa_failed = [True, True]
         e.per_vs_acc = [(1.0, 5.0, 6.0), (1.0, 7.0, 6.0)]
+        e.confusion = Counter({("AA", "<DEL>"): 3, ("B", "<DEL>"): 2})  # empty transcripts
         return e
 
     def texts(fig) -> list:
