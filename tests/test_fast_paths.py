@@ -25,6 +25,7 @@ def _nonzero_lora_b(model) -> None:
                 p.normal_(0, 0.05)
 
 
+@pytest.mark.slow
 def test_label_only_loss_matches_the_models_loss_and_gradients(
     tiny_model: Path, demo_prepared: Path
 ) -> None:
@@ -266,6 +267,7 @@ def test_folded_gqa_attention_generates_the_sdpa_tokens(
     assert runs[FOLDED_GQA][1] == runs["sdpa"][1]
 
 
+@pytest.mark.slow
 def test_preallocated_cache_generates_the_growing_cache_tokens(
     tiny_model: Path, demo_prepared: Path
 ) -> None:
@@ -301,6 +303,7 @@ def _rows_sharing_clips(demo_prepared: Path, clips: int) -> list[dict]:
     return picked
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", [False, True])  # True: as nf4 trains
 def test_cached_audio_embeddings_give_the_plain_loss_and_gradients(
     checkpointing: bool, tiny_model: Path, demo_prepared: Path

@@ -163,6 +163,7 @@ def test_answers_with_unicode_line_separators_read_back_whole(tmp_path: Path) ->
 # --- 7. another split never collides with the test predictions ----------------------------
 
 
+@pytest.mark.slow
 def test_train_split_predictions_do_not_touch_test_ones(
     trained_run: Path, demo_prepared: Path
 ) -> None:
@@ -389,6 +390,7 @@ def test_bad_corpus_exits_2_naming_the_file(small_corpus: Path, tmp_path: Path, 
     assert not (tmp_path / "out" / "train.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_bad_prepared_dir_exits_2_naming_file_and_line(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:

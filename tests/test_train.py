@@ -215,6 +215,7 @@ def test_a_stop_on_the_last_step_of_an_epoch_keeps_that_epoch(
     ]
 
 
+@pytest.mark.slow
 def test_rerun_with_a_different_config_is_refused(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:
@@ -250,6 +251,7 @@ def test_non_finite_loss_stops_with_a_clear_message(
         trainer.train()
 
 
+@pytest.mark.slow
 def test_micro_batches_per_pass_runs_the_same_optimizer_step_in_fewer_passes(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:

@@ -35,6 +35,7 @@ def test_weighted_pcc_equals_pcc_of_the_duplicated_sample() -> None:
     assert np.isnan(weighted_pcc(w[:1], np.full(30, 5.0), y)[0])  # constant: undefined
 
 
+@pytest.mark.slow
 def test_intervals_cover_the_true_correlation_at_about_the_nominal_rate() -> None:
     rng = np.random.default_rng(7)
     covered_speaker = covered_utterance = 0
