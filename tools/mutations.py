@@ -246,6 +246,57 @@ MUTATIONS = (
         (f"{T_SHARED}::test_a_resumed_run_refuses_changed_prepared_data",),
         "a resumed run trains on changed prepared data",
     ),
+    Mutation(
+        "local-jobs-without-gpus",
+        "src/pronlora/launch/submitit_backend.py",
+        "gpus = job.procs_per_node if job.gpu else 0",
+        "gpus = 0",
+        ("tests/test_orchestration.py::test_local_jobs_get_the_gpus_their_plan_asks_for",),
+        "the local executor hides the GPUs from every job (found by the grid on an H100)",
+    ),
+    Mutation(
+        "login-node-needs-python",
+        "slurm/pipeline.sh",
+        'if [ -z "$PRONLORA_CONTAINER" ]; then',
+        "if true; then",
+        (
+            "tests/test_orchestration.py::"
+            "test_a_login_node_without_python_submits_the_plan_built_in_the_image",
+        ),
+        "submission needs a host Python even with an image",
+    ),
+    Mutation(
+        "estimate-one-epoch",
+        "src/pronlora/launch/job_costs.py",
+        "self.fixed_s + times * instances * self.s_per_instance",
+        "self.fixed_s + instances * self.s_per_instance",
+        ("tests/test_orchestration.py::test_the_estimate_comes_from_the_measured_rates_file",),
+        "the training estimate ignores the epochs",
+    ),
+    Mutation(
+        "paper-mark-off-by-one",
+        "src/pronlora/collect/table3.py",
+        "not ci[0] <= paper[2 + i] <= ci[1]",
+        "not ci[0] <= paper[3 + i] <= ci[1]",
+        (f"{T_COLLECT}::test_table3_marks_significance_the_paper_and_the_previous_epoch",),
+        "the paper mark compares with the next column's value",
+    ),
+    Mutation(
+        "seed-sd-population",
+        "src/pronlora/collect/uncertainty.py",
+        "np.std(finite, ddof=1)",
+        "np.std(finite, ddof=0)",
+        (f"{T_COLLECT}::test_the_seed_table_is_mean_and_sample_sd_over_the_seed_runs",),
+        "the seed table's sd divides by n",
+    ),
+    Mutation(
+        "confusion-of-failed-answers",
+        "src/pronlora/collect/plots.py",
+        "if _every_mdd_failed(e) or not e.confusion:",
+        "if not e.confusion:",
+        (f"{T_COLLECT}::test_figures_name_their_run_and_say_why_they_draw_nothing",),
+        "a run whose every MDD answer failed draws a <DEL> column as if the model deleted phones",
+    ),
 )
 
 # Survivors accepted on purpose: mutation id -> why no test should fail.
@@ -254,7 +305,9 @@ EXPLAINED: dict[str, str] = {}
 
 def mutant_copy(work: Path) -> Path:
     """The repo without its venv and caches, beside a link to ../shared."""
-    ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", "bench")
+    ignore = shutil.ignore_patterns(
+        ".venv", ".git", "__pycache__", ".pytest_cache", "bench", ".whl", ".so762", ".bnb", "demo"
+    )
     copy = work / "repo"
     shutil.copytree(REPO, copy, ignore=ignore)
     (work / "shared").symlink_to((REPO.parent / "shared").resolve())
