@@ -1,5 +1,9 @@
 """Each performance lever against the plain path on the same inputs."""
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -393,3 +397,46 @@ def test_training_embeds_each_clip_once(
     assert len(calls) == -(-len(clips) // GROUP)  # the build's groups, and nothing after
     assert len(trainer.audio_cache.rows) == len(clips) and len(passes) == 6
     assert all("audio_clips" in p and "audio_input_features" not in p for p in passes)
+
+
+_COMPILE_ONE_STEP = """
+import sys
+from pathlib import Path
+
+from torch._dynamo.utils import counters
+
+from pronlora.core.atomic import read_jsonl
+from pronlora.core.config import load_config
+from pronlora.model.collate import Collator
+from pronlora.model.load import load_model
+from pronlora.train.loss import label_only_loss
+
+loaded = load_model(load_config("smoke", ["compile_layers=true"]), Path(sys.argv[1]))
+rows = read_jsonl(Path(sys.argv[2]) / "train.jsonl")[:2]
+batch = Collator(loaded.tokenizer, loaded.feature_extractor)(rows)
+loaded.model.train()
+total, n = label_only_loss(loaded.model, batch)
+(total / n).backward()
+print("HITS", counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
+"""
+
+
+@pytest.mark.slow
+def test_a_second_job_finds_the_compiled_layers_in_the_shared_cache(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    """Two processes (two jobs of a grid) with the same $PRONLORA_CACHE: the first compiles the
+    decoder layers into <cache>/inductor, the second loads every graph from there."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["PRONLORA_CACHE"] = str(tmp_path / "cache")
+    args = [sys.executable, "-c", _COMPILE_ONE_STEP, str(tiny_model), str(demo_prepared)]
+    counts = []
+    for _ in range(2):
+        proc = subprocess.run(args, capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        hits, misses = re.search(r"HITS (\d+) (\d+)", proc.stdout).groups()
+        counts.append((int(hits), int(misses)))
+    (hits1, misses1), (hits2, misses2) = counts
+    assert misses1 > 0 and hits1 == 0  # the first job compiles
+    assert hits2 >= misses1 and misses2 == 0, counts  # the second finds every graph
+    assert any(p.is_file() for p in (tmp_path / "cache" / "inductor").rglob("*"))

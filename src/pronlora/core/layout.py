@@ -243,3 +243,9 @@ def model_cache() -> Path:
     the benchmarks share it, so the merge is built once per snapshot."""
     env = os.environ.get("PRONLORA_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "pronlora"
+
+
+def compile_cache() -> Path:
+    """torch.compile's cache (inductor's FX graphs and kernels) inside the model cache, so the
+    jobs of a grid, on every node that sees ``$PRONLORA_CACHE``, compile the decoder layers once."""
+    return model_cache() / "inductor"

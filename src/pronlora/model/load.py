@@ -31,7 +31,7 @@ from pronlora.core.atomic import follow_umask
 from pronlora.core.config import ConfigError, TrainConfig
 from pronlora.core.distributed import rank
 from pronlora.core.errors import SnapshotError
-from pronlora.core.layout import model_cache
+from pronlora.core.layout import compile_cache, model_cache
 from pronlora.core.protocol import CONTROL_TOKENS, TASKS, prompt_text
 from pronlora.model.attention import FOLDED_GQA
 from pronlora.model.attention import register as register_folded_gqa
@@ -360,6 +360,15 @@ def compile_decoder_layers(model: Any) -> int:
     layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
     if not layers:
         raise RuntimeError(f"{type(model).__name__}: no decoder layers to compile")
+    # One compilation cache for the grid; a cache the user chose stays theirs. Inductor writes
+    # its per-machine default into the variable once anything asks for it, and reads the
+    # variable at every lookup, so its own default is replaced too.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache())
+    log.info("torch.compile cache: %s", os.environ["TORCHINDUCTOR_CACHE_DIR"])
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
