@@ -138,6 +138,7 @@ def test_loss_falls_when_overfitting(tiny_model: Path, demo_prepared: Path, tmp_
         "smoke",
         [
             "max_steps=20",  # the loss falls by ~1 nat within 20 steps
+            "save_steps=20",  # no step checkpoints on the way: this test is about the loss
             "micro_batch=4",
             "grad_accum=1",
             "lr=0.01",
