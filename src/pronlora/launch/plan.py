@@ -133,14 +133,14 @@ class LaunchPlan:
             f"training and {self.instances.get('test', 0)} test instances: {self.counted_from}):"
         ]
         gpu_h = {"train": 0.0, "infer": 0.0}
-        missing = set()
+        missing = False
         for job in self.jobs:
             mine = [v for k, v in est.items() if k == job.key or k.startswith(f"{job.key}[")]
             if not mine:
                 continue
             note = mine[0][1]
             if any(sec is None for sec, _ in mine):
-                missing.add(note)
+                missing = True
                 lines.append(f"estimate {job.key}: {note}")
                 continue
             total = sum(sec or 0 for sec, _ in mine)

@@ -103,7 +103,7 @@ def submission_script(plan: LaunchPlan) -> str:
     refs: dict[str, str] = {}
     for n, job in enumerate(plan.jobs):
         var = f"job{n}"
-        env = {**job_env(plan, job)}
+        env = job_env(plan, job)
         command = " ".join(q(a) for a in sbatch_args(plan, job, ids))
         for ref, name in refs.items():  # a dependency is the id an earlier line captured
             command = command.replace(ref, f"${{{name}}}")
