@@ -456,3 +456,41 @@ def test_the_speech_adapter_loader_refuses_what_it_did_not_load(
     monkeypatch.setattr(peft.tuners.lora.LoraModel, "merge_and_unload", lambda self: self.unload())
     with pytest.raises(SnapshotError, match=r"merging left 8 adapted weights unchanged"):
         merge_speech_adapter(_base(tiny_model), tiny_model)
+
+
+def test_nf4_keeps_the_audio_encoder_and_lm_head_in_bf16(tiny_model: Path) -> None:
+    """The installed transformers decides which Linear layers become 4-bit; ask its own rule
+    about every Linear of the real architecture (issue 25: the audio encoder was quantized)."""
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    from pronlora.model.load import NF4_SKIP_MODULES
+
+    cfg = load_config("smoke")
+    model = load_model(cfg, tiny_model).model.get_base_model()
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    kept = {n for n in linears if not should_convert_module(n, NF4_SKIP_MODULES)}
+    audio = [n for n in linears if n.startswith("model.embed_tokens_extend.audio_embed.")]
+    assert audio and set(audio) <= kept
+    assert "lm_head" in kept
+    assert any(".self_attn.qkv_proj" in n for n in linears)
+    assert not any(n.startswith("model.layers.") for n in kept)
+
+
+def test_a_quantized_audio_encoder_is_refused(tiny_model: Path) -> None:
+    from pronlora.model.load import check_kept_out_of_4bit
+
+    class Linear4bit(torch.nn.Linear):  # the class name bitsandbytes gives 4-bit layers
+        pass
+
+    model = load_model(load_config("smoke"), tiny_model).model
+    model = model.get_base_model()
+    check_kept_out_of_4bit(model)
+    name = next(
+        n
+        for n, m in model.named_modules()
+        if "up_proj_for_speech" in n and isinstance(m, torch.nn.Linear)
+    )
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent), leaf, Linear4bit(2, 2))
+    with pytest.raises(RuntimeError, match="up_proj_for_speech"):
+        check_kept_out_of_4bit(model)

@@ -50,7 +50,10 @@ AUDIO_MODULES = (
     "model.embed_tokens_extend.audio_embed.up_proj_for_speech",
     "model.embed_tokens_extend.audio_embed.down_proj_for_speech",
 )
-NF4_SKIP_MODULES = ["lm_head", "embed_tokens_extend"]
+# Full dotted names: transformers 5 keeps a module out of 4-bit only when a pattern matches the
+# start or the end of its full name (4.x matched anywhere inside), so "embed_tokens_extend"
+# alone quantized the audio encoder.
+NF4_SKIP_MODULES = ["lm_head", "model.embed_tokens_extend"]
 TRAIN_ADAPTER = "default"
 
 
@@ -235,6 +238,8 @@ def _base_model(path: Path, cfg: TrainConfig, device_map: Any) -> Any:
     if device_map is not None:
         kwargs["device_map"] = device_map
     model = _checked_load(Phi4MultimodalForCausalLM, path, kwargs)
+    if cfg.quantization == "nf4":
+        check_kept_out_of_4bit(model)
     # The audio encoder's relative-position bias is additive: keep it off flash-attention.
     audio = model.model.embed_tokens_extend.audio_embed.encoder
     if (
@@ -243,6 +248,22 @@ def _base_model(path: Path, cfg: TrainConfig, device_map: Any) -> Any:
     ):
         audio.config._attn_implementation = "sdpa"
     return model
+
+
+def check_kept_out_of_4bit(model: Any) -> None:
+    """Fail loudly when the loader quantized a module NF4_SKIP_MODULES keeps in bf16: a
+    quantized audio encoder cannot be unfrozen and silently changes every embedding."""
+    wrong = [
+        name
+        for name, module in model.named_modules()
+        if type(module).__name__ == "Linear4bit"
+        and any(name == k or name.startswith(k + ".") for k in NF4_SKIP_MODULES)
+    ]
+    if wrong:
+        raise RuntimeError(
+            f"nf4 quantized {len(wrong)} module(s) meant to stay bf16 (first: {wrong[0]}); "
+            "this transformers matches llm_int8_skip_modules differently"
+        )
 
 
 def _checked_load(cls: Any, path: Path, kwargs: dict[str, Any]) -> Any:
