@@ -159,6 +159,8 @@ def test_outputs_round_trip_and_are_byte_identical(mini_prepared: Path, tmp_path
         "per_vs_accuracy_run.png",
     } <= set(files)
     for name in files:
+        if name == "tensorboard":  # event files hold wall times; rebuilt whole (next test)
+            continue
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     with open(tmp_path / "a" / "table3.csv") as fh:
@@ -209,6 +211,22 @@ def test_intervals_in_outputs_and_no_star_on_degenerate_rows(
     assert exact_row.split(" | ")[3].startswith("1.000 [1.00, 1.00]↑*")  # paired: better
     csv_text = (tmp_path / "out" / "table3.csv").read_text()
     assert "accuracy_pcc_ci_lo" in csv_text.splitlines()[0]
+    # TensorBoard: per epoch, with the interval; the undefined base value is not drawn, and a
+    # second collect replaces the first one's points instead of adding to them
+    write_outputs(entries, tmp_path / "out", synthetic=False)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    reader = EventAccumulator(str(tmp_path / "out" / "tensorboard" / "run"))
+    reader.Reload()
+
+    def points(tag: str) -> list[tuple[int, float]]:
+        return [(e.step, e.value) for e in reader.Scalars(tag)]
+
+    assert [s for s, _ in points("test/accuracy_pcc")] == [1, 2]
+    assert points("test/accuracy_pcc_ci95_low")[0] == (1, pytest.approx(lo, abs=1e-6))
+    assert points("test/accuracy_pcc_ci95_high")[0] == (1, pytest.approx(hi, abs=1e-6))
+    assert [s for s, _ in points("test/wer")] == [0, 1, 2]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
 
 
 def test_strategies_are_compared_on_the_same_resamples(mini_prepared: Path, tmp_path: Path) -> None:

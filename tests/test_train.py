@@ -156,6 +156,16 @@ def _adapter(run: Path, epoch: int) -> dict[str, torch.Tensor]:
     return load_file(str(run / "checkpoints" / f"epoch-{epoch}" / "adapter_model.safetensors"))
 
 
+def tensorboard_scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    reader = EventAccumulator(str(run / "tensorboard"))
+    reader.Reload()
+    points = [(e.step, e.value) for e in reader.Scalars(tag)]
+    assert len({s for s, _ in points}) == len(points) > 0, points
+    return points
+
+
 @pytest.mark.slow
 def test_signal_mid_epoch_then_resume_equals_uninterrupted(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
@@ -184,7 +194,18 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(
     partial = run / "trainer" / "checkpoint-99"  # a save cut off by a kill: must be ignored
     partial.mkdir()
     (partial / "adapter_model.safetensors").write_bytes(b"")
+    # as if a kill had come after steps 4 and 5 were logged but before their checkpoint
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run / "tensorboard")) as lost:
+        for step in (4, 5):
+            lost.add_scalar("train/loss", 999.0, step)
     assert train(cfg, demo_prepared, tiny_model, run) == 0
+    # one continuous TensorBoard stream, read by TensorBoard's own reader: the replayed steps
+    # once each, with the resumed run's values, equal to the uninterrupted run's
+    assert tensorboard_scalars(run, "train/loss") == tensorboard_scalars(
+        tmp_path / "straight", "train/loss"
+    )
     for epoch in (1, 2):
         a, b = _adapter(tmp_path / "straight", epoch), _adapter(run, epoch)
         assert a.keys() == b.keys()

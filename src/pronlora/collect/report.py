@@ -16,6 +16,7 @@ from pronlora.collect.table3 import (
     table3_latex,
     table3_markdown,
 )
+from pronlora.collect.tensorboard import write_tensorboard
 from pronlora.core.atomic import write_json, write_text
 from pronlora.core.errors import DataError
 from pronlora.core.layout import PreparedDir
@@ -124,6 +125,7 @@ def write_outputs(entries: list[Entry], out: Path, synthetic: bool) -> dict[str,
     write_text(out / "table3.tex", table3_latex(entries))
     write_text(out / "table3.csv", table3_csv(entries))
     plot_files = plots(entries, out) if entries else []
+    write_tensorboard(entries, out)
     write_text(out / "report.md", report_markdown(entries, plot_files, synthetic))
     return {"report": out / "report.md", "table": out / "table3.md"}
 

@@ -104,7 +104,15 @@ class TrainConfig:
     # resumed, else zero2 on several processes and plain training on one. Not part of the
     # recipe's identity: a run may resume under another process count.
     engine: Literal["auto", "ddp", "zero2", "zero3"] = "auto"
+    # Where the training metrics go, comma-separated: tensorboard (event files in the run dir),
+    # wandb and mlflow (offline by default, their run id kept in the run dir), or none.
+    report_to: str = "tensorboard"
     infer: InferSpec = field(default_factory=InferSpec)
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        names = tuple(x.strip() for x in self.report_to.split(",") if x.strip())
+        return () if names == ("none",) else names
 
     @property
     def effective_batch(self) -> int:
@@ -116,6 +124,8 @@ class TrainConfig:
             return self.quantization == "nf4"
         return bool(self.gradient_checkpointing)
 
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 _POSITIVE = (
     "epochs",
@@ -223,6 +233,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             "engine: zero3 partitions the unfrozen audio modules' weights; use engine: zero2 "
             "(or ddp) with strategy: unfreeze"
         )
+    unknown = sorted(set(cfg.trackers) - set(TRACKERS))
+    if unknown or (not cfg.trackers and cfg.report_to.strip() != "none"):
+        raise ConfigError(
+            f"report_to: {cfg.report_to!r}; expected none or a comma-separated choice of "
+            f"{', '.join(TRACKERS)}"
+        )
     if cfg.attn_implementation == "flash_attention_2" and cfg.dtype != "bf16":
         raise ConfigError("attn_implementation: flash_attention_2 needs dtype: bf16")
     return cfg
@@ -297,6 +313,7 @@ EXECUTION_KEYS = (
     "cache_audio_embeddings",
     "micro_batches_per_pass",
     "attn_implementation",
+    "report_to",
     "infer",
 )
 

@@ -15,12 +15,13 @@ Run dir::
     config.yaml  versions.json  run.json      resolved config and provenance
     .lock                                     the writer holding the run dir
     train_log.jsonl                           loss, lr, tokens/s, GPU memory per logging step
+    tensorboard/  tracking.json               the same as TensorBoard events; tracked run ids
     checkpoints/epoch-N/                      adapter (+ unfrozen.safetensors) per epoch
     checkpoints/done.json                     written when training finished
     trainer/checkpoint-STEP/                  step checkpoints for resumption
     predictions/<checkpoint>/shard-I-of-N.{jsonl,done.json,lock}   test split
     predictions-<split>/<checkpoint>/...      any other split
-    report/  logs/
+    report/  logs/                            report/tensorboard/: collect's metrics per epoch
 
 Grid dir (a launch plan's --run-dir): its runs' dirs, ``report/``, ``submitit/`` and, on the
 local executor, ``job_times.jsonl`` (each job's wall time, compared with the plan's estimate).
@@ -188,6 +189,8 @@ class RunDir:
     versions_json = property(lambda self: self.root / "versions.json")
     lock = property(lambda self: self.root / ".lock")
     train_log = property(lambda self: self.root / "train_log.jsonl")
+    tensorboard = property(lambda self: self.root / "tensorboard")
+    tracking_json = property(lambda self: self.root / "tracking.json")
     checkpoints = property(lambda self: self.root / "checkpoints")
     done_json = property(lambda self: self.root / "checkpoints" / "done.json")
     trainer = property(lambda self: self.root / "trainer")

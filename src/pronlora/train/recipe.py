@@ -44,6 +44,7 @@ from pronlora.model.load import Loaded, load_model, prepare_cache
 from pronlora.model.snapshot import check_snapshot
 from pronlora.train.checkpoints import complete_checkpoints, recover_epoch_checkpoint
 from pronlora.train.stopping import EXIT_REQUEUE, StopRequest
+from pronlora.train.tracking import check_trackers, start_tracking
 from pronlora.train.trainer import NonFiniteLossError, PronloraTrainer, build_trainer
 
 __all__ = ["EXIT_REQUEUE", "NonFiniteLossError", "TrainingRecipe", "build_trainer", "train"]
@@ -104,6 +105,7 @@ class TrainingRecipe:
         self.manifest = prepared.manifest()
         self.data_hash = prepared.verified_hash()
         check_snapshot(self.model_dir)
+        check_trackers(self.cfg)
 
     def claim_run_dir(self) -> None:
         """Refuse a run dir of another setup; record this one (main process)."""
@@ -194,6 +196,8 @@ class TrainingRecipe:
             world_size(),
             self.engine,
         )
+        if is_main_process():
+            start_tracking(cfg, self.run_dir)
         self.trainer = build_trainer(
             cfg, self.loaded, self.rows, self.run_dir, self.stop, self.engine, self.load_universal
         )

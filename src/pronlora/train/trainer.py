@@ -39,6 +39,7 @@ from pronlora.train.checkpoints import complete_checkpoints, save_epoch
 from pronlora.train.loss import label_only_loss
 from pronlora.train.sampler import LengthGroupedSampler
 from pronlora.train.stopping import StopRequest
+from pronlora.train.tracking import integration_trackers, tracking_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def training_arguments(
         gradient_checkpointing_kwargs={"use_reentrant": False},
         dataloader_num_workers=cfg.dataloader_workers,
         remove_unused_columns=False,
-        report_to=[],
+        report_to=integration_trackers(cfg),
         disable_tqdm=True,
         use_cpu=not cuda and not deepspeed,
         deepspeed=deepspeed_config(engine, load_universal) if deepspeed else None,
@@ -343,5 +344,5 @@ def build_trainer(
         model=loaded.model,
         args=training_arguments(cfg, run_dir, engine, load_universal),
         data_collator=collator,
-        callbacks=[StopOnRequest(stop or StopRequest(), engine)],
+        callbacks=[StopOnRequest(stop or StopRequest(), engine), *tracking_callbacks(cfg, run_dir)],
     )
