@@ -46,9 +46,7 @@ def test_every_job_of_a_run_reattaches_to_its_tracked_run(tmp_path: Path) -> Non
     assert first["WANDB_MODE"] == "offline" and first["WANDB_RESUME"] == "allow"
     assert first["MLFLOW_TRACKING_URI"] == (run.root / "mlruns").as_uri()
     assert "MLFLOW_RUN_ID" not in first  # MLflow names its run; the callback records it
-    (run.tracking_json).write_text(
-        run.tracking_json.read_text().replace("}", ', "mlflow": "abc"}')
-    )
+    (run.tracking_json).write_text(run.tracking_json.read_text().replace("}", ', "mlflow": "abc"}'))
     again = tracking_env(cfg, run, {"WANDB_MODE": "online", "MLFLOW_TRACKING_URI": "http://m"})
     assert again["WANDB_RUN_ID"] == first["WANDB_RUN_ID"]  # the requeued job: the same run
     assert again["MLFLOW_RUN_ID"] == "abc"
