@@ -16,6 +16,8 @@ Exit 2: a bad argument, config or site setting, or a scheduler that refuses.
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from pronlora.core.config import ConfigError, available
 from pronlora.launch.experiment import available_experiments, experiment_runs, load_experiment
 from pronlora.launch.plan import build_plan, check_inputs, plan_runs
 from pronlora.launch.sbatch import submission_script, submit_sbatch
+from pronlora.launch.submission import record_job_ids, record_submission
 from pronlora.launch.submitit_backend import site_settings, submit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,23 +97,47 @@ def main() -> int:
     print("\n".join(inputs))
     if args.emit_script and (args.executor != "sbatch" or args.dry_run):
         raise ConfigError("--emit-script goes with --executor sbatch, without --dry-run")
+    ids: dict[str, str] = {}
     if args.emit_script:
-        write_text(Path(args.emit_script), submission_script(plan))
-        ids = {}
-    elif args.executor == "sbatch":
-        ids = submit_sbatch(plan, dry_run=args.dry_run)
+        script = submission_script(plan)  # the dirs it may remove: those missing before this
+        record_submission(plan, args.executor, resume_command(args, plan.root))
+        write_text(Path(args.emit_script), script)
     elif args.dry_run:
-        ids = {}
+        ids = submit_sbatch(plan, dry_run=True) if args.executor == "sbatch" else {}
     else:
-        ids = submit(plan, args.executor)
+        existed = plan.root.exists()
+        record_submission(plan, args.executor, resume_command(args, plan.root))
+        try:
+            ids = submit_sbatch(plan) if args.executor == "sbatch" else submit(plan, args.executor)
+        except Exception:
+            if not existed:  # nothing is left queued: leave no record of it either
+                shutil.rmtree(plan.root, ignore_errors=True)
+            raise
+        record_job_ids(plan.root, ids)
     if args.dry_run:
         print("dry run: nothing submitted")
-    single = len(plan.runs) == 1
-    print(f"run_dir={plan.runs[0].run_dir if single else Path(plan.report_dir).parent}")
+    print(f"run_dir={plan.root}")
     for key, job_id in ids.items():
         print(f"{key.replace(':', '_')}_job={job_id}")
     print(f"report={plan.report_dir}/report.md")
     return 0
+
+
+def resume_command(args: argparse.Namespace, root: Path) -> list[str]:
+    """The command that submitted this plan, into this dir: run again, it resumes the plan
+    (finished stages skip their work, training resumes from its checkpoint)."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a == "--emit-script":
+            skip = not skip
+            continue
+        if not a.startswith("--emit-script="):
+            argv.append(a)
+    if args.run_dir is None:
+        argv += ["--run-dir", str(root)]
+    if args.executor == "sbatch":  # what slurm/pipeline.sh runs: it adds --executor sbatch
+        return ["slurm/pipeline.sh", *(argv[2:] if argv[:2] == ["--executor", "sbatch"] else argv)]
+    return ["python", "jobs/submit.py", *argv]
 
 
 def _stamped(settings: dict[str, str], name: str) -> str:

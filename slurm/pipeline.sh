@@ -5,6 +5,7 @@
 #                     [--nodes N] [--gpus-per-node G] [--no-prep] [--set key=value ...]
 #                     [--dry-run]
 #   slurm/pipeline.sh --experiment table3 [--seeds N] [--config smoke] [...]   a grid
+#   slurm/pipeline.sh --status DIR [--json]    where a submitted plan stands (jobs/status.py)
 #
 # Prints the plan, then the run dir and job ids as key=value lines (--dry-run: the sbatch
 # commands, nothing submitted). The plan is jobs/submit.py's (one plan, built and validated in
@@ -19,10 +20,19 @@ export PRONLORA_ROOT=${PRONLORA_ROOT:-$(dirname "$here")}
 # shellcheck source=lib/common.sh
 source "$here/lib/common.sh"
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 for arg in "$@"; do
     case "$arg" in -h|--help) usage 0 ;; esac
 done
+if [ "${1:-}" = --status ]; then
+    shift
+    if [ -z "$PRONLORA_CONTAINER" ]; then
+        require_python
+        exec "$PRONLORA_PYTHON" "$PRONLORA_ROOT/jobs/status.py" "$@"
+    fi
+    run_py "$PRONLORA_ROOT/jobs/status.py" "$@"
+    exit
+fi
 if [ -z "$PRONLORA_CONTAINER" ]; then
     require_python
     exec "$PRONLORA_PYTHON" "$PRONLORA_ROOT/jobs/submit.py" --executor sbatch "$@"

@@ -269,3 +269,86 @@ def test_table3_grid_through_pipeline_survives_a_requeue_mid_training(
     assert rows == [("lora", "base"), ("lora", "epoch-1"), ("unfreeze", "epoch-1")]
     assert all("ci95" in m for m in metrics)
     assert "Unfreeze" in (tmp_path / "t3" / "report" / "table3.md").read_text()
+    # the emitted script recorded every job id; status, run as the login node runs it
+    recorded = (tmp_path / "t3" / "job_ids.txt").read_text().split()
+    assert sorted(line.split("=")[1] for line in recorded) == sorted(jobs)
+    status = subprocess.run(
+        [str(REPO / "slurm" / "pipeline.sh"), "--status", str(tmp_path / "t3")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **login_node},
+        check=True,
+    ).stdout
+    assert "run lora: 1 of 1 epochs, training done" in status
+    assert "collect: written" in status and "FAILED" not in status
+    assert f"train:lora: {ids['train_lora_job']} COMPLETED" in status
+
+
+def test_status_names_running_finished_and_failed_jobs(
+    site: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """jobs/status.py against this Slurm (no accounting here: states from scontrol)."""
+    from pronlora.launch.plan import build_plan
+    from pronlora.launch.submission import record_job_ids, record_submission
+    from pronlora.launch.submitit_backend import site_settings
+
+    for key, value in site.items():
+        monkeypatch.setenv(key, value)
+    run = tmp_path / "run"
+    plan = build_plan("smoke", ["epochs=2"], None, 1, str(run), site_settings(REPO))
+    record_submission(
+        plan, "sbatch", ["slurm/pipeline.sh", "--config", "smoke", "--run-dir", str(run)]
+    )
+    (run / "logs").mkdir()
+    ids = {}
+    for key, script in (("prep", "true"), ("train", "echo boom; exit 3"), ("infer", "sleep 120")):
+        ids[key] = subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                f"--job-name=pronlora-{key}",
+                f"--chdir={tmp_path}",
+                f"--output={run / 'logs' / '%x-%j.out'}",
+                "--wrap",
+                script,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    record_job_ids(run, ids)
+    try:
+        end = time.time() + 120
+        want = {"prep": "COMPLETED", "train": "FAILED", "infer": "RUNNING"}
+        while {k: _job_state(ids[k]) for k in want} != want:
+            assert time.time() < end, {k: _job_state(ids[k]) for k in want}
+            time.sleep(0.5)
+        out = subprocess.run(
+            [str(REPO / "slurm" / "pipeline.sh"), "--status", str(run)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **site},
+            check=True,
+        ).stdout
+        assert f"prep: {ids['prep']} COMPLETED" in out
+        assert f"infer: {ids['infer']} RUNNING" in out
+        assert re.search(rf"train: {ids['train']} FAILED, [\d.]+ min, exit 3:0", out), out
+        log = run / "logs" / f"pronlora-train-{ids['train']}.out"
+        assert f"train ({ids['train']}): {log}" in out and "boom" in log.read_text()
+        assert f"resume: slurm/pipeline.sh --config smoke --run-dir {run}" in out
+        assert (
+            "collect: not submitted" in out
+            and "run smoke: 0 of 2 epochs, training not started" in out
+        )
+        status = json.loads(
+            subprocess.run(
+                [sys.executable, str(REPO / "jobs" / "status.py"), str(run), "--json"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        assert status["job_states_from"] == "scontrol"
+        assert [j["allocations"][0]["state"] for j in status["jobs"][:3]] == list(want.values())
+    finally:
+        subprocess.run(["scancel", *ids.values()], check=False)

@@ -23,8 +23,11 @@ Run dir::
     predictions-<split>/<checkpoint>/...      any other split
     report/  logs/                            report/tensorboard/: collect's metrics per epoch
 
-Grid dir (a launch plan's --run-dir): its runs' dirs, ``report/``, ``submitit/`` and, on the
-local executor, ``job_times.jsonl`` (each job's wall time, compared with the plan's estimate).
+Grid dir (a launch plan's --run-dir): its runs' dirs, ``report/``, ``submitit/``,
+``submission.json`` (the plan as submitted: runs, jobs, log patterns, estimates, the command),
+``job_ids.txt`` (``key=job id`` lines, the latest submission's last) and, on the local
+executor, ``job_times.jsonl`` (each job's wall time, compared with the plan's estimate). A
+single-config plan keeps the same files in its run dir.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ UNFROZEN_FILE = "unfrozen.safetensors"
 EPOCH_DIR = re.compile(r"epoch-\d+")
 BASE_CHECKPOINT = "base"
 JOB_TIMES = "job_times.jsonl"
+SUBMISSION = "submission.json"
+JOB_IDS = "job_ids.txt"
 
 
 def checkpoint_name(name: str) -> str:

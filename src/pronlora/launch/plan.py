@@ -78,6 +78,11 @@ class LaunchPlan:
     instances: dict[str, int] = field(default_factory=dict)  # per split, for the estimate
     counted_from: str = ""
 
+    @property
+    def root(self) -> Path:
+        """Where the plan's own files go: the grid dir, or the single run's dir."""
+        return Path(self.report_dir).parent
+
     def job(self, key: str) -> Job:
         return next(j for j in self.jobs if j.key == key)
 

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from pronlora.core.errors import EnvironmentProblem
-from pronlora.core.layout import RunDir
+from pronlora.core.layout import JOB_IDS, RunDir
 from pronlora.launch.plan import Job, LaunchPlan
 
 TEMPLATES = {s: f"slurm/{s}.sbatch" for s in ("prep", "train", "infer", "collect")}
@@ -98,6 +98,7 @@ def submission_script(plan: LaunchPlan) -> str:
         # the settings the plan was built with (env.sh as the image saw it)
         *(f"export {k}={q(v)}" for k, v in sorted(plan.settings.items())),
         "mkdir -p " + " ".join(q(d) for d in logs),
+        f'record_id() {{ echo "$1=$2" >> {q(str(plan.root / JOB_IDS))}; }}',
     ]
     ids: dict[str, str] = {}
     refs: dict[str, str] = {}
@@ -113,6 +114,7 @@ def submission_script(plan: LaunchPlan) -> str:
             f"{var}=${{out%%;*}}",
             f'queued+=("${var}")',
             f'echo "{job.key.replace(":", "_")}_job=${var}"',
+            f'record_id {q(job.key)} "${var}"',
         ]
         ids[job.key] = f"JOBREF{n}X"
         refs[f"JOBREF{n}X"] = var
