@@ -20,7 +20,7 @@ import jiwer
 import numpy as np
 from scipy import stats
 
-from pronlora.core.phones import DEL, UNK, VOWELS, normalise_phone_sequence
+from pronlora.core.phones import align_to_canonical, normalise_phone_sequence
 
 
 # --- APA -------------------------------------------------------------------------------------
@@ -101,65 +101,6 @@ def recognised_phones(transcript: str) -> list[str]:
 
 
 # --- MDD: the hierarchical protocol ----------------------------------------------------------
-_INDEL = 10
-_SUB_SAME_CLASS = 10
-_SUB_CROSS_CLASS = 12
-
-
-def _sub_cost(c: str, r: str) -> int:
-    """Substitution cost: vowel for vowel or consonant for consonant (or ``<unk>``) costs an
-    ordinary edit; across classes slightly more, so among equal-edit alignments the phonetically
-    plausible one wins (IH heard as ``EH R``: IH->EH plus an inserted R, not IH->R)."""
-    if c == r:
-        return 0
-    if UNK in (c, r) or (c in VOWELS) == (r in VOWELS):
-        return _SUB_SAME_CLASS
-    return _SUB_CROSS_CLASS
-
-
-def align_to_canonical(canonical: Sequence[str], recognised: Sequence[str]) -> list[str]:
-    """What was recognised at each canonical position (weighted Levenshtein alignment).
-
-    A canonical phone with nothing aligned gets ``<DEL>``. A recognised phone aligned to no
-    canonical phone (an insertion) joins the entry of the preceding canonical position (the
-    first one if it comes before all), so ``EH R`` recognised for one canonical ``IH`` reads as
-    one position heard as two phones, like the corpus's two-phone annotations. Costs: insertion
-    and deletion 10, substitution 10 within a phone class and 12 across (see ``_sub_cost``);
-    remaining ties prefer a match, then an insertion, then a substitution, then a deletion.
-    """
-    n, m = len(canonical), len(recognised)
-    if n == 0:
-        return []
-    cost = np.zeros((n + 1, m + 1), dtype=np.int64)
-    cost[:, 0] = np.arange(n + 1) * _INDEL
-    cost[0, :] = np.arange(m + 1) * _INDEL
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            cost[i, j] = min(
-                cost[i - 1, j - 1] + _sub_cost(canonical[i - 1], recognised[j - 1]),
-                cost[i - 1, j] + _INDEL,
-                cost[i, j - 1] + _INDEL,
-            )
-    aligned: list[list[str]] = [[] for _ in range(n)]
-    pending: list[str] = []  # insertions before the first canonical phone
-    i, j = n, m
-    while i > 0 or j > 0:
-        diag = i > 0 and j > 0
-        sub = _sub_cost(canonical[i - 1], recognised[j - 1]) if diag else None
-        if diag and sub == 0 and cost[i, j] == cost[i - 1, j - 1]:
-            aligned[i - 1].insert(0, recognised[j - 1])  # match
-            i, j = i - 1, j - 1
-        elif j > 0 and cost[i, j] == cost[i, j - 1] + _INDEL:
-            (aligned[i - 1] if i > 0 else pending).insert(0, recognised[j - 1])  # insertion
-            j -= 1
-        elif diag and cost[i, j] == cost[i - 1, j - 1] + sub:
-            aligned[i - 1].insert(0, recognised[j - 1])  # substitution
-            i, j = i - 1, j - 1
-        else:
-            i -= 1  # deletion
-    if pending:
-        aligned[0] = pending + aligned[0]
-    return [" ".join(a) if a else DEL for a in aligned]
 
 
 @dataclass

@@ -7,15 +7,12 @@ the same rules and give the same instances.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import soundfile as sf
-
+from pronlora.core.audio import AudioRef, check_audio
 from pronlora.core.phones import Mispronunciation, PhoneError, perceived_alignment
-from pronlora.core.protocol import SAMPLE_RATE, SCORE_FIELDS, SCORE_RANGE
+from pronlora.core.protocol import SCORE_FIELDS, SCORE_RANGE
 
 
 @dataclass(frozen=True)
@@ -28,63 +25,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.utt_id} [{self.file}]: {self.message}"
-
-
-@dataclass
-class AudioRef:
-    """Audio held either as a file on disk or as encoded bytes (HF parquet rows)."""
-
-    name: str
-    path: Path | None = None
-    data: bytes | None = None
-
-    def _handle(self) -> Any:
-        if self.path is not None:
-            return str(self.path)
-        if self.data is None:
-            raise FileNotFoundError(f"{self.name}: no audio bytes or path")
-        return io.BytesIO(self.data)
-
-    def info(self) -> sf._SoundFileInfo:
-        return sf.info(self._handle())
-
-    def read_int16(self) -> tuple[Any, int]:
-        return sf.read(self._handle(), dtype="int16", always_2d=False)
-
-    def truncation(self) -> str | None:
-        """Why a WAV holds fewer sample bytes than its header declares, or None.
-
-        libsndfile reads a truncated WAV without complaint and reports the shorter length, so
-        a half-copied file would train on half an utterance.
-        """
-        if self.path is not None:
-            with open(self.path, "rb") as fh:
-                head = fh.read(1 << 16)
-            size = self.path.stat().st_size
-        elif self.data is not None:
-            head, size = self.data[: 1 << 16], len(self.data)
-        else:
-            return None
-        return wav_truncation(head, size)
-
-
-def wav_truncation(head: bytes, size: int) -> str | None:
-    """Compare a RIFF/WAVE file's ``data`` chunk size with the bytes present (None if fine)."""
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None  # not a WAV (e.g. FLAC bytes from the Hub): libsndfile checks those
-    pos = 12
-    while pos + 8 <= len(head):
-        chunk, length = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
-        if chunk == b"data":
-            present = size - (pos + 8)
-            if present < length:
-                return (
-                    f"truncated WAV: its header declares {length} bytes of samples, the file "
-                    f"holds {max(present, 0)} (an interrupted copy? copy it again)"
-                )
-            return None
-        pos += 8 + length + (length & 1)
-    return None
 
 
 @dataclass
@@ -169,26 +109,9 @@ def validate(raw: RawUtterance) -> Utterance | list[Problem]:
     def bad(file: str, message: str) -> None:
         problems.append(Problem(raw.utt_id, file, message))
 
-    duration = 0.0
-    try:
-        info = raw.audio.info()
-    except Exception as exc:  # soundfile raises several types for missing/corrupt files
-        bad(raw.audio.name, f"audio missing or unreadable ({type(exc).__name__}: {exc})")
-    else:
-        if info.samplerate != SAMPLE_RATE:
-            bad(
-                raw.audio.name,
-                f"sample rate {info.samplerate} Hz, expected {SAMPLE_RATE} Hz (SpeechOcean762 is "
-                "16 kHz mono; convert with e.g. `sox in.wav -r 16000 -c 1 out.wav`)",
-            )
-        if info.channels != 1:
-            bad(raw.audio.name, f"{info.channels} channels, expected mono")
-        if info.frames == 0:
-            bad(raw.audio.name, "audio has no samples")
-        cut = raw.audio.truncation()
-        if cut:
-            bad(raw.audio.name, cut)
-        duration = info.frames / info.samplerate if info.samplerate else 0.0
+    audio_problems, duration = check_audio(raw.audio)
+    for message in audio_problems:
+        bad(raw.audio.name, message)
 
     record = raw.record
     if record is None:

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pronlora.core.audio import AudioRef
 from pronlora.core.layout import SPLITS
-from pronlora.data.corpus import AudioRef, RawUtterance
+from pronlora.data.corpus import RawUtterance
 from pronlora.data.kaldi import CorpusLayoutError
 
 

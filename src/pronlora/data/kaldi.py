@@ -7,9 +7,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from pronlora.core.audio import AudioRef
 from pronlora.core.errors import DataError
 from pronlora.core.layout import SPLITS
-from pronlora.data.corpus import AudioRef, RawUtterance
+from pronlora.data.corpus import RawUtterance
 
 _KALDI_FILES = ("wav.scp", "text", "utt2spk")
 
