@@ -87,9 +87,9 @@ def test_kill_9_at_random_points_of_epoch_saves_loses_nothing(
     rng = random.Random(0)
     args = ["--config", "smoke", "--prepared", str(demo_prepared), "--model", str(tiny_model)]
     mid_save = 0
-    for attempt in range(3):
+    for attempt in range(2):
         run = tmp_path / f"killed-{attempt}"
-        in_save = attempt < 2
+        in_save = attempt == 0
         proc = _job("train.py", *args, "--run-dir", str(run), *cfg_args)
         # inside epoch 2's save, or once the first step checkpoint exists (a random step)
         mark = run / "checkpoints" / "epoch-2.partial" if in_save else run / "trainer"
@@ -105,7 +105,7 @@ def test_kill_9_at_random_points_of_epoch_saves_loses_nothing(
         assert _epochs(run) == ["epoch-1", "epoch-2"], attempt
         for e in ("epoch-1", "epoch-2"):
             assert _adapters_equal(straight / "checkpoints" / e, run / "checkpoints" / e)
-    assert mid_save >= 1  # at least one kill hit an unfinished save
+    assert mid_save == 1  # the first kill hit an unfinished save
 
 
 # --- 2. two inference processes on one shard ----------------------------------------------

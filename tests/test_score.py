@@ -104,6 +104,7 @@ def test_canonical_phones_are_the_corpus_ones_and_the_alignment_finds_its_errors
     assert checked >= 2  # utterances with errors whose every position was compared
 
 
+@pytest.mark.slow
 def test_score_a_real_recording_and_refuse_bad_ones(
     mini_run: Path, mini_test_rows: list[dict], mini_train_rows: list[dict], tmp_path: Path
 ) -> None:

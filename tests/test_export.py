@@ -1,0 +1,81 @@
+"""jobs/export.py: the export round-trips through get_model.py --check and the stages' loaders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pronlora.core.atomic import read_jsonl, write_json
+from pronlora.core.layout import RunDir
+from pronlora.infer.stage import RunSpec, ensure_run, generation_collator, load_for_inference
+
+from .conftest import REPO
+
+
+def _logits(spec: RunSpec, ckpt: Path | None, rows: list[dict]) -> torch.Tensor:
+    loaded = load_for_inference(spec, ckpt)
+    batch = generation_collator(loaded, spec.cfg)(rows)
+    with torch.no_grad():
+        return loaded.model(**batch).logits
+
+
+@pytest.mark.slow
+def test_export_round_trips_and_carries_a_model_card(
+    trained_run: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    # a collect report beside the run: the card quotes its metrics with their intervals
+    write_json(
+        RunDir(trained_run).report / "metrics.json",
+        [
+            {
+                "run": trained_run.name,
+                "checkpoint": "epoch-1",
+                "wer": 0.5,
+                "ci95": {"wer": [0.4, 0.6]},
+            }
+        ],
+    )
+    out = tmp_path / "export"
+    job = [sys.executable, str(REPO / "jobs" / "export.py"), "--run-dir", str(trained_run)]
+    proc = subprocess.run(
+        [*job, "--checkpoint", "epoch-1", "--out", str(out), "--merged"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = (out / "README.md").read_text()
+    assert "wer: 0.5 [0.400, 0.600]" in card and "Random weights" in card
+    assert "name: smoke" in card and "content hash" in card and '"torch"' in card
+    files = json.loads((out / "export.json").read_text())["files"]
+    assert "adapter/adapter_model.safetensors" in files and "merged/config.json" in files
+
+    check = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "get_model.py"), "--check", str(out / "merged")],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr[-2000:]
+    spec = ensure_run(trained_run, None, None)
+    rows = read_jsonl(demo_prepared / "test.jsonl")[:2]
+    trained = _logits(spec, RunDir(trained_run).checkpoint("epoch-1"), rows)
+    # the adapter folder loads where a run's checkpoint does, to the same model
+    assert torch.equal(_logits(spec, out / "adapter", rows), trained)
+    # the merged snapshot, as a base model: the same model up to float rounding
+    merged = _logits(RunSpec(spec.cfg, out / "merged"), None, rows)
+    base = _logits(spec, None, rows)
+    assert torch.allclose(merged, trained, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(base, trained, atol=1e-4, rtol=1e-4)  # the task weights matter
+
+    again = subprocess.run(
+        [*job, "--checkpoint", "epoch-1", "--out", str(out)], capture_output=True, text=True
+    )
+    assert again.returncode == 2 and f"--out {out}: exists" in again.stderr
+    base_ckpt = subprocess.run(
+        [*job, "--checkpoint", "base", "--out", str(tmp_path / "b")], capture_output=True, text=True
+    )
+    assert base_ckpt.returncode == 2 and "no task adapter" in base_ckpt.stderr
