@@ -11,7 +11,12 @@ from pronlora.core.protocol import AUDIO_PLACEHOLDER
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
-PROMISE_SECTIONS = ("Get the model", "Table 3: outputs and how to read them", "What survives what")
+PROMISE_SECTIONS = (
+    "Get the model",
+    "Table 3: outputs and how to read them",
+    "Track, check, score, share",
+    "What survives what",
+)
 
 
 def section(title: str) -> str:
