@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from pronlora.core.atomic import read_jsonl, write_json
+from pronlora.core.config import ConfigError
 from pronlora.core.layout import RunDir
 from pronlora.infer.stage import RunSpec, ensure_run, generation_collator, load_for_inference
+from pronlora.model.export import export
+from pronlora.model.snapshot import check_snapshot
 
 from .conftest import REPO
 
@@ -40,26 +43,14 @@ def test_export_round_trips_and_carries_a_model_card(
             }
         ],
     )
-    out = tmp_path / "export"
-    job = [sys.executable, str(REPO / "jobs" / "export.py"), "--run-dir", str(trained_run)]
-    proc = subprocess.run(
-        [*job, "--checkpoint", "epoch-1", "--out", str(out), "--merged"],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = export(trained_run, "epoch-1", tmp_path / "export", merged=True)
     card = (out / "README.md").read_text()
     assert "wer: 0.5 [0.400, 0.600]" in card and "Random weights" in card
     assert "name: smoke" in card and "content hash" in card and '"torch"' in card
     files = json.loads((out / "export.json").read_text())["files"]
     assert "adapter/adapter_model.safetensors" in files and "merged/config.json" in files
 
-    check = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "get_model.py"), "--check", str(out / "merged")],
-        capture_output=True,
-        text=True,
-    )
-    assert check.returncode == 0, check.stderr[-2000:]
+    check_snapshot(out / "merged")  # what jobs/get_model.py --check runs
     spec = ensure_run(trained_run, None, None)
     rows = read_jsonl(demo_prepared / "test.jsonl")[:2]
     trained = _logits(spec, RunDir(trained_run).checkpoint("epoch-1"), rows)
@@ -71,11 +62,10 @@ def test_export_round_trips_and_carries_a_model_card(
     assert torch.allclose(merged, trained, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(base, trained, atol=1e-4, rtol=1e-4)  # the task weights matter
 
+    job = [sys.executable, str(REPO / "jobs" / "export.py"), "--run-dir", str(trained_run)]
     again = subprocess.run(
         [*job, "--checkpoint", "epoch-1", "--out", str(out)], capture_output=True, text=True
     )
     assert again.returncode == 2 and f"--out {out}: exists" in again.stderr
-    base_ckpt = subprocess.run(
-        [*job, "--checkpoint", "base", "--out", str(tmp_path / "b")], capture_output=True, text=True
-    )
-    assert base_ckpt.returncode == 2 and "no task adapter" in base_ckpt.stderr
+    with pytest.raises(ConfigError, match="no task adapter"):
+        export(trained_run, "base", tmp_path / "b")
