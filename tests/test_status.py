@@ -90,3 +90,19 @@ def test_a_dir_nothing_was_submitted_into_is_exit_2_naming_it(tmp_path: Path) ->
         text=True,
     )
     assert proc.returncode == 2 and "job_ids.txt, line 2: expected key=job id" in proc.stderr
+
+
+def test_a_local_grid_reads_its_jobs_from_job_times(submitted: Path) -> None:
+    plan = json.loads((submitted / "submission.json").read_text())
+    write_json(submitted / "submission.json", plan | {"backend": "local"})
+    (submitted / "job_times.jsonl").write_text(
+        '{"job": "prep", "stage": "prep", "wall_s": 2.0}\n'
+        '{"job": "train", "stage": "train", "wall_s": 1800.0}\n'
+        '{"job": "infer[0]", "stage": "infer", "wall_s": 360.0}\n'
+    )
+    status = grid_status(submitted)
+    assert status["job_states_from"] == "job_times.jsonl"
+    assert status["gpu_hours_used"] == pytest.approx(0.6)  # one GPU each: 30 min + 6 min
+    text = describe(status)
+    assert "train: 100 COMPLETED, 30.0 min" in text and "infer: 101[0] COMPLETED, 6.0 min" in text
+    assert "collect: not submitted" in text

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from pronlora.core.layout import RunDir, read_json_file
+from pronlora.core.layout import JOB_TIMES, RunDir, read_json_file
 from pronlora.launch.submission import read_submission
 
 FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "CANCELLED", "BOOT_FAIL", "DEADLINE"}
@@ -119,6 +119,26 @@ def _log_path(pattern: str, row: dict[str, Any]) -> str:
     )
 
 
+def local_jobs(root: Path, jobs: list[dict[str, Any]], ids: dict[str, str]) -> list[dict[str, Any]]:
+    """The local executor's finished jobs (it records a job's wall time once it succeeded)."""
+    path = root / JOB_TIMES
+    gpus = {j["key"]: j["nodes"] * j["procs_per_node"] if j["gpu"] else 0 for j in jobs}
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        done = json.loads(line)
+        key = done["job"].split("[")[0]
+        rows.append(
+            {
+                "key": key,
+                "job_id": done["job"].replace(key, ids.get(key, "local"), 1),
+                "state": "COMPLETED",
+                "elapsed_s": done["wall_s"],
+                "gpus": gpus.get(key, 0),
+            }
+        )
+    return rows
+
+
 def run_progress(run_dir: Path, epochs: int, evaluate: list[str], shards: int) -> dict[str, Any]:
     run = RunDir(run_dir)
     steps = (
@@ -172,10 +192,14 @@ def grid_status(root: Path) -> dict[str, Any]:
     by_base: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_base.setdefault(row["job_id"].split("_")[0], []).append(row)
+    if not slurm:
+        rows, source = local_jobs(root, plan["jobs"], ids), JOB_TIMES
     jobs = []
     for job in plan["jobs"]:
         job_id = ids.get(job["key"])
-        allocs = by_base.get(job_id or "", [])
+        allocs = (
+            by_base.get(job_id or "", []) if slurm else [r for r in rows if r["key"] == job["key"]]
+        )
         for a in allocs:
             if a["state"] in FAILED and not a.get("log"):
                 a["log"] = _log_path(job["log"], a)
