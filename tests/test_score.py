@@ -126,10 +126,14 @@ def test_score_a_real_recording_and_refuse_bad_ones(
     assert [(w["canonical"], w["lexicon"]) for w in result["words"]] == [
         (p, s) for _, p, s in expected
     ]
-    for w in result["words"]:
-        assert len(w["heard"]) == len(w["canonical"]) == len(w["mispronounced"])
-    marked = sum(m for w in result["words"] for m in w["mispronounced"])
-    assert marked == len(result["mispronounced"])
+    if result["mdd_parse_error"]:  # a random-weight model: nothing heard, nothing marked
+        assert all(w["heard"] is None for w in result["words"]) and not result["mispronounced"]
+        assert "MDD: answer not parsed" in proc.stdout
+    else:
+        for w in result["words"]:
+            assert len(w["heard"]) == len(w["canonical"]) == len(w["mispronounced"])
+        marked = sum(m for w in result["words"] for m in w["mispronounced"])
+        assert marked == len(result["mispronounced"])
     assert f"{Path(row['audio']).stem} (" in proc.stdout  # the readable table
 
     slow = tmp_path / "folder"
@@ -143,3 +147,32 @@ def test_score_a_real_recording_and_refuse_bad_ones(
     assert f"{slow / 'a.wav'}: sample rate 8000 Hz, expected 16000 Hz" in proc.stderr
     assert "b text: CMUdict has no pronunciation of ZXQWV" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_parsed_answers_reach_the_scores_and_the_marks(
+    mini_run: Path, mini_test_rows: list[dict], mini_train_rows: list[dict], monkeypatch
+) -> None:
+    """The model's answers (here the annotation itself, as a perfect model would give) go
+    through parsing, the lexicon and the alignment into the result."""
+    import pronlora.infer.score as score
+
+    row = next(r for r in mini_test_rows if r["mispronunciations"] and "'" not in r["text"])
+    heard = " ".join(transcript_phones(row["perceived_phones"]))
+    answers = {
+        "APA": "{'accuracy': 7, 'fluency': 8, 'prosodic': 6, 'total': 7}",
+        "MDD": f"{{'word_transcript': '{row['text']}', 'phoneme_transcript': '{heard}'}}",
+    }
+
+    def fake_generate(loaded, cfg, rows, batch, lengths, audio):
+        return [(answers[r["task"]], 5) for r in rows]
+
+    monkeypatch.setattr(score, "generate", fake_generate)
+    rec = score.Recording("utt", Path(row["audio"]), row["text"])
+    [result] = score.score_recordings(mini_run, "base", [rec])
+    assert result["apa"] == {"accuracy": 7, "fluency": 8, "prosodic": 6, "total": 7}
+    assert result["mdd_transcript"] == row["text"] and result["mdd_phones"] == heard.split()
+    words = canonical_word_phones(row["text"], corpus=corpus_lexicon(mini_train_rows))
+    per_word, wrong = word_alignment(words, heard.split())
+    assert result["words"] == per_word and result["mispronounced"] == wrong and wrong
+    assert "phones heard otherwise" in score.describe(result)

@@ -161,7 +161,14 @@ def score_recordings(run_dir: Path, checkpoint: str, recs: list[Recording]) -> l
         apa_text, apa, apa_error = answers[f"{rec.name}-APA"]
         mdd_text, mdd, mdd_error = answers[f"{rec.name}-MDD"]
         heard = mdd[MDD_FIELDS[1]].split() if mdd else []
-        per_word, wrong = word_alignment(words, heard)
+        if mdd is None:  # nothing heard to compare: no marks rather than all deleted
+            per_word = [
+                {"word": w, "canonical": p, "lexicon": src, "heard": None, "mispronounced": None}
+                for w, p, src in words
+            ]
+            wrong: list[dict[str, Any]] = []
+        else:
+            per_word, wrong = word_alignment(words, heard)
         out.append(
             {
                 "name": rec.name,
@@ -199,17 +206,21 @@ def describe(result: dict[str, Any]) -> str:
         f"  APA: {scores}",
         f"  MDD heard: {result['mdd_transcript'] if result['mdd_transcript'] is not None else '-'}",
     ]
+    if result["mdd_parse_error"]:
+        lines[-1] = f"  MDD: answer not parsed ({result['mdd_parse_error']}): no phones to compare"
     width = max(len(w["word"]) for w in result["words"])
     for w in result["words"]:
+        heard = w["heard"] or w["canonical"]
         cells = [
             c if h == c else f"{c}>{'-' if h == DEL else h.replace(' ', '+')}*"
-            for c, h in zip(w["canonical"], w["heard"], strict=True)
+            for c, h in zip(w["canonical"], heard, strict=True)
         ]
         mark = "" if w["lexicon"] == "corpus" else "  (CMUdict)"
         lines.append(f"  {w['word']:<{width}}  {' '.join(cells)}{mark}")
-    lines.append(
-        f"  {len(result['mispronounced'])} of "
-        f"{sum(len(w['canonical']) for w in result['words'])} phones heard otherwise "
-        "(canonical>heard*, - deleted)"
-    )
+    if not result["mdd_parse_error"]:
+        lines.append(
+            f"  {len(result['mispronounced'])} of "
+            f"{sum(len(w['canonical']) for w in result['words'])} phones heard otherwise "
+            "(canonical>heard*, - deleted)"
+        )
     return "\n".join(lines)
