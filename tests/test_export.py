@@ -49,6 +49,7 @@ def test_export_round_trips_and_carries_a_model_card(
     assert "name: smoke" in card and "content hash" in card and '"torch"' in card
     files = json.loads((out / "export.json").read_text())["files"]
     assert "adapter/adapter_model.safetensors" in files and "merged/config.json" in files
+    assert not any(name.endswith("training_args.bin") for name in files)  # a pickle
 
     check_snapshot(out / "merged")  # what jobs/get_model.py --check runs
     spec = ensure_run(trained_run, None, None)

@@ -26,6 +26,25 @@ from pronlora.core.layout import UNFROZEN_FILE, RunDir, checkpoint_name, read_js
 from pronlora.model.load import _checked_load, load_unfrozen_state, torch_dtype
 from pronlora.model.snapshot import RANDOM_WEIGHTS_MARKER, SPEECH_ADAPTER_DIR, check_snapshot
 
+# Table 3's columns and the counts that say how far to trust them
+CARD_METRICS = (
+    "accuracy_pcc",
+    "fluency_pcc",
+    "prosodic_pcc",
+    "total_pcc",
+    "wer",
+    "per",
+    "mdd_f1",
+    "mdd_precision",
+    "mdd_recall",
+    "n_apa",
+    "apa_parse_failures",
+    "n_mdd",
+    "mdd_parse_failures",
+)
+# checkpoint files a colleague does not need: the Trainer's pickled arguments (paths, and a
+# pickle is code) and PEFT's placeholder card (ours replaces it)
+NOT_EXPORTED = ("training_args.bin", "README.md")
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
 SNAPSHOT_FILES = (
@@ -103,13 +122,14 @@ def model_card(meta: dict[str, Any], checkpoint: str, metrics: dict[str, Any] | 
     else:
         lines.append(f"From `{metrics['source']}` (95 % intervals, bootstrap over speakers):")
         lines.append("")
-        for key, value in metrics.items():
-            if key in ("ci95", "provenance", "source", "run", "label") or value is None:
+        for key in CARD_METRICS:
+            if key not in metrics:
                 continue
+            value = metrics[key]
             ci = (metrics.get("ci95") or {}).get(key)
             interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
             shown = f"{value:.4g}" if isinstance(value, float) else value
-            lines.append(f"- {key}: {shown}{interval}")
+            lines.append(f"- {key}: {'n/a (undefined)' if value is None else shown}{interval}")
     lines += [
         "",
         "## Config",
@@ -170,7 +190,7 @@ def export(
     model_dir = Path(meta["model"])
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(ckpt, tmp / ADAPTER_DIR)
+    shutil.copytree(ckpt, tmp / ADAPTER_DIR, ignore=shutil.ignore_patterns(*NOT_EXPORTED))
     if merged:
         _merged(cfg, model_dir, ckpt, tmp / MERGED_DIR)
     card_meta = meta | {
