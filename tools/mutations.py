@@ -297,6 +297,41 @@ MUTATIONS = (
         (f"{T_COLLECT}::test_figures_name_their_run_and_say_why_they_draw_nothing",),
         "a run whose every MDD answer failed draws a <DEL> column as if the model deleted phones",
     ),
+    Mutation(
+        "tensorboard-purge",
+        "src/pronlora/train/tracking.py",
+        "purge_step=state.global_step + 1)",
+        "purge_step=None)",
+        ("tests/test_train.py::test_signal_mid_epoch_then_resume_equals_uninterrupted",),
+        "a resumed run logs its replayed steps twice in TensorBoard",
+    ),
+    Mutation(
+        "nf4-skip-audio",
+        "src/pronlora/model/load.py",
+        'NF4_SKIP_MODULES = ["lm_head", "model.embed_tokens_extend"]',
+        'NF4_SKIP_MODULES = ["lm_head", "embed_tokens_extend"]',
+        ("tests/test_snapshot.py::test_nf4_keeps_the_audio_encoder_and_lm_head_in_bf16",),
+        "nf4 quantizes the audio encoder (transformers 5 matching)",
+    ),
+    Mutation(
+        "score-marks",
+        "src/pronlora/infer/score.py",
+        "marks = [h != c for c, h in zip(phones, here, strict=True)]",
+        "marks = [False for c, h in zip(phones, here, strict=True)]",
+        (
+            "tests/test_score.py::"
+            "test_canonical_phones_are_the_corpus_ones_and_the_alignment_finds_its_errors",
+        ),
+        "score.py marks no mispronunciation",
+    ),
+    Mutation(
+        "status-sacct-state",
+        "src/pronlora/launch/status.py",
+        '"state": state.split()[0] if state else "UNKNOWN",',
+        '"state": state or "UNKNOWN",',
+        ("tests/test_status.py",),
+        "a job sacct lists as 'CANCELLED by 0' is not seen as failed",
+    ),
 )
 
 # Survivors accepted on purpose: mutation id -> why no test should fail.
