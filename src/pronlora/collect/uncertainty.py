@@ -19,20 +19,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pronlora.core.protocol import TABLE3_METRICS
+
 N_BOOT = 1000
 SEED = 2509_02915  # the paper's arXiv id: fixed, so reruns are byte-identical
 LEVEL = 0.95
 # Metrics with intervals: the Table 3 columns plus the sequence-match P/R/F1 variant.
 BOOT_METRICS = (
-    "accuracy_pcc",
-    "fluency_pcc",
-    "prosodic_pcc",
-    "total_pcc",
-    "wer",
-    "per",
-    "mdd_f1",
-    "mdd_precision",
-    "mdd_recall",
+    *TABLE3_METRICS,
     "phone_match_f1",
     "phone_match_precision",
     "phone_match_recall",

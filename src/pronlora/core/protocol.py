@@ -69,3 +69,17 @@ def format_mdd_answer(word_transcript: str, phoneme_transcript: str) -> str:
     shown. The answer parser therefore reads MDD answers by field, not with ``literal_eval``.
     """
     return f"{{'{MDD_FIELDS[0]}': '{word_transcript}', '{MDD_FIELDS[1]}': '{phoneme_transcript}'}}"
+
+
+# The metric keys of Table 3's columns (collect computes them; the model card quotes them).
+TABLE3_METRICS: tuple[str, ...] = (
+    "accuracy_pcc",
+    "fluency_pcc",
+    "prosodic_pcc",
+    "total_pcc",
+    "wer",
+    "per",
+    "mdd_f1",
+    "mdd_precision",
+    "mdd_recall",
+)

@@ -23,20 +23,13 @@ from pronlora.core.atomic import follow_umask, write_json, write_text
 from pronlora.core.config import ConfigError, TrainConfig, from_dict, to_dict
 from pronlora.core.errors import DataError
 from pronlora.core.layout import UNFROZEN_FILE, RunDir, checkpoint_name, read_json_file
+from pronlora.core.protocol import TABLE3_METRICS
 from pronlora.model.load import _checked_load, load_unfrozen_state, torch_dtype
 from pronlora.model.snapshot import RANDOM_WEIGHTS_MARKER, SPEECH_ADAPTER_DIR, check_snapshot
 
 # Table 3's columns and the counts that say how far to trust them
 CARD_METRICS = (
-    "accuracy_pcc",
-    "fluency_pcc",
-    "prosodic_pcc",
-    "total_pcc",
-    "wer",
-    "per",
-    "mdd_f1",
-    "mdd_precision",
-    "mdd_recall",
+    *TABLE3_METRICS,
     "n_apa",
     "apa_parse_failures",
     "n_mdd",
