@@ -38,8 +38,10 @@ class InferSpec:
     # Merge the trained LoRA into bf16 base weights before decoding (not possible under nf4).
     merge_adapter: bool = True
     # static: preallocated KV cache with compiled decoding steps (CUDA only; compilation is
-    # paid once per worker process); static_eager: the preallocated cache, eager steps.
-    cache: Literal["dynamic", "static", "static_eager"] = "dynamic"
+    # paid once per worker process); static_eager: the preallocated cache, eager steps;
+    # static_graphs: the preallocated cache, each eager step captured once per batch as a CUDA
+    # graph and replayed (model/greedy.py; runs eagerly off CUDA).
+    cache: Literal["dynamic", "static", "static_eager", "static_graphs"] = "dynamic"
     # Clips per audio-encoder batch, in the split's duration order. The encoder attends to its
     # batch's padding, so this decides the embeddings: 1 embeds each clip alone (the model
     # card's one-clip forward), more is faster and fixed by the split.

@@ -47,6 +47,7 @@ from pronlora.core.protocol import Task
 from pronlora.core.versions import versions
 from pronlora.model.audio_cache import AudioEmbeddingCache, clip_groups
 from pronlora.model.collate import Collator, approx_prompt_tokens
+from pronlora.model.greedy import greedy_decode
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, torch_dtype
 from pronlora.model.snapshot import END_TOKEN, special_token_id
 
@@ -319,6 +320,11 @@ class ExactLengths:
         self._on: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return self.at_step(input_ids.shape[1] - self.prompt_len, scores)
+
+    def at_step(self, step: int | torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``step``: tokens generated before this one (a 0-d device tensor inside a CUDA
+        graph, whose replays advance it)."""
         if self._on is None:
             dev = scores.device
             ending = torch.full((1, scores.shape[1]), float("-inf"), device=dev)
@@ -329,7 +335,6 @@ class ExactLengths:
                 ending.to(scores.dtype),
             )
         due, stop, ending = self._on
-        step = input_ids.shape[1] - self.prompt_len  # tokens generated before this one
         scores = scores.index_fill(1, stop, float("-inf"))
         return torch.where((due == step)[:, None], ending, scores)
 
@@ -377,15 +382,21 @@ def generate(
         processor = ExactLengths(lengths, prompt_len, end, stop)
         extra["logits_processor"] = LogitsProcessorList([processor])
         limit = max(lengths) + 1
-    out = loaded.model.generate(
-        **batch,
-        **extra,
-        max_new_tokens=limit,
-        do_sample=False,
-        eos_token_id=stop,
-        pad_token_id=tok.pad_token_id,
-    )
-    new = out[:, batch["input_ids"].shape[1] :].tolist()
+    if cfg.infer.cache == "static_graphs":
+        force = extra["logits_processor"][0].at_step if decode_lengths is not None else None
+        new = greedy_decode(
+            loaded.model, batch, limit, stop, tok.pad_token_id, force, graphs=True
+        ).tolist()
+    else:
+        out = loaded.model.generate(
+            **batch,
+            **extra,
+            max_new_tokens=limit,
+            do_sample=False,
+            eos_token_id=stop,
+            pad_token_id=tok.pad_token_id,
+        )
+        new = out[:, batch["input_ids"].shape[1] :].tolist()
     answers = []
     for ids in new:
         cut = next((i for i, t in enumerate(ids) if t in stop), len(ids))
