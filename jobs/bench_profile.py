@@ -75,6 +75,7 @@ def main() -> int:
         return profile_inference(cfg, model, test_set, run_dir)
 
     stages = [("train", "profile", train), ("infer", "infer", infer)]  # --what, results key
+    first_answers: dict[str, str] | None = None  # the first setup's, which the others meet
     for (setup, overrides), cfg in zip(plans, cfgs, strict=True):
         entry = {"setup": setup, "overrides": overrides}
         for name, stage, fn in stages:
@@ -87,6 +88,12 @@ def main() -> int:
             except Exception as exc:  # record it: one failure must not void the rest
                 traceback.print_exc()
                 entry[stage] = {"error": f"{type(exc).__name__}: {exc}"[-2000:]}
+            answers = entry[stage].pop("_answers", None)
+            if answers is not None:
+                first_answers = first_answers or answers
+                entry[stage]["answers_unlike_first_setup"] = sum(
+                    first_answers.get(k) != v for k, v in answers.items()
+                )
             print(setup, stage, json.dumps(entry[stage]), flush=True)
             torch.cuda.empty_cache()
         results["runs"].append(entry)

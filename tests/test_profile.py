@@ -130,6 +130,8 @@ def test_profile_tables_show_each_stage_and_name_failures() -> None:
         "cache": "dynamic",
         "instances_per_s": 36.2,
         "projected_test_set_s": 150.0,
+        "load_s": 12.5,
+        "answers_unlike_first_setup": 3,
         "peak_gb": 35.0,
         **summary,
     }
@@ -147,5 +149,5 @@ def test_profile_tables_show_each_stage_and_name_failures() -> None:
     md = markdown(results)
     assert "| a | 1.5 | 18,000 | 5.9 | 53.1 | 50% | 238.1 | 29% | None | 1 |" in md
     assert "| b | failed: OutOfMemoryError: CUDA out of memory |" in md
-    assert "| a | 128 | dynamic | 36.2 | 150.0 | 35.0 | 50% | None | 1 |" in md
+    assert "| a | 128 | dynamic | 36.2 | 150.0 | 12.5 | 3 | 35.0 | 50% | None | 1 |" in md
     assert md.count("| a | 100% |") == 2  # the category tables: all of it matmul

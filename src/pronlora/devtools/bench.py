@@ -85,6 +85,8 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     # Generation: the earlier defaults (dynamic cache, batches of 128); compiled decoding steps.
     "dynamic-128": _both("infer.cache=dynamic", "infer.batch_size=128"),
     "static-cache": _both("infer.cache=static"),
+    # Generation: each decoding step one CUDA graph replay (model/greedy.py).
+    "graphs": _both("infer.cache=static_graphs"),
     # Regional torch.compile of the decoder layers (config key compile_layers; on in paper_r64).
     "eager": _both("compile_layers=false"),
     "compile": _both("compile_layers=true"),
@@ -335,6 +337,8 @@ def bench_infer(
         "projected_test_set_s": round(warmup + 2 * PAPER_TEST_PER_TASK / rate, 1),
         "loads": models.loads,
         "peak_gb": _peak_gb(),
+        # id -> answer, for comparing variants (bench_profile pops it before writing results)
+        "_answers": {o["id"]: o["output"] for o in outputs},
     }
     if own_models:
         del models

@@ -352,6 +352,8 @@ def _infer_cells(p: dict[str, Any]) -> list[str]:
         p["cache"],
         str(p["instances_per_s"]),
         str(p["projected_test_set_s"]),
+        str(p.get("load_s", "")),
+        str(p.get("answers_unlike_first_setup", "")),
         str(p["peak_gb"]),
         f"{p['gpu_busy_share']:.0%}",
         str(p["host_syncs_per_step"]),
@@ -387,8 +389,13 @@ def markdown(results: dict[str, Any]) -> str:
             "`run_shard` over the bench's test split, every instance decoding its real target's "
             "token count plus `<|end|>`: a warm-up pass, a timed pass, then a pass under the "
             "profiler, on one model load. GPU busy: kernel time of the profiled pass over the "
-            "timed pass's wall time; per-batch figures are per generation batch.",
+            "timed pass's wall time; per-batch figures are per generation batch. Test set: "
+            "the warm-up plus 5,000 instances at the timed rate, the load apart. Unlike first: "
+            "answers that differ from the first setup's on the same instances.",
         ]
-        columns = "batch|cache|inst/s|test set (s)|peak GB|GPU busy|syncs/batch|kernels/batch"
+        columns = (
+            "batch|cache|inst/s|test set (s)|load (s)|unlike first|peak GB|GPU busy|syncs/batch"
+            "|kernels/batch"
+        )
         lines += _section(infer, "infer", heading, columns.split("|"), _infer_cells)
     return "\n".join(lines).rstrip("\n") + "\n"
