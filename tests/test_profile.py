@@ -36,6 +36,9 @@ def test_kernel_names_fall_into_the_categories_the_tables_show() -> None:
     )
     elementwise = "void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add>"
     assert kernel_category(elementwise) == "elementwise"
+    binary = "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::n"
+    assert kernel_category(binary) == "elementwise"  # "nocast" is no cast
+    assert kernel_category("void at::native::direct_copy_kernel_cuda") == "copy/cast/gather"
     assert kernel_category("something_new") == "other"
 
 

@@ -31,7 +31,8 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("optimizer", r"multi_tensor|adam|foreach"),
     ("compiled (triton)", r"^triton"),
     ("norm/softmax/reduce", r"norm|softmax|reduce|cross_entropy|scan"),
-    ("copy/cast/gather", r"copy|cast|convert|index|gather|scatter"),
+    # not "nocast": PyTorch's binary kernels (gpu_kernel_impl_nocast<BinaryFunctor...>)
+    ("copy/cast/gather", r"copy|(?<!no)cast|convert|index|gather|scatter"),
     ("elementwise", r"elementwise|vectorized|unrolled|pointwise|fill"),
 )
 GPU_CATS = {"kernel": None, "gpu_memcpy": "memcpy", "gpu_memset": "memset"}
