@@ -465,6 +465,7 @@ batch = Collator(loaded.tokenizer, loaded.feature_extractor)(rows)
 with torch.no_grad():  # the forward graphs suffice to show where they are cached
     label_only_loss(loaded.model, batch)
 print("HITS", counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
+print("AOT", counters["aot_autograd"]["autograd_cache_hit"], counters["aot_autograd"]["autograd_cache_miss"])
 """
 
 
@@ -473,7 +474,8 @@ def test_a_second_job_finds_the_compiled_layers_in_the_shared_cache(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:
     """Two processes (two jobs of a grid) with the same $PRONLORA_CACHE: the first compiles the
-    decoder layers into <cache>/inductor, the second loads every graph from there."""
+    decoder layers into <cache>/inductor, the second loads every graph from there, the
+    AOTAutograd ones included (no analysis restarted and traced again)."""
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     env["PRONLORA_CACHE"] = str(tmp_path / "cache")
     args = [sys.executable, "-c", _COMPILE_ONE_STEP, str(tiny_model), str(demo_prepared)]
@@ -482,8 +484,10 @@ def test_a_second_job_finds_the_compiled_layers_in_the_shared_cache(
         proc = subprocess.run(args, capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         hits, misses = re.search(r"HITS (\d+) (\d+)", proc.stdout).groups()
-        counts.append((int(hits), int(misses)))
-    (hits1, misses1), (hits2, misses2) = counts
-    assert misses1 > 0 and hits1 == 0  # the first job compiles
+        aot_hits, aot_misses = re.search(r"AOT (\d+) (\d+)", proc.stdout).groups()
+        counts.append((int(hits), int(misses), int(aot_hits), int(aot_misses)))
+    (hits1, misses1, _, aot_misses1), (hits2, misses2, aot_hits2, aot_misses2) = counts
+    assert misses1 > 0 and hits1 == 0 and aot_misses1 > 0  # the first job compiles
     assert hits2 >= misses1 and misses2 == 0, counts  # the second finds every graph
+    assert aot_hits2 >= aot_misses1 and aot_misses2 == 0, counts
     assert any(p.is_file() for p in (tmp_path / "cache" / "inductor").rglob("*"))

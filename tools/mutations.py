@@ -332,6 +332,28 @@ MUTATIONS = (
         ("tests/test_status.py",),
         "a job sacct lists as 'CANCELLED by 0' is not seen as failed",
     ),
+    Mutation(
+        "compile-float-restart",
+        "src/pronlora/model/load.py",
+        "    torch._dynamo.config.specialize_float = True\n",
+        "",
+        (
+            "tests/test_fast_paths.py::"
+            "test_a_second_job_finds_the_compiled_layers_in_the_shared_cache",
+        ),
+        "every job traces its compiled layers twice (Dynamo restarts on symbolic floats)",
+    ),
+    Mutation(
+        "graphs-positions",
+        "src/pronlora/model/greedy.py",
+        "        pos.add_(1)\n",
+        "",
+        (
+            "tests/test_fast_paths.py::"
+            "test_graphed_decoding_loop_generates_the_static_cache_tokens",
+        ),
+        "graphed decoding steps keep feeding the same rotary position",
+    ),
 )
 
 # Survivors accepted on purpose: mutation id -> why no test should fail.
