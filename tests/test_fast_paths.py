@@ -465,7 +465,8 @@ batch = Collator(loaded.tokenizer, loaded.feature_extractor)(rows)
 with torch.no_grad():  # the forward graphs suffice to show where they are cached
     label_only_loss(loaded.model, batch)
 print("HITS", counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
-print("AOT", counters["aot_autograd"]["autograd_cache_hit"], counters["aot_autograd"]["autograd_cache_miss"])
+aot = counters["aot_autograd"]
+print("AOT", aot["autograd_cache_hit"], aot["autograd_cache_miss"])
 """
 
 
