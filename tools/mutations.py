@@ -348,10 +348,7 @@ MUTATIONS = (
         "src/pronlora/model/greedy.py",
         "        pos.add_(1)\n",
         "",
-        (
-            "tests/test_fast_paths.py::"
-            "test_graphed_decoding_loop_generates_the_static_cache_tokens",
-        ),
+        ("tests/test_fast_paths.py::test_graphed_decoding_loop_generates_the_static_cache_tokens",),
         "graphed decoding steps keep feeding the same rotary position",
     ),
 )
