@@ -4,7 +4,7 @@
 # UTTS of them through jobs/infer.py. bench/rates.py turns each job's wall time and logs into
 # one-time seconds plus seconds per instance, one JSON line per combo in OUT_DIR/rates.jsonl.
 #   bench/rates.sh MODEL_DIR OUT_DIR COMBO [COMBO...]
-# env: TRAIN_UTTS (default 256), UTTS (128), WORK (scratch dir), ALONE=1 also decodes the first
+# env: TRAIN_UTTS (default 256), UTTS (256: full decode batches of 256 per task), WORK (scratch dir), ALONE=1 also decodes the first
 # combo's checkpoint with infer.clips_per_encoder_batch=1 (each clip embedded alone).
 set -euo pipefail
 model=$1 out=$2
@@ -13,7 +13,7 @@ mkdir -p "$out"
 work=${WORK:-$(mktemp -d)}
 PYTHONPATH=$(pwd)/src${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 PYTHONPATH
-for what in "prepared:${TRAIN_UTTS:-256}" "test-prepared:${UTTS:-128}"; do
+for what in "prepared:${TRAIN_UTTS:-256}" "test-prepared:${UTTS:-256}"; do
     python3 -c "import sys; from pathlib import Path; from pronlora.devtools.bench import make_bench_data
 make_bench_data(Path(sys.argv[1]), Path('bench/mini_durations.json'), int(sys.argv[2]))" \
         "$work/${what%%:*}" "${what#*:}"
