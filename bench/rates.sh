@@ -4,8 +4,9 @@
 # UTTS of them through jobs/infer.py. bench/rates.py turns each job's wall time and logs into
 # one-time seconds plus seconds per instance, one JSON line per combo in OUT_DIR/rates.jsonl.
 #   bench/rates.sh MODEL_DIR OUT_DIR COMBO [COMBO...]
-# env: TRAIN_UTTS (default 256), UTTS (256: full decode batches of 256 per task), WORK (scratch dir), ALONE=1 also decodes the first
-# combo's checkpoint with infer.clips_per_encoder_batch=1 (each clip embedded alone).
+# env: TRAIN_UTTS (default 256), UTTS (256: one full decode batch of 256 per task), WORK (scratch
+# dir), ALONE=1 also decodes the first combo's checkpoint with infer.clips_per_encoder_batch=1
+# (each clip embedded alone).
 set -euo pipefail
 model=$1 out=$2
 shift 2
