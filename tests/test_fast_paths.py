@@ -345,6 +345,25 @@ def test_graphed_decoding_loop_generates_the_static_cache_tokens(
     assert got == answers["static_eager"]
 
 
+def test_graphed_decoding_refuses_batches_past_the_rotary_switch(monkeypatch) -> None:
+    """LongRoPE changes its angles past original_max_position_embeddings, which one table of
+    angles per batch cannot follow: such a batch is refused naming the key, not decoded."""
+    from types import SimpleNamespace
+
+    from pronlora.core.errors import ConfigError
+    from pronlora.model import audio_cache, greedy
+
+    config = SimpleNamespace(
+        rope_parameters={"rope_type": "longrope", "original_max_position_embeddings": 8}
+    )
+    monkeypatch.setattr(audio_cache, "multimodal_model", lambda m: SimpleNamespace(config=config))
+    assert greedy.rope_limit(config) == 8
+    assert greedy.rope_limit(SimpleNamespace(rope_parameters={"rope_type": "default"})) is None
+    mask = torch.ones(2, 4, dtype=torch.long)
+    with pytest.raises(ConfigError, match="infer.cache=static_graphs"):
+        greedy.greedy_decode(SimpleNamespace(config=config), {"attention_mask": mask}, 6, [1], 0)
+
+
 def _rows_sharing_clips(demo_prepared: Path, clips: int) -> list[dict]:
     """Both tasks' rows of the first ``clips`` clips: each clip appears twice."""
     rows = read_jsonl(demo_prepared / "train.jsonl")

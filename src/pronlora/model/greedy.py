@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from pronlora.core.errors import ConfigError
+
 # Steps between two reads of "has every row stopped?" (each read waits for the GPU).
 CHECK_EVERY = 8
 
@@ -75,9 +77,10 @@ def greedy_decode(
     size = prompt + max_new_tokens - 1
     limit = rope_limit(inner.config)
     if limit is not None and size > limit:
-        raise ValueError(
-            f"{size} cache positions exceed the {limit} before which the rotary angles stay "
-            "fixed; decode this batch with infer.cache=static_eager"
+        raise ConfigError(
+            f"infer.cache=static_graphs: a batch of {prompt}-token prompts plus "
+            f"{max_new_tokens} answer tokens passes position {limit}, where this model's rotary "
+            "angles change; use infer.cache=static_eager or a smaller max_length"
         )
     cache = StaticCache(config=lm.config.get_text_config(decoder=True), max_cache_len=size)
     positions = mask2d.long().cumsum(-1) - 1
