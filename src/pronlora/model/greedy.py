@@ -39,10 +39,11 @@ def causal_lm(model: Any) -> Any:
 
 def rope_limit(config: Any) -> int | None:
     """Longest sequence whose rotary angles do not depend on the sequence's length (LongRoPE
-    switches factors past ``original_max_position_embeddings``); None: no such switch."""
+    and dynamic NTK change them past ``original_max_position_embeddings``); None: no such
+    switch."""
     params = getattr(config, "rope_parameters", None) or {}
     kind = params.get("rope_type", "default")
-    if kind == "default":
+    if kind not in ("longrope", "dynamic"):
         return None
     limit = params.get("original_max_position_embeddings") or getattr(
         config, "original_max_position_embeddings", None
