@@ -126,7 +126,6 @@ def score_recordings(run_dir: Path, checkpoint: str, recs: list[Recording]) -> l
         raise DataError(
             f"recordings share a name: {sorted(n for n in names if names.count(n) > 1)}"
         )
-    spec = ensure_run(run_dir, None, None)
     ckpt_dir = None
     if checkpoint_name(checkpoint) != BASE_CHECKPOINT:
         ckpt_dir = RunDir(run_dir).checkpoint(checkpoint)

@@ -373,6 +373,7 @@ def generate(
         extra["cache_implementation"] = "static"
         extra["disable_compile"] = cfg.infer.cache == "static_eager"
     limit = cfg.infer.max_new_tokens_apa if task is Task.APA else cfg.infer.max_new_tokens_mdd
+    processor = None
     if decode_lengths is not None:
         lengths = [decode_lengths[r["id"]] for r in batch_rows]
         end = special_token_id(tok, END_TOKEN)
@@ -383,10 +384,8 @@ def generate(
         extra["logits_processor"] = LogitsProcessorList([processor])
         limit = max(lengths) + 1
     if cfg.infer.cache == "static_graphs":
-        force = extra["logits_processor"][0].at_step if decode_lengths is not None else None
-        new = greedy_decode(
-            loaded.model, batch, limit, stop, tok.pad_token_id, force, graphs=True
-        ).tolist()
+        force = processor.at_step if processor is not None else None
+        new = greedy_decode(loaded.model, batch, limit, stop, tok.pad_token_id, force).tolist()
     else:
         out = loaded.model.generate(
             **batch,

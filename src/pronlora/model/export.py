@@ -22,7 +22,13 @@ import yaml
 from pronlora.core.atomic import follow_umask, write_json, write_text
 from pronlora.core.config import ConfigError, TrainConfig, from_dict, to_dict
 from pronlora.core.errors import DataError
-from pronlora.core.layout import UNFROZEN_FILE, RunDir, checkpoint_name, read_json_file
+from pronlora.core.layout import (
+    BASE_CHECKPOINT,
+    UNFROZEN_FILE,
+    RunDir,
+    checkpoint_name,
+    read_json_file,
+)
 from pronlora.core.protocol import TABLE3_METRICS
 from pronlora.model.load import _checked_load, load_unfrozen_state, torch_dtype
 from pronlora.model.snapshot import RANDOM_WEIGHTS_MARKER, SPEECH_ADAPTER_DIR, check_snapshot
@@ -173,7 +179,7 @@ def export(
     run = RunDir(run_dir)
     meta = run.read_run()
     cfg = from_dict(meta["config"], str(run.run_json))
-    if checkpoint_name(checkpoint) == "base":
+    if checkpoint_name(checkpoint) == BASE_CHECKPOINT:
         raise ConfigError("--checkpoint base: the base model has no task adapter to export")
     ckpt = run.checkpoint(checkpoint)
     if not (ckpt / "meta.json").is_file():
