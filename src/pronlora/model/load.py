@@ -392,8 +392,8 @@ def compile_decoder_layers(model: Any) -> int:
     log.info("torch.compile cache: %s", os.environ["TORCHINDUCTOR_CACHE_DIR"])
     # Python floats (LoRA scaling, norm eps) as constants of the graph: traced as symbols, they
     # made Dynamo restart its analysis of the layer, and the discarded attempt always missed
-    # the AOTAutograd cache (torch 2.13, tiny model on a CPU: a job with a warm cache 6.5 -> 3.7
-    # s to its first step, the same loss).
+    # the AOTAutograd cache (torch 2.13, tiny model on a CPU: a job with a warm cache 6.7 -> 4.0
+    # s to its first step, the same loss; bench/results/cpu-2026-12-06-compile-restart.md).
     torch._dynamo.config.specialize_float = True
     for layer in layers:
         layer.compile(dynamic=True)
