@@ -64,7 +64,10 @@ def main() -> int:
     model = Path(args.model) if args.model else make_random_checkpoint("tiny", work / "tiny")
     corpus = make_demo_corpus(work / "corpus", utterances=12, seed=1)
     prepared = prepare("kaldi", corpus, work / "prepared").out
-    print("| Python floats | job | first step (s) | loss | Dynamo analysis attempts | AOT hits / misses |")
+    print(
+        "| Python floats | job | first step (s) | loss | Dynamo analysis attempts "
+        "| AOT hits / misses |"
+    )
     print("|---|---|---|---|---|---|")
     for constant in ("0", "1"):
         env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
