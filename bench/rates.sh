@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Measured job costs (issue 25): each COMBO (config:strategy:quantization) trains one epoch on
 # TRAIN_UTTS bench clips (real SpeechOcean762-mini durations) through jobs/train.py and decodes
-# UTTS of them through jobs/infer.py. bench/rates.py turns each job's wall time and logs into
-# one-time seconds plus seconds per instance, one JSON line per combo in OUT_DIR/rates.jsonl.
+# UTTS of them as jobs/infer.py does, each answer forced to its real target's token count
+# (bench/infer_real_lengths.py: answers of a one-epoch model on random weights have no real
+# length). bench/rates.py turns each job's wall time and logs into one-time seconds plus
+# seconds per instance, one JSON line per combo in OUT_DIR/rates.jsonl.
 #   bench/rates.sh MODEL_DIR OUT_DIR COMBO [COMBO...]
-# env: TRAIN_UTTS (default 256), UTTS (256: one full decode batch of 256 per task), WORK (scratch
-# dir), ALONE=1 also decodes the first combo's checkpoint with infer.clips_per_encoder_batch=1
-# (each clip embedded alone).
+# env: TRAIN_UTTS (default 256), UTTS (512: two full decode batches of 256 per task), WORK
+# (scratch dir), ALONE=1 also decodes the first combo's checkpoint with
+# infer.clips_per_encoder_batch=1 (each clip embedded alone).
 set -euo pipefail
 model=$1 out=$2
 shift 2
@@ -14,7 +16,7 @@ mkdir -p "$out"
 work=${WORK:-$(mktemp -d)}
 PYTHONPATH=$(pwd)/src${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 PYTHONPATH
-for what in "prepared:${TRAIN_UTTS:-256}" "test-prepared:${UTTS:-256}"; do
+for what in "prepared:${TRAIN_UTTS:-256}" "test-prepared:${UTTS:-512}"; do
     python3 -c "import sys; from pathlib import Path; from pronlora.devtools.bench import make_bench_data
 make_bench_data(Path(sys.argv[1]), Path('bench/mini_durations.json'), int(sys.argv[2]))" \
         "$work/${what%%:*}" "${what#*:}"
@@ -45,8 +47,8 @@ for combo in "$@"; do
     name=$config-$strategy-$quant run=$work/$config-$strategy-$quant
     train=(python3 jobs/train.py --config "$config" --prepared "$work/prepared" --model "$model"
         --run-dir "$run" epochs=1 "strategy=$strategy" "quantization=$quant" logging_steps=1)
-    infer=(python3 jobs/infer.py --run-dir "$run" --checkpoint epoch-1
-        --prepared "$work/test-prepared" --other-data)
+    infer=(python3 bench/infer_real_lengths.py --run-dir "$run" --checkpoint epoch-1
+        --prepared "$work/test-prepared")
     t0=$(date +%s.%N)
     if ! "${train[@]}" > "$work/$name-train.log" 2>&1; then
         { echo "== $combo: training failed"; tail -30 "$work/$name-train.log"; } >> "$out/errors.log"

@@ -273,6 +273,33 @@ def test_non_finite_loss_stops_with_a_clear_message(
         trainer.train()
 
 
+def test_a_pass_that_turns_non_finite_is_caught_before_its_step_checkpoint(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    """Losses are read one pass late (the GPU never waits for the host); a step checkpoint
+    is still never written after a non-finite pass."""
+    from transformers import TrainerCallback
+
+    cfg = load_config("smoke", ["save_steps=2", "max_steps=4", "grad_accum=1"])
+    loaded = load_model(cfg, tiny_model)
+    rows = read_jsonl(demo_prepared / "train.jsonl")
+    (tmp_path / "run").mkdir()
+    trainer = build_trainer(cfg, loaded, rows, tmp_path / "run")
+
+    class PoisonStepTwo(TrainerCallback):  # the last pass before the step-2 checkpoint
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == 1:
+                with torch.no_grad():
+                    for name, p in loaded.model.named_parameters():
+                        if "lora_A" in name:
+                            p.fill_(float("nan"))
+
+    trainer.add_callback(PoisonStepTwo())
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 2"):
+        trainer.train()
+    assert not list((tmp_path / "run").rglob("checkpoint-2"))
+
+
 @pytest.mark.slow
 def test_micro_batches_per_pass_runs_the_same_optimizer_step_in_fewer_passes(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,55 @@ class OptimizerStateOnDevice(TrainerCallback):
         return control
 
 
+class LaggedLossCheck:
+    """Each pass's loss checked for NaN/inf one pass later, without stalling the GPU.
+
+    Reading a loss on the host waits for every kernel queued before it; done right after each
+    pass, the GPU idled while the host prepared the next one. The loss is instead copied to
+    pinned memory behind a CUDA event and read once the next pass is queued (or before any
+    save), so a non-finite loss still stops the run before a checkpoint holds its update.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[torch.Tensor, Any, int]] = []
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        value = loss.detach().float().reshape(())
+        if value.is_cuda:
+            host = torch.empty((), dtype=torch.float32, pin_memory=True)
+            host.copy_(value, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending.append((host, event, step))
+        else:
+            self._pending.append((value, None, step))
+
+    def take(self, wait_for_all: bool) -> tuple[float, int] | None:
+        """The first non-finite (loss, step) among the checked passes: every pass recorded
+        when ``wait_for_all``, else all but the last."""
+        keep = 0 if wait_for_all else 1
+        while len(self._pending) > keep:
+            host, event, step = self._pending.pop(0)
+            if event is not None:
+                event.synchronize()
+            value = float(host)
+            if not math.isfinite(value):
+                self._pending.clear()
+                return value, step
+        return None
+
+
+class LossCheckedAtTrainEnd(TrainerCallback):
+    """The last passes' losses are checked too (saves check theirs in the trainer)."""
+
+    def __init__(self, trainer: PronloraTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_end(self, args, state, control, **kw):
+        self.trainer.check_losses(wait_for_all=True)
+        return control
+
+
 class EpochCheckpoints(TrainerCallback):
     """An epoch checkpoint at every epoch's end, refused when the trained weights are not finite."""
 
@@ -115,6 +165,7 @@ class EpochCheckpoints(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kw):
         t = self.trainer
+        t.check_losses(wait_for_all=True)
         epoch = round(state.epoch or 0)
         # an epoch that ended, also on the step a stop was requested: the resumed run
         # starts after it and would never write it
@@ -152,24 +203,38 @@ class PronloraTrainer(Trainer):
         self.audio_cache: AudioEmbeddingCache | None = None
         # saved with epoch checkpoints only (as processing_class it would go into every step one)
         self.tokenizer_to_save = tokenizer
-        self.tokens_total = 0  # non-padding tokens trained on, for throughput and benchmarks
-        self._tokens, self._t0 = 0, time.perf_counter()
+        # non-padding tokens trained on (throughput, benchmarks): counted on the batch's device
+        # and read at logging steps, so a pass never waits for the GPU to count them
+        self._tokens_seen: torch.Tensor | int = 0
+        self._tokens_logged, self._t0 = 0, time.perf_counter()
         self._started = self._t0  # log entries carry time_s since, for rates and time left
+        self.loss_check = LaggedLossCheck()
         self.add_callback(EpochCheckpoints(self))
         self.add_callback(OptimizerStateOnDevice(self))
+        self.add_callback(LossCheckedAtTrainEnd(self))
+
+    @property
+    def tokens_total(self) -> int:
+        return int(self._tokens_seen)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        n = int(inputs["attention_mask"].sum())
-        self._tokens += n
-        self.tokens_total += n
+        self._tokens_seen = self._tokens_seen + inputs["attention_mask"].sum()
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if not torch.isfinite(loss).all():
+        # this pass is queued; the previous one's check waits for that pass only
+        self.check_losses()
+        self.loss_check.record(loss, self.state.global_step + 1)
+        return loss
+
+    def check_losses(self, wait_for_all: bool = False) -> None:
+        """Raise if a checked pass's loss was not finite (all recorded ones when asked)."""
+        bad = self.loss_check.take(wait_for_all)
+        if bad is not None:
+            value, step = bad
             last = complete_checkpoints(self.run.trainer)
             raise NonFiniteLossError(
-                f"loss became {loss.item()} at step {self.state.global_step + 1}; stopping. "
+                f"loss became {value} at step {step}; stopping. "
                 f"Last good checkpoint: {last[-1] if last else 'none'}"
             )
-        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.data_collator.clip_keys:
@@ -208,11 +273,12 @@ class PronloraTrainer(Trainer):
     def log(self, logs, start_time=None):
         # every rank logs at the same steps (the Trainer gathers the loss first)
         now = time.perf_counter()
-        tokens = sum_over_ranks(self._tokens, self.args.device)
+        seen = self.tokens_total
+        tokens = sum_over_ranks(seen - self._tokens_logged, self.args.device)
         if "loss" in logs:  # a step entry; the end-of-training summary has its own rates
             logs["tokens"] = tokens  # non-padding tokens of all ranks since the last entry
             logs["tokens_per_s"] = round(tokens / max(now - self._t0, 1e-9), 1)
-            self._tokens, self._t0 = 0, now
+            self._tokens_logged, self._t0 = seen, now
         if torch.cuda.is_available():
             logs["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         super().log(logs, start_time)
@@ -226,6 +292,10 @@ class PronloraTrainer(Trainer):
         }
         with open(self.run.train_log, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
+
+    def _save_checkpoint(self, model, trial):
+        self.check_losses(wait_for_all=True)  # no checkpoint holds a non-finite pass's update
+        super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir=None, state_dict=None):
         super()._save(output_dir, state_dict)
@@ -280,7 +350,10 @@ def training_arguments(
         disable_tqdm=True,
         use_cpu=not cuda and not deepspeed,
         deepspeed=deepspeed_config(engine, load_universal) if deepspeed else None,
-        accelerator_config={"use_configured_state": cpu_deepspeed},
+        # batches copied to the GPU from pinned memory without waiting for it (the host then
+        # prepares the next pass while the GPU still runs the last one)
+        dataloader_pin_memory=cuda,
+        accelerator_config={"use_configured_state": cpu_deepspeed, "non_blocking": cuda},
     )
     one_device_per_process(args)
     return args

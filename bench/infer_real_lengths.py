@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""A decode job as ``jobs/infer.py --shard 0`` runs it, every answer forced to its target's
+token count (random weights never stop by themselves, and a barely trained model's answers run
+to ``max_new_tokens``): the time a trained checkpoint's decode of these instances would take.
+
+  python bench/infer_real_lengths.py --run-dir R --checkpoint epoch-1 --prepared P
+
+Writes the shard and its done.json where jobs/infer.py would (``bench/rates.py record`` reads
+them); prints the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pronlora.core.cli import run_job
+from pronlora.core.layout import PreparedDir
+from pronlora.devtools.bench import target_lengths
+from pronlora.infer.stage import ensure_run, run_shard
+from pronlora.model.load import load_tokenizer
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--prepared", required=True)
+    args = ap.parse_args()
+    spec = ensure_run(Path(args.run_dir), None, None)
+    rows = PreparedDir(Path(args.prepared)).load_split("test")
+    lengths = target_lengths(rows, load_tokenizer(spec.model_dir))
+    summary = run_shard(
+        Path(args.run_dir),
+        args.checkpoint,
+        Path(args.prepared),
+        "test",
+        decode_lengths=lengths,
+        other_data=True,
+    )
+    summary["answer_tokens_mean"] = round(sum(lengths.values()) / len(lengths), 1)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    run_job(main, ())
