@@ -148,8 +148,14 @@ def test_loss_falls_when_overfitting(tiny_model: Path, demo_prepared: Path, tmp_
         ],
     )
     assert train(cfg, prepared, tiny_model, tmp_path / "run") == 0
-    losses = [e["loss"] for e in read_jsonl(tmp_path / "run" / "train_log.jsonl") if "loss" in e]
+    steps = [e for e in read_jsonl(tmp_path / "run" / "train_log.jsonl") if "loss" in e]
+    losses = [e["loss"] for e in steps]
     assert sum(losses[-5:]) / 5 < losses[0] - 0.75, losses  # nats
+    # every step trains the same 4 rows: each entry counts their non-padding tokens once
+    from pronlora.model.load import load_processors
+
+    tokens = int(Collator(*load_processors(tiny_model, cfg))(rows)["attention_mask"].sum())
+    assert [e["tokens"] for e in steps] == [tokens] * 20
 
 
 def _adapter(run: Path, epoch: int) -> dict[str, torch.Tensor]:
