@@ -447,3 +447,20 @@ def test_a_process_count_that_cannot_split_the_batch_says_which_counts_can() -> 
     with pytest.raises(ConfigError, match=r"pick a micro_batch that divides 4: 1, 2, 4$"):
         accumulation_steps(load_config("paper_r64", ["micro_batch=16", "grad_accum=4"]), 16)
     assert accumulation_steps(cfg, 4) == 1  # 2 micro-batches per process, in one pass of 2
+
+
+def test_training_loads_a_bf16_base_onto_its_gpu_except_under_zero3_and_nf4(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The speech adapter merges where the base is: on the GPU (seconds on the host otherwise);
+    ZeRO-3 partitions weights while loading and nf4 quantizes on the way, so both keep theirs."""
+    from pronlora.train.recipe import training_device_map
+
+    cfg = load_config("paper_r64")
+    assert training_device_map(cfg, "ddp") is None  # no GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert training_device_map(cfg, "ddp") == {"": 3}
+    assert training_device_map(cfg, "zero2") == {"": 3}
+    assert training_device_map(cfg, "zero3") is None
+    assert training_device_map(load_config("paper_r64", ["quantization=nf4"]), "ddp") is None
