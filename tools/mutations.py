@@ -351,6 +351,25 @@ MUTATIONS = (
         ("tests/test_fast_paths.py::test_graphed_decoding_loop_generates_the_static_cache_tokens",),
         "graphed decoding steps keep feeding the same rotary position",
     ),
+    Mutation(
+        "loss-check-before-save",
+        "src/pronlora/train/trainer.py",
+        "        self.check_losses(wait_for_all=True)  # no checkpoint after a non-finite pass\n",
+        "",
+        (
+            "tests/test_train.py::"
+            "test_a_pass_that_turns_non_finite_is_caught_before_its_step_checkpoint",
+        ),
+        "a step checkpoint is written after a pass whose loss was NaN (checked one pass late)",
+    ),
+    Mutation(
+        "tokens-logged-cumulative",
+        "src/pronlora/train/trainer.py",
+        "            self._tokens_logged, self._t0 = seen, now\n",
+        "            self._t0 = now\n",
+        ("tests/test_train.py::test_loss_falls_when_overfitting",),
+        "each log entry counts every token since the start, not since the last entry",
+    ),
 )
 
 # Survivors accepted on purpose: mutation id -> why no test should fail.

@@ -294,7 +294,7 @@ class PronloraTrainer(Trainer):
             fh.write(json.dumps(entry) + "\n")
 
     def _save_checkpoint(self, model, trial):
-        self.check_losses(wait_for_all=True)  # no checkpoint holds a non-finite pass's update
+        self.check_losses(wait_for_all=True)  # no checkpoint after a non-finite pass
         super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir=None, state_dict=None):
