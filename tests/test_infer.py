@@ -398,3 +398,34 @@ def test_a_checkpoint_decodes_with_its_own_trained_weights(
     reference = last_logits(base)
     torch.testing.assert_close(epoch, reference, rtol=1e-4, atol=1e-4)
     assert (epoch - base_logits).abs().max() > 100 * (epoch - reference).abs().max()
+
+
+def test_the_rates_bench_decodes_a_checkpoint_at_its_targets_lengths(
+    trained_run: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    """bench/rates.sh's decode job (device time is scarce: it must not first fail on a GPU)."""
+    from pronlora.devtools.bench import target_lengths
+    from pronlora.model.load import load_tokenizer
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    script = REPO / "bench" / "infer_real_lengths.py"
+    args = ["--run-dir", str(run), "--checkpoint", "epoch-1", "--prepared", str(demo_prepared)]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = read_jsonl(demo_prepared / "test.jsonl")
+    assert summary["instances"] == len(rows) == summary["generated_this_run"]
+    model = json.loads((run / "run.json").read_text())["model"]
+    lengths = target_lengths(rows, load_tokenizer(Path(model)))
+    assert summary["answer_tokens_mean"] == round(sum(lengths.values()) / len(rows), 1)
+    # every answer decoded its target's tokens before <|end|> (random weights never stop alone)
+    generated = summary["tokens_per_s"] * summary["seconds"]
+    assert abs(generated - sum(lengths.values())) < 0.01 * generated
+    _, done = shard_paths(run, "epoch-1", 0, 1, "test")
+    assert json.loads(done.read_text())["instances"] == len(rows)
