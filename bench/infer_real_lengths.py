@@ -16,9 +16,10 @@ import json
 from pathlib import Path
 
 from pronlora.core.cli import run_job
+from pronlora.core.config import ConfigError
 from pronlora.core.layout import PreparedDir
 from pronlora.devtools.bench import target_lengths
-from pronlora.infer.stage import ensure_run, run_shard
+from pronlora.infer.stage import ensure_run, run_shard, shard_paths
 from pronlora.model.load import load_tokenizer
 
 
@@ -28,6 +29,10 @@ def main() -> int:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--prepared", required=True)
     args = ap.parse_args()
+    out, _ = shard_paths(Path(args.run_dir), args.checkpoint, 0, 1, "test")
+    if out.exists():
+        # run_shard would resume it, or return the earlier decode's summary as this one's
+        raise ConfigError(f"{out} exists: a timing needs a decode of its own; move it away")
     spec = ensure_run(Path(args.run_dir), None, None)
     rows = PreparedDir(Path(args.prepared)).load_split("test")
     lengths = target_lengths(rows, load_tokenizer(spec.model_dir))

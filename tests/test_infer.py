@@ -408,15 +408,19 @@ def test_the_rates_bench_decodes_a_checkpoint_at_its_targets_lengths(
     from pronlora.model.load import load_tokenizer
 
     run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("predictions"))
     script = REPO / "bench" / "infer_real_lengths.py"
     args = ["--run-dir", str(run), "--checkpoint", "epoch-1", "--prepared", str(demo_prepared)]
-    proc = subprocess.run(
-        [sys.executable, str(script), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-    )
+
+    def bench() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(script), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        )
+
+    proc = bench()
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     rows = read_jsonl(demo_prepared / "test.jsonl")
@@ -427,5 +431,8 @@ def test_the_rates_bench_decodes_a_checkpoint_at_its_targets_lengths(
     # every answer decoded its target's tokens before <|end|> (random weights never stop alone)
     generated = summary["tokens_per_s"] * summary["seconds"]
     assert abs(generated - sum(lengths.values())) < 0.01 * generated
-    _, done = shard_paths(run, "epoch-1", 0, 1, "test")
+    out, done = shard_paths(run, "epoch-1", 0, 1, "test")
     assert json.loads(done.read_text())["instances"] == len(rows)
+    # a second timing would only read the first one's summary back: refused, naming the file
+    again = bench()
+    assert again.returncode == 2 and f"{out} exists" in again.stderr
