@@ -17,10 +17,9 @@ from pathlib import Path
 
 from pronlora.core.cli import run_job
 from pronlora.core.config import ConfigError
-from pronlora.core.layout import PreparedDir
+from pronlora.core.layout import BASE_CHECKPOINT, PreparedDir, RunDir
 from pronlora.devtools.bench import target_lengths
-from pronlora.infer.stage import ensure_run, run_shard, shard_paths
-from pronlora.model.load import load_tokenizer
+from pronlora.infer.stage import Models, ensure_run, run_shard, shard_paths
 
 
 def main() -> int:
@@ -35,7 +34,11 @@ def main() -> int:
         raise ConfigError(f"{out} exists: a timing needs a decode of its own; move it away")
     spec = ensure_run(Path(args.run_dir), None, None)
     rows = PreparedDir(Path(args.prepared)).load_split("test")
-    lengths = target_lengths(rows, load_tokenizer(spec.model_dir))
+    # the stage's own load, whose tokenizer counts the targets' tokens (no second load)
+    models = Models()
+    run = RunDir(Path(args.run_dir))
+    ckpt = None if args.checkpoint == BASE_CHECKPOINT else run.checkpoint(args.checkpoint)
+    lengths = target_lengths(rows, models.get(spec, ckpt).tokenizer)
     summary = run_shard(
         Path(args.run_dir),
         args.checkpoint,
@@ -43,6 +46,7 @@ def main() -> int:
         "test",
         decode_lengths=lengths,
         other_data=True,
+        models=models,
     )
     summary["answer_tokens_mean"] = round(sum(lengths.values()) / len(lengths), 1)
     print(json.dumps(summary))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pronlora.core.atomic import read_jsonl
-from pronlora.core.config import load_config
+from pronlora.core.config import ConfigError, load_config
 from pronlora.model.collate import Collator
 from pronlora.model.load import load_model
 from pronlora.train.loss import label_only_loss
@@ -345,6 +345,62 @@ def test_graphed_decoding_loop_generates_the_static_cache_tokens(
     assert got == answers["static_eager"]
 
 
+def test_compiled_prefill_gives_the_eager_tokens_with_one_graph_for_all_layers(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """infer.compile_prefill (model/prefill.py; inductor on a CPU): the same greedy tokens as
+    the eager prefill over batches of both tasks and other prompt lengths, the keys/values
+    written where the decoding steps read them (a wrong cache layer changes the answers), and
+    every layer and padded batch served by one compiled graph (dynamic shapes, the cache
+    layer's index not specialized), plus one for single rows, which have no padding mask: more
+    graphs would mean a compile per layer or per batch."""
+    from torch._dynamo.utils import counters
+
+    from pronlora.infer.stage import (
+        Models,
+        RunSpec,
+        generate,
+        generation_batches,
+    )
+
+    monkeypatch.setenv("PRONLORA_CACHE", str(tmp_path / "cache"))
+    rows = read_jsonl(demo_prepared / "test.jsonl")[:10]
+    answers: dict[bool, list] = {}
+    for compiled in (False, True):
+        cfg = load_config(
+            "smoke",
+            [
+                "infer.cache=static_graphs",
+                f"infer.compile_prefill={compiled}",
+                "infer.max_new_tokens_mdd=12",
+            ],
+        )
+        models = Models()
+        loaded = models.get(RunSpec(cfg, tiny_model), None)
+        assert (loaded.prefill is not None) == compiled
+        _context_sensitive(loaded.model)
+        audio = models.embed_clips(cfg, rows, {r["audio"] for r in rows})
+        torch._dynamo.reset()
+        counters.clear()
+        answers[compiled] = [
+            generate(loaded, cfg, batch_rows, None, None, audio)
+            for size in (4, 3)
+            for batch_rows in generation_batches(rows, size)
+        ]
+        assert any(len(b) == 1 for b in generation_batches(rows, 3))
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs == (2 if compiled else 0), dict(counters["stats"])
+    assert len({a for batch in answers[False] for a, _ in batch}) > 4
+    assert answers[True] == answers[False]
+    inner = loaded.model.model
+    assert all(type(m).__name__.endswith("DecoderLayer") for m in inner.layers)
+
+
+def test_compiled_prefill_needs_the_graphed_decoding_loop() -> None:
+    with pytest.raises(ConfigError, match="infer.compile_prefill"):
+        load_config("smoke", ["infer.cache=static_eager", "infer.compile_prefill=true"])
+
+
 def test_graphed_decoding_refuses_batches_past_the_rotary_switch(monkeypatch) -> None:
     """LongRoPE changes its angles past original_max_position_embeddings, which one table of
     angles per batch cannot follow: such a batch is refused naming the key, not decoded."""
@@ -473,7 +529,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from pronlora.core.atomic import read_jsonl
-from pronlora.core.config import load_config
+from pronlora.core.config import ConfigError, load_config
 from pronlora.model.collate import Collator
 from pronlora.model.load import load_model
 from pronlora.train.loss import label_only_loss

@@ -42,6 +42,9 @@ class InferSpec:
     # static_graphs: the preallocated cache, each eager step captured once per batch as a CUDA
     # graph and replayed (model/greedy.py; runs eagerly off CUDA).
     cache: Literal["dynamic", "static", "static_eager", "static_graphs"] = "dynamic"
+    # static_graphs only: the prompt's forward through decoder layers compiled once per worker
+    # (model/prefill.py); fused kernels round bf16 otherwise than eager ones.
+    compile_prefill: bool = False
     # Clips per audio-encoder batch, in the split's duration order. The encoder attends to its
     # batch's padding, so this decides the embeddings: 1 embeds each clip alone (the model
     # card's one-clip forward), more is faster and fixed by the split.
@@ -215,6 +218,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     ):
         if getattr(cfg.infer, key) < 1:
             raise ConfigError(f"infer.{key}: must be >= 1, got {getattr(cfg.infer, key)}")
+    if cfg.infer.compile_prefill and cfg.infer.cache != "static_graphs":
+        raise ConfigError(
+            f"infer.compile_prefill: needs infer.cache=static_graphs, got {cfg.infer.cache!r}"
+        )
     if cfg.pad_to_multiple_of < 0:
         raise ConfigError(f"pad_to_multiple_of: must be >= 0, got {cfg.pad_to_multiple_of}")
     if not cfg.lr > 0:

@@ -87,6 +87,8 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     "static-cache": _both("infer.cache=static"),
     # Generation: each decoding step one CUDA graph replay (model/greedy.py).
     "graphs": _both("infer.cache=static_graphs"),
+    # ... and the prompt's forward through compiled decoder layers (model/prefill.py).
+    "compiled-prefill": _both("infer.cache=static_graphs", "infer.compile_prefill=true"),
     # Regional torch.compile of the decoder layers (config key compile_layers; on in paper_r64).
     "eager": _both("compile_layers=false"),
     "compile": _both("compile_layers=true"),

@@ -139,7 +139,7 @@ def summarize_trace(trace: dict[str, Any], wall_s: float, steps: int) -> dict[st
         },
         "top_kernels": [
             {"name": n[:120], "s": round(v / 1e6, 4), "share": round(v / gpu_total, 3)}
-            for n, v in by_name.most_common(8)
+            for n, v in by_name.most_common(16)
         ],
         "kernels_per_step": round(launches / steps),
         # None, not 0, when the trace holds no runtime calls to count them in

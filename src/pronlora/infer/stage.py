@@ -45,10 +45,11 @@ from pronlora.core.lock import OutputLock
 from pronlora.core.parse import parse_answer
 from pronlora.core.protocol import Task
 from pronlora.core.versions import versions
-from pronlora.model.audio_cache import AudioEmbeddingCache, clip_groups
+from pronlora.model.audio_cache import AudioEmbeddingCache, clip_groups, multimodal_model
 from pronlora.model.collate import Collator, approx_prompt_tokens
 from pronlora.model.greedy import greedy_decode
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, torch_dtype
+from pronlora.model.prefill import CompiledPrefill
 from pronlora.model.snapshot import END_TOKEN, special_token_id
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ def decoding_settings(cfg: TrainConfig) -> dict[str, Any]:
         ),
         "merge_adapter": cfg.infer.merge_adapter and cfg.quantization == "bf16",
         "kv_cache": cfg.infer.cache,
+        "compiled_prefill": cfg.infer.compile_prefill,
         "attn_implementation": cfg.attn_implementation,
         "batch_size": cfg.infer.batch_size,
     }
@@ -204,7 +206,10 @@ def load_for_inference(spec: RunSpec, checkpoint_dir: Path | None) -> Loaded:
     if dev.type != "cuda":
         model = model.to(dev)
     model.eval()
-    return Loaded(model, loaded.tokenizer, loaded.feature_extractor)
+    prefill = None
+    if cfg.infer.compile_prefill:
+        prefill = CompiledPrefill(multimodal_model(model))
+    return Loaded(model, loaded.tokenizer, loaded.feature_extractor, prefill)
 
 
 class Models:
@@ -385,7 +390,9 @@ def generate(
         limit = max(lengths) + 1
     if cfg.infer.cache == "static_graphs":
         force = processor.at_step if processor is not None else None
-        new = greedy_decode(loaded.model, batch, limit, stop, tok.pad_token_id, force).tolist()
+        new = greedy_decode(
+            loaded.model, batch, limit, stop, tok.pad_token_id, force, prefill=loaded.prefill
+        ).tolist()
     else:
         out = loaded.model.generate(
             **batch,

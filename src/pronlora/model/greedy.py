@@ -19,11 +19,15 @@ On a CPU the same step runs eagerly, which is how the tests compare it with ``ge
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pronlora.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pronlora.model.prefill import CompiledPrefill
 
 # Steps between two reads of "has every row stopped?" (each read waits for the GPU).
 CHECK_EVERY = 8
@@ -62,10 +66,12 @@ def greedy_decode(
     pad_id: int,
     force: Force | None = None,
     graphs: bool = True,
+    prefill: CompiledPrefill | None = None,
 ) -> torch.Tensor:
     """(batch, max_new_tokens) answer tokens: each row's greedy tokens, ``pad_id`` after its
     first stop token. ``inputs``: ``attention_mask`` (left padding) and ``inputs_embeds`` or
-    ``input_ids``. ``graphs``: capture the step as a CUDA graph (ignored off CUDA)."""
+    ``input_ids``. ``graphs``: capture the step as a CUDA graph (ignored off CUDA).
+    ``prefill``: run the prompt's forward through these compiled layers."""
     from transformers import StaticCache
 
     from pronlora.model.audio_cache import multimodal_model
@@ -86,18 +92,19 @@ def greedy_decode(
     cache = StaticCache(config=lm.config.get_text_config(decoder=True), max_cache_len=size)
     positions = mask2d.long().cumsum(-1) - 1
     positions = positions.masked_fill(mask2d == 0, 0)
-    prefill = {k: v for k, v in inputs.items() if k not in ("attention_mask", "input_ids")}
-    if "inputs_embeds" not in prefill:
-        prefill["input_ids"] = inputs["input_ids"]
-    out = model(
-        **prefill,
-        attention_mask=mask2d,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-        return_dict=True,
-    )
+    prompt_inputs = {k: v for k, v in inputs.items() if k not in ("attention_mask", "input_ids")}
+    if "inputs_embeds" not in prompt_inputs:
+        prompt_inputs["input_ids"] = inputs["input_ids"]
+    with prefill.active(cache, batch) if prefill is not None else nullcontext():
+        out = model(
+            **prompt_inputs,
+            attention_mask=mask2d,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            return_dict=True,
+        )
     stop = torch.tensor(stop_ids, device=dev)
     step_no = torch.zeros((), dtype=torch.long, device=dev)
     scores = out.logits[:, -1].to(copy=True, dtype=torch.float32)

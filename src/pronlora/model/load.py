@@ -31,10 +31,11 @@ from pronlora.core.atomic import follow_umask
 from pronlora.core.config import ConfigError, TrainConfig
 from pronlora.core.distributed import rank
 from pronlora.core.errors import SnapshotError
-from pronlora.core.layout import compile_cache, model_cache
+from pronlora.core.layout import model_cache
 from pronlora.core.protocol import CONTROL_TOKENS, TASKS, prompt_text
 from pronlora.model.attention import FOLDED_GQA
 from pronlora.model.attention import register as register_folded_gqa
+from pronlora.model.compiling import use_shared_compile_cache
 from pronlora.model.snapshot import (
     ADAPTER_TARGET_REGEX,
     SPEECH_ADAPTER_DIR,
@@ -62,6 +63,8 @@ class Loaded:
     model: Any
     tokenizer: Any
     feature_extractor: Any
+    # decoding only: the decoder layers compiled for prefills (model/prefill.py)
+    prefill: Any = None
 
 
 def torch_dtype(cfg: TrainConfig) -> torch.dtype:
@@ -381,15 +384,7 @@ def compile_decoder_layers(model: Any) -> int:
     layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
     if not layers:
         raise RuntimeError(f"{type(model).__name__}: no decoder layers to compile")
-    # One compilation cache for the grid; a cache the user chose stays theirs. Inductor writes
-    # its per-machine default into the variable once anything asks for it, and reads the
-    # variable at every lookup, so its own default is replaced too.
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache())
-    log.info("torch.compile cache: %s", os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    use_shared_compile_cache()
     # Python floats (LoRA scaling, norm eps) as constants of the graph: traced as symbols, they
     # made Dynamo restart its analysis of the layer, and the discarded attempt always missed
     # the AOTAutograd cache (torch 2.13, tiny model on a CPU: a job with a warm cache 6.7 -> 4.0
