@@ -49,7 +49,7 @@ from pronlora.model.audio_cache import AudioEmbeddingCache, clip_groups, multimo
 from pronlora.model.collate import Collator, approx_prompt_tokens
 from pronlora.model.greedy import greedy_decode
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, torch_dtype
-from pronlora.model.prefill import CompiledPrefill
+from pronlora.model.prefill import Prefill
 from pronlora.model.snapshot import END_TOKEN, special_token_id
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def load_for_inference(spec: RunSpec, checkpoint_dir: Path | None) -> Loaded:
     model.eval()
     prefill = None
     if cfg.infer.compile_prefill:
-        prefill = CompiledPrefill(multimodal_model(model))
+        prefill = Prefill(multimodal_model(model), compiled=True)
     return Loaded(model, loaded.tokenizer, loaded.feature_extractor, prefill)
 
 
@@ -387,7 +387,8 @@ def generate(
 
         processor = ExactLengths(lengths, prompt_len, end, stop)
         extra["logits_processor"] = LogitsProcessorList([processor])
-        limit = max(lengths) + 1
+        # the cache stays sized by the config's limit, as a trained model's decode is
+        limit = max(limit, max(lengths) + 1)
     if cfg.infer.cache == "static_graphs":
         force = processor.at_step if processor is not None else None
         new = greedy_decode(

@@ -5,7 +5,8 @@ busy: about 1,500 kernel launches and 4 host syncs per step at batches of 256
 (bench/results/*-2026-11-27-profile-bf16-same-machine-infer.md). A captured step is one launch.
 
 What runs is what transformers' ``generate`` runs for greedy search with
-``cache_implementation="static"``: the prefill is the model's own forward; each step feeds the
+``cache_implementation="static"``: the prefill is the model's own forward (its attention over
+the prompt's positions only, not the whole cache: prefill.py); each step feeds the
 model's own embedding, decoder layers, norm and head with the inputs generate gives them (the
 left-padding mask extended by one real position per step, each row's next position, the
 rotary angles of those positions, the same static cache), takes the float32 argmax, pads rows
@@ -19,15 +20,12 @@ On a CPU the same step runs eagerly, which is how the tests compare it with ``ge
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from pronlora.core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from pronlora.model.prefill import CompiledPrefill
+from pronlora.model.prefill import Prefill
 
 # Steps between two reads of "has every row stopped?" (each read waits for the GPU).
 CHECK_EVERY = 8
@@ -66,12 +64,12 @@ def greedy_decode(
     pad_id: int,
     force: Force | None = None,
     graphs: bool = True,
-    prefill: CompiledPrefill | None = None,
+    prefill: Prefill | None = None,
 ) -> torch.Tensor:
     """(batch, max_new_tokens) answer tokens: each row's greedy tokens, ``pad_id`` after its
     first stop token. ``inputs``: ``attention_mask`` (left padding) and ``inputs_embeds`` or
     ``input_ids``. ``graphs``: capture the step as a CUDA graph (ignored off CUDA).
-    ``prefill``: run the prompt's forward through these compiled layers."""
+    ``prefill``: the loaded model's (compiled) prefill, else an eager one."""
     from transformers import StaticCache
 
     from pronlora.model.audio_cache import multimodal_model
@@ -95,7 +93,9 @@ def greedy_decode(
     prompt_inputs = {k: v for k, v in inputs.items() if k not in ("attention_mask", "input_ids")}
     if "inputs_embeds" not in prompt_inputs:
         prompt_inputs["input_ids"] = inputs["input_ids"]
-    with prefill.active(cache, batch) if prefill is not None else nullcontext():
+    if prefill is None:
+        prefill = Prefill(inner, compiled=False)
+    with prefill.active(cache, batch):
         out = model(
             **prompt_inputs,
             attention_mask=mask2d,

@@ -1,17 +1,20 @@
-"""The prompt's forward (prefill) through decoder layers compiled once per worker.
+"""The prompt's forward (prefill) of the graphed decoding loop, over a fresh static cache.
 
-Why: with each decoding step a CUDA graph replay, what bounds decoding is the prefill (the APA
-prompt is about 500 tokens after the audio), and a third of its kernel time went to the eager
-layer's unfused copies, casts and bf16 elementwise kernels (RMSNorm, partial rotary, SiLU
-gating, residual adds; ``bench/results/*-2026-12-06-profile-bf16-graphs.md``).
+Each decoder layer is handed its own layer of the batch's cache, wrapped so that attention
+sees only the positions the prompt wrote. The cache is sized for the prompt plus
+``max_new_tokens`` (256 for MDD), and the model's attention would otherwise run over every
+column, the empty ones masked: about twice the keys an MDD prompt has. Masked columns add
+exact zeros to the softmax, so the answers do not change (tested against ``generate``).
 
-Each layer is ``torch.compile``-d with dynamic shapes (every batch has its own prompt length
-and cache size) and, for the prefill only, handed its own layer of the batch's static cache:
-the attention then calls that layer's ``update`` with an index it ignores, so all 32 layers
-share one compiled graph instead of specializing on their index. The decoding steps run the
-eager layers (a captured step is one launch already). The model's own forward still builds
-the mask, rotary angles and head, so only the layers' arithmetic changes: fused kernels round
-bf16 intermediates otherwise than eager ones (answers can move where the top two tokens tie).
+``compiled``: the layers go through ``torch.compile`` (dynamic shapes: every batch has its own
+prompt length and cache size). What bounds graphed decoding is the prefill (the APA prompt is
+about 500 tokens after the audio), and a third of its kernel time went to the eager layer's
+unfused copies, casts and bf16 elementwise kernels (RMSNorm, partial rotary, SiLU gating,
+residual adds; ``bench/results/*-2026-12-06-profile-bf16-graphs.md``). Because each layer calls
+its own cache layer's ``update`` (with an index that layer ignores), all 32 layers share one
+compiled graph instead of specializing on their index. The decoding steps stay eager (a
+captured step is one launch already); fused kernels round bf16 intermediates otherwise than
+eager ones, so answers can move where the top two tokens tie.
 """
 
 from __future__ import annotations
@@ -22,50 +25,69 @@ from typing import Any
 
 import torch
 
+from pronlora.model.attention import FOLDED_GQA
 from pronlora.model.compiling import use_shared_compile_cache
 
 
-class _WithCacheLayer(torch.nn.Module):
-    """A compiled decoder layer that writes its keys/values into its own cache layer."""
+class _PromptPositions:
+    """A fresh static cache layer: keeps what the prompt writes, returns only those positions
+    (valid because the prefill starts at position 0)."""
 
-    def __init__(self, compiled: torch.nn.Module, cache_layer: Any) -> None:
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kw: Any):
+        keys, values = self.layer.update(key_states, value_states, *args, **kw)
+        written = key_states.shape[-2]
+        return keys[:, :, :written], values[:, :, :written]
+
+
+class _WithCacheLayer(torch.nn.Module):
+    """A decoder layer that writes its keys/values into its own cache layer."""
+
+    def __init__(self, layer: torch.nn.Module, cache_layer: Any) -> None:
         super().__init__()
-        self.compiled = compiled
+        self.layer = layer
         self.cache_layer = cache_layer
 
     def forward(self, hidden_states: torch.Tensor, **kwargs: Any) -> Any:
         kwargs["past_key_values"] = self.cache_layer
-        return self.compiled(hidden_states, **kwargs)
+        return self.layer(hidden_states, **kwargs)
 
 
-class CompiledPrefill:
-    """The decoder layers of one loaded model, compiled for prefills (``active``)."""
+class Prefill:
+    """The decoder layers of one loaded model, as prefills run them (``active``)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, compiled: bool) -> None:
         self.inner = inner
-        use_shared_compile_cache()
-        # emulate_precision_casts: fused kernels round where eager rounds to bf16
-        self.compiled = [
-            torch.compile(layer, dynamic=True, options={"emulate_precision_casts": True})
-            for layer in inner.layers
-        ]
+        self.compiled = compiled
+        self.layers: list[torch.nn.Module] = list(inner.layers)
+        if compiled:
+            use_shared_compile_cache()
+            # emulate_precision_casts: fused kernels round where eager rounds to bf16
+            options = {"emulate_precision_casts": True}
+            self.layers = [torch.compile(m, dynamic=True, options=options) for m in self.layers]
+        # only this attention cuts the mask to the keys it is given (attention.py)
+        implementation = getattr(inner.layers[0].self_attn.config, "_attn_implementation", None)
+        self.prompt_keys_only = implementation == FOLDED_GQA
 
     @contextmanager
     def active(self, cache: Any, batch: int) -> Iterator[None]:
-        """Within: ``inner``'s layers are the compiled ones, each writing into its layer of
-        ``cache`` (a StaticCache, allocated here for ``batch`` rows)."""
+        """Within: ``inner``'s layers are these, each writing into its layer of ``cache`` (a
+        fresh StaticCache, allocated here for ``batch`` rows)."""
         config = self.inner.config
-        heads = config.num_key_value_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // (
-            config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or (
+            config.hidden_size // config.num_attention_heads
         )
         weight = self.inner.embed_tokens.weight
-        cache.early_initialization(batch, heads, head_dim, weight.dtype, weight.device)
+        cache.early_initialization(
+            batch, config.num_key_value_heads, head_dim, weight.dtype, weight.device
+        )
         layers = self.inner.layers
         eager = list(layers)
-        pairs = zip(self.compiled, cache.layers, strict=True)
-        for i, (compiled, cache_layer) in enumerate(pairs):
-            layers[i] = _WithCacheLayer(compiled, cache_layer)
+        for i, (layer, cache_layer) in enumerate(zip(self.layers, cache.layers, strict=True)):
+            view = _PromptPositions(cache_layer) if self.prompt_keys_only else cache_layer
+            layers[i] = _WithCacheLayer(layer, view)
         try:
             yield
         finally:
