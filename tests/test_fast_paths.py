@@ -345,6 +345,7 @@ def test_graphed_decoding_loop_generates_the_static_cache_tokens(
     assert got == answers["static_eager"]
 
 
+@pytest.mark.slow
 def test_compiled_prefill_gives_the_eager_tokens_with_one_graph_for_all_layers(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path, monkeypatch
 ) -> None:
