@@ -309,12 +309,13 @@ def _context_sensitive(model) -> None:
 
 
 def test_graphed_decoding_loop_generates_the_static_cache_tokens(
-    tiny_model: Path, demo_prepared: Path
+    tiny_model: Path, demo_prepared: Path, monkeypatch
 ) -> None:
     """infer.cache=static_graphs (model/greedy.py; the same step eagerly on a CPU) against
     transformers' generate over its static cache, from the cached audio embeddings as run_shard
     decodes: a left-padded batch of each task, free and forced (the benchmarks' ExactLengths
     through the step counter: rows end at different steps)."""
+    from pronlora.infer import stage
     from pronlora.infer.stage import (
         Models,
         RunSpec,
@@ -326,6 +327,13 @@ def test_graphed_decoding_loop_generates_the_static_cache_tokens(
     rows = read_jsonl(demo_prepared / "test.jsonl")[:8]
     forced = {r["id"]: 2 + i % 5 for i, r in enumerate(rows)}
     answers: dict[str, list] = {}
+    limits: list[int] = []  # the graphed loop's max_new_tokens, which sizes its cache
+
+    def spy(model, inputs, max_new_tokens, *args, _plain=stage.greedy_decode, **kwargs):
+        limits.append(max_new_tokens)
+        return _plain(model, inputs, max_new_tokens, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "greedy_decode", spy)
     for cache in ("static_eager", "static_graphs"):
         cfg = load_config("smoke", [f"infer.cache={cache}", "infer.max_new_tokens_mdd=20"])
         models = Models()
@@ -343,6 +351,8 @@ def test_graphed_decoding_loop_generates_the_static_cache_tokens(
     assert len({a for a, _ in got[:8]}) > 4  # the free answers depend on their inputs
     assert sorted(n for _, n in got[8:]) == sorted(forced.values())
     assert got == answers["static_eager"]
+    # forced answers (the benchmarks) keep the config's cache size, as a real decode has
+    assert sorted(limits) == sorted([cfg.infer.max_new_tokens_apa, 20] * 2)
 
 
 @pytest.mark.slow
