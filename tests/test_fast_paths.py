@@ -314,7 +314,8 @@ def test_graphed_decoding_loop_generates_the_static_cache_tokens(
     """infer.cache=static_graphs (model/greedy.py; the same step eagerly on a CPU) against
     transformers' generate over its static cache, from the cached audio embeddings as run_shard
     decodes: a left-padded batch of each task, free and forced (the benchmarks' ExactLengths
-    through the step counter: rows end at different steps)."""
+    through the step counter: rows end at different steps), the prefill and each step
+    attending to a window of the cache's first positions (cache_window.py)."""
     from pronlora.infer import stage
     from pronlora.infer.stage import (
         Models,
@@ -323,6 +324,7 @@ def test_graphed_decoding_loop_generates_the_static_cache_tokens(
         generation_batches,
         generation_collator,
     )
+    from pronlora.model import cache_window
 
     rows = read_jsonl(demo_prepared / "test.jsonl")[:8]
     forced = {r["id"]: 2 + i % 5 for i, r in enumerate(rows)}
@@ -334,6 +336,8 @@ def test_graphed_decoding_loop_generates_the_static_cache_tokens(
         return _plain(model, inputs, max_new_tokens, *args, **kwargs)
 
     monkeypatch.setattr(stage, "greedy_decode", spy)
+    # attention windows that grow every 4 positions: many widths within each answer
+    monkeypatch.setattr(cache_window, "WINDOW_STEP", 4)
     for cache in ("static_eager", "static_graphs"):
         cfg = load_config("smoke", [f"infer.cache={cache}", "infer.max_new_tokens_mdd=20"])
         models = Models()

@@ -19,12 +19,14 @@ On a CPU the same step runs eagerly, which is how the tests compare it with ``ge
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from pronlora.core.errors import ConfigError
+from pronlora.model.cache_window import TAKES_A_CUT_MASK, attention_of, on_cache, window
 from pronlora.model.prefill import Prefill
 
 # Steps between two reads of "has every row stopped?" (each read waits for the GPU).
@@ -129,17 +131,20 @@ def greedy_decode(
     cos_t, sin_t = cos_t[0], sin_t[0]
     pad = torch.tensor(pad_id, device=dev)
 
-    def step() -> None:
+    eager_layers = list(inner.layers)
+    cut = attention_of(inner) in TAKES_A_CUT_MASK
+
+    def step(width: int) -> None:
+        """One decoding step whose attention covers the cache's first ``width`` positions."""
         mask.index_fill_(3, write_at, True)
         hidden = inner.embed_tokens(tokens)
         flat = pos.view(-1)
         angles = (cos_t[flat][:, None], sin_t[flat][:, None])
-        for layer in inner.layers:
+        for layer in on_cache(eager_layers, cache, width, cut):
             hidden = layer(
                 hidden,
-                attention_mask=mask,
+                attention_mask=mask[..., :width] if cut else mask,
                 position_ids=pos,
-                past_key_values=cache,
                 use_cache=True,
                 position_embeddings=angles,
             )
@@ -154,23 +159,37 @@ def greedy_decode(
         write_at.add_(1)
         step_no.add_(1)
 
-    run = step
-    done = 1
-    if graphs and dev.type == "cuda" and max_new_tokens > 2:
-        # the first step runs eagerly on a side stream (warming up what capture needs), then
-        # the same step is captured (not executed) and replayed for the rest
-        side = torch.cuda.Stream(device=dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
-            step()
-        torch.cuda.current_stream(dev).wait_stream(side)
-        done = 2
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-        run = graph.replay
-    for i in range(done, max_new_tokens):
-        if (i - done) % CHECK_EVERY == 0 and bool(finished.all()):
+    # Step i writes position prompt + i - 1, so it attends to window(prompt + i) positions.
+    # With graphs, each window width's first step runs eagerly on a side stream (warming up
+    # what capture needs), then one step is captured (not executed) and replayed until the
+    # window grows; the graphs share one memory pool.
+    graphed = graphs and dev.type == "cuda" and max_new_tokens > 2
+    side = torch.cuda.Stream(device=dev) if graphed else None
+    run: Callable[[], None] | None = None
+    run_width = warm_width = 0
+    pool = None
+    i = 1
+    while i < max_new_tokens:
+        if (i - 1) % CHECK_EVERY == 0 and bool(finished.all()):
             break
+        width = window(prompt + i, size) if cut else size
+        if width != run_width:
+            if not graphed:
+                run, run_width = functools.partial(step, width), width
+            elif warm_width != width:
+                side.wait_stream(torch.cuda.current_stream(dev))
+                with torch.cuda.stream(side):
+                    step(width)
+                torch.cuda.current_stream(dev).wait_stream(side)
+                warm_width = width
+                i += 1
+                continue
+            else:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    step(width)
+                pool = pool or graph.pool()
+                run, run_width = graph.replay, width
         run()
+        i += 1
     return answer

@@ -1,10 +1,8 @@
 """The prompt's forward (prefill) of the graphed decoding loop, over a fresh static cache.
 
 Each decoder layer is handed its own layer of the batch's cache, wrapped so that attention
-sees only the positions the prompt wrote. The cache is sized for the prompt plus
-``max_new_tokens`` (256 for MDD), and the model's attention would otherwise run over every
-column, the empty ones masked: about twice the keys an MDD prompt has. Masked columns add
-exact zeros to the softmax, so the answers do not change (tested against ``generate``).
+sees only the positions the prompt wrote (cache_window.py: the cache is sized for the prompt
+plus ``max_new_tokens``, about twice the keys an MDD prompt has).
 
 ``compiled``: the layers go through ``torch.compile`` (dynamic shapes: every batch has its own
 prompt length and cache size). What bounds graphed decoding is the prefill (the APA prompt is
@@ -25,34 +23,8 @@ from typing import Any
 
 import torch
 
-from pronlora.model.attention import FOLDED_GQA
+from pronlora.model.cache_window import CUTS_ITS_MASK, attention_of, on_cache
 from pronlora.model.compiling import use_shared_compile_cache
-
-
-class _PromptPositions:
-    """A fresh static cache layer: keeps what the prompt writes, returns only those positions
-    (valid because the prefill starts at position 0)."""
-
-    def __init__(self, layer: Any) -> None:
-        self.layer = layer
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kw: Any):
-        keys, values = self.layer.update(key_states, value_states, *args, **kw)
-        written = key_states.shape[-2]
-        return keys[:, :, :written], values[:, :, :written]
-
-
-class _WithCacheLayer(torch.nn.Module):
-    """A decoder layer that writes its keys/values into its own cache layer."""
-
-    def __init__(self, layer: torch.nn.Module, cache_layer: Any) -> None:
-        super().__init__()
-        self.layer = layer
-        self.cache_layer = cache_layer
-
-    def forward(self, hidden_states: torch.Tensor, **kwargs: Any) -> Any:
-        kwargs["past_key_values"] = self.cache_layer
-        return self.layer(hidden_states, **kwargs)
 
 
 class Prefill:
@@ -67,9 +39,8 @@ class Prefill:
             # emulate_precision_casts: fused kernels round where eager rounds to bf16
             options = {"emulate_precision_casts": True}
             self.layers = [torch.compile(m, dynamic=True, options=options) for m in self.layers]
-        # only this attention cuts the mask to the keys it is given (attention.py)
-        implementation = getattr(inner.layers[0].self_attn.config, "_attn_implementation", None)
-        self.prompt_keys_only = implementation == FOLDED_GQA
+        # the model builds the prefill's mask for the whole cache
+        self.prompt_keys_only = attention_of(inner) in CUTS_ITS_MASK
 
     @contextmanager
     def active(self, cache: Any, batch: int) -> Iterator[None]:
@@ -85,9 +56,8 @@ class Prefill:
         )
         layers = self.inner.layers
         eager = list(layers)
-        for i, (layer, cache_layer) in enumerate(zip(self.layers, cache.layers, strict=True)):
-            view = _PromptPositions(cache_layer) if self.prompt_keys_only else cache_layer
-            layers[i] = _WithCacheLayer(layer, view)
+        for i, layer in enumerate(on_cache(self.layers, cache, None, self.prompt_keys_only)):
+            layers[i] = layer
         try:
             yield
         finally:
