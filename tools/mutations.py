@@ -370,6 +370,30 @@ MUTATIONS = (
         ("tests/test_train.py::test_loss_falls_when_overfitting",),
         "each log entry counts every token since the start, not since the last entry",
     ),
+    Mutation(
+        "window-too-narrow",
+        "src/pronlora/model/cache_window.py",
+        "    return min(size, -(-needed // WINDOW_STEP) * WINDOW_STEP)\n",
+        "    return min(size, -(-needed // WINDOW_STEP) * WINDOW_STEP - 1)\n",
+        ("tests/test_fast_paths.py::test_graphed_decoding_loop_generates_the_static_cache_tokens",),
+        "a decoding step's attention window leaves out a written position",
+    ),
+    Mutation(
+        "prefill-keys-cut-short",
+        "src/pronlora/model/cache_window.py",
+        "        width = key_states.shape[-2] if self.width is None else self.width\n",
+        "        width = key_states.shape[-2] - 1 if self.width is None else self.width\n",
+        ("tests/test_fast_paths.py::test_graphed_decoding_loop_generates_the_static_cache_tokens",),
+        "the prefill's attention leaves out the prompt's last position",
+    ),
+    Mutation(
+        "bench-cache-cut",
+        "src/pronlora/infer/stage.py",
+        "        limit = max(limit, max(lengths) + 1)\n",
+        "        limit = max(lengths) + 1\n",
+        ("tests/test_fast_paths.py::test_graphed_decoding_loop_generates_the_static_cache_tokens",),
+        "forced-length benchmark decodes size their cache below a real decode's",
+    ),
 )
 
 # Survivors accepted on purpose: mutation id -> why no test should fail.
