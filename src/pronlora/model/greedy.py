@@ -5,15 +5,15 @@ busy: about 1,500 kernel launches and 4 host syncs per step at batches of 256
 (bench/results/*-2026-11-27-profile-bf16-same-machine-infer.md). A captured step is one launch.
 
 What runs is what transformers' ``generate`` runs for greedy search with
-``cache_implementation="static"``: the prefill is the model's own forward (its attention over
-the prompt's positions only, not the whole cache: prefill.py); each step feeds the
-model's own embedding, decoder layers, norm and head with the inputs generate gives them (the
-left-padding mask extended by one real position per step, each row's next position, the
-rotary angles of those positions, the same static cache), takes the float32 argmax, pads rows
-that stopped and stops when every row has. Two differences, neither changing a token:
-the cache is sized by this batch alone (generate keeps the largest size any earlier call used,
-so its shapes depended on what the process decoded before), and the stop check reads the GPU
-every ``CHECK_EVERY`` steps instead of every step (the extra steps only write padding).
+``cache_implementation="static"``: the prefill is the model's own forward (prefill.py); each
+step feeds the model's own embedding, decoder layers, norm and head with the inputs generate
+gives them (the left-padding mask extended by one real position per step, each row's next
+position, the rotary angles of those positions, the same static cache), takes the float32
+argmax, pads rows that stopped and stops when every row has. Three differences, none changing
+a token: the cache is sized by this batch alone (generate keeps the largest size any earlier
+call used, so its shapes depended on what the process decoded before); attention skips the
+cache's unwritten positions (cache_window.py); and the stop check reads the GPU every
+``CHECK_EVERY`` steps instead of every step (the extra steps only write padding).
 On a CPU the same step runs eagerly, which is how the tests compare it with ``generate``.
 """
 
