@@ -411,9 +411,12 @@ def test_compiled_prefill_gives_the_eager_tokens_with_one_graph_for_all_layers(
     assert all(type(m).__name__.endswith("DecoderLayer") for m in inner.layers)
 
 
-def test_compiled_prefill_needs_the_graphed_decoding_loop() -> None:
-    with pytest.raises(ConfigError, match="infer.compile_prefill"):
+def test_compiled_prefill_needs_the_graphed_decoding_loop_and_bf16() -> None:
+    with pytest.raises(ConfigError, match="infer.compile_prefill: needs infer.cache"):
         load_config("smoke", ["infer.cache=static_eager", "infer.compile_prefill=true"])
+    with pytest.raises(ConfigError, match="infer.compile_prefill: measured for"):
+        load_config("paper_r64", ["quantization=nf4", "infer.compile_prefill=true"])
+    assert load_config("paper_r64", ["infer.compile_prefill=true"]).infer.compile_prefill
 
 
 def test_graphed_decoding_refuses_batches_past_the_rotary_switch(monkeypatch) -> None:

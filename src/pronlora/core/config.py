@@ -222,6 +222,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(
             f"infer.compile_prefill: needs infer.cache=static_graphs, got {cfg.infer.cache!r}"
         )
+    if cfg.infer.compile_prefill and cfg.quantization != "bf16":
+        # bitsandbytes' 4-bit layers inside the compiled layer were never run
+        raise ConfigError("infer.compile_prefill: measured for quantization=bf16 only")
     if cfg.pad_to_multiple_of < 0:
         raise ConfigError(f"pad_to_multiple_of: must be >= 0, got {cfg.pad_to_multiple_of}")
     if not cfg.lr > 0:
