@@ -17,9 +17,9 @@ from pathlib import Path
 
 from pronlora.core.cli import run_job
 from pronlora.core.config import ConfigError
-from pronlora.core.layout import BASE_CHECKPOINT, PreparedDir, RunDir
+from pronlora.core.layout import PreparedDir
 from pronlora.devtools.bench import target_lengths
-from pronlora.infer.stage import Models, ensure_run, run_shard, shard_paths
+from pronlora.infer.stage import Models, checkpoint_dir, ensure_run, run_shard, shard_paths
 
 
 def main() -> int:
@@ -36,9 +36,8 @@ def main() -> int:
     rows = PreparedDir(Path(args.prepared)).load_split("test")
     # the stage's own load, whose tokenizer counts the targets' tokens (no second load)
     models = Models()
-    run = RunDir(Path(args.run_dir))
-    ckpt = None if args.checkpoint == BASE_CHECKPOINT else run.checkpoint(args.checkpoint)
-    lengths = target_lengths(rows, models.get(spec, ckpt).tokenizer)
+    loaded = models.get(spec, checkpoint_dir(Path(args.run_dir), args.checkpoint))
+    lengths = target_lengths(rows, loaded.tokenizer)
     summary = run_shard(
         Path(args.run_dir),
         args.checkpoint,

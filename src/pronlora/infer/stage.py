@@ -124,6 +124,11 @@ class RunSpec:
     model_dir: Path
 
 
+def checkpoint_dir(run_dir: Path, checkpoint: str) -> Path | None:
+    """The checkpoint a decode loads (None: the base model), as ``Models`` keys it."""
+    return None if checkpoint == BASE else RunDir(Path(run_dir).resolve()).checkpoint(checkpoint)
+
+
 def ensure_run(run_dir: Path, config: str | TrainConfig | None, model: str | None) -> RunSpec:
     """Config and model of a run dir from its run.json; for an inference-only run (no
     training ran there), the run.json is written first from ``config`` (a name, or a
@@ -511,7 +516,7 @@ def _write_shard(
     if not todo and done_path.is_file():
         log.info("%s is complete (%d instances); nothing to do", out_path, len(rows))
         return json.loads(done_path.read_text())
-    ckpt_dir = None if checkpoint == BASE else RunDir(run_dir).checkpoint(checkpoint)
+    ckpt_dir = checkpoint_dir(run_dir, checkpoint)
     log.info(
         "shard %d/%d of %s (%s): %d instances in %d batches, %d already written",
         shard,

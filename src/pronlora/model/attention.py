@@ -51,7 +51,7 @@ def folded_gqa_attention(
         or attention_mask.shape[1] != 1
         or kwargs.get("position_bias") is not None
     ):
-        if attention_mask is not None:  # keys may be cut short of the mask (prefill.py)
+        if attention_mask is not None:  # keys may be cut short of the mask (cache_window.py)
             attention_mask = attention_mask[..., : key.shape[2]]
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs

@@ -134,13 +134,13 @@ def greedy_decode(
     eager_layers = list(inner.layers)
     cut = attention_of(inner) in TAKES_A_CUT_MASK
 
-    def step(width: int) -> None:
-        """One decoding step whose attention covers the cache's first ``width`` positions."""
+    def step(width: int, layers: list[torch.nn.Module]) -> None:
+        """One decoding step whose ``layers`` attend to the cache's first ``width`` positions."""
         mask.index_fill_(3, write_at, True)
         hidden = inner.embed_tokens(tokens)
         flat = pos.view(-1)
         angles = (cos_t[flat][:, None], sin_t[flat][:, None])
-        for layer in on_cache(eager_layers, cache, width, cut):
+        for layer in layers:
             hidden = layer(
                 hidden,
                 attention_mask=mask[..., :width] if cut else mask,
@@ -174,12 +174,13 @@ def greedy_decode(
             break
         width = window(prompt + i, size) if cut else size
         if width != run_width:
+            layers = on_cache(eager_layers, cache, width, cut)
             if not graphed:
-                run, run_width = functools.partial(step, width), width
+                run, run_width = functools.partial(step, width, layers), width
             elif warm_width != width:
                 side.wait_stream(torch.cuda.current_stream(dev))
                 with torch.cuda.stream(side):
-                    step(width)
+                    step(width, layers)
                 torch.cuda.current_stream(dev).wait_stream(side)
                 warm_width = width
                 i += 1
@@ -187,7 +188,7 @@ def greedy_decode(
             else:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool):
-                    step(width)
+                    step(width, layers)
                 pool = pool or graph.pool()
                 run, run_width = graph.replay, width
         run()

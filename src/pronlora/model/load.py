@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -44,6 +44,9 @@ from pronlora.model.snapshot import (
 )
 from pronlora.model.speech_adapter import attach_speech_adapter, merge_speech_adapter
 
+if TYPE_CHECKING:
+    from pronlora.model.prefill import Prefill
+
 log = logging.getLogger(__name__)
 
 AUDIO_MODULES = (
@@ -63,8 +66,8 @@ class Loaded:
     model: Any
     tokenizer: Any
     feature_extractor: Any
-    # decoding only: the decoder layers compiled for prefills (model/prefill.py)
-    prefill: Any = None
+    # decoding only: the decoder layers compiled for prefills
+    prefill: Prefill | None = None
 
 
 def torch_dtype(cfg: TrainConfig) -> torch.dtype:

@@ -32,7 +32,6 @@ class Prefill:
 
     def __init__(self, inner: Any, compiled: bool) -> None:
         self.inner = inner
-        self.compiled = compiled
         self.layers: list[torch.nn.Module] = list(inner.layers)
         if compiled:
             use_shared_compile_cache()
