@@ -423,18 +423,18 @@ def test_a_sharded_snapshot_counts_as_complete_only_with_every_shard(
     ]
 
 
-def _base(tiny_model: Path):
+def _base(tiny_model: Path, *overrides: str):
     from pronlora.core.config import load_config
     from pronlora.model.load import _base_model
 
-    return _base_model(tiny_model, load_config("smoke"), None)
+    return _base_model(tiny_model, load_config("smoke", list(overrides)), None)
 
 
 def test_the_speech_adapter_loader_refuses_what_it_did_not_load(
-    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Three ways a load can go wrong without an error from peft: keys that match no module,
-    weights left at their initial values, a merge that changes nothing."""
+    """Three ways a load can go wrong silently: keys that match no module, weights left at
+    their initial values, a merge that changes a weight not at all (one lora_B of zeros)."""
     from types import SimpleNamespace
 
     import peft
@@ -453,9 +453,58 @@ def test_the_speech_adapter_loader_refuses_what_it_did_not_load(
     with pytest.raises(SnapshotError, match=r"lora_A did not load \(values differ from the file\)"):
         attach_speech_adapter(_base(tiny_model), tiny_model, adapter_name="s", trainable=False)
     monkeypatch.setattr(peft, "set_peft_model_state_dict", real)
-    monkeypatch.setattr(peft.tuners.lora.LoraModel, "merge_and_unload", lambda self: self.unload())
-    with pytest.raises(SnapshotError, match=r"merging left 8 adapted weights unchanged"):
-        merge_speech_adapter(_base(tiny_model), tiny_model)
+    snap = copy_snapshot(tiny_model, tmp_path / "one-zero-b")
+    weights = replace_file(snap / "speech-lora" / "adapter_model.safetensors")
+    state = load_file(str(weights))
+    zeroed = "model.layers.1.self_attn.o_proj"
+    key = f"{zeroed}.lora_B.weight"
+    save_file({**state, key: torch.zeros_like(state[key])}, str(weights))
+    with pytest.raises(SnapshotError, match=f"merging left 1 adapted weights unchanged.*{zeroed}"):
+        merge_speech_adapter(_base(snap), snap)
+
+
+def test_the_speech_adapter_merge_gives_peft_merge_and_unload_bit_for_bit(
+    tiny_model: Path,
+) -> None:
+    """The merge skips PEFT's wrapper (4 s of every job's start on an H100) but must leave the
+    weights PEFT's merge_and_unload leaves, or every decode and training run would shift."""
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    from pronlora.model.speech_adapter import merge_speech_adapter, read_speech_adapter
+
+    def bf16_base():  # the paper configs' dtype: the fp32 adapter product meets bf16 weights
+        return _base(tiny_model, "dtype=bf16")
+
+    ours = merge_speech_adapter(bf16_base(), tiny_model).state_dict()
+    adapter = read_speech_adapter(tiny_model)
+    wrapped = get_peft_model(bf16_base(), adapter.config, adapter_name="speech")
+    set_peft_model_state_dict(wrapped, adapter.state, adapter_name="speech")
+    theirs = wrapped.merge_and_unload().state_dict()
+    assert ours.keys() == theirs.keys()
+    changed = [k for k in ours if not torch.equal(ours[k], theirs[k])]
+    assert changed == []
+    plain = bf16_base().state_dict()
+    assert sum(not torch.equal(ours[k], plain[k]) for k in ours) == 8
+    assert {ours[k].dtype for k in ours if k.endswith("qkv_proj.weight")} == {torch.bfloat16}
+
+
+def test_the_speech_adapter_merge_refuses_a_config_targeting_other_modules(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from pronlora.model.speech_adapter import merge_speech_adapter
+
+    snap = copy_snapshot(tiny_model, tmp_path / "other-targets")
+    config_path = replace_file(snap / "speech-lora" / "adapter_config.json")
+    config = json.loads(config_path.read_text())
+    shipped = config["target_modules"]
+    config["target_modules"] = r"model.layers.\d+.self_attn.(qkv|o)_proj"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(SnapshotError, match=r"config targets 4 modules, the file holds 8.*gate_up"):
+        merge_speech_adapter(_base(snap), snap)
+    config.update(target_modules=shipped, use_dora=True)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(SnapshotError, match=r"adapter_config.json: sets use_dora; .*plain LoRA"):
+        merge_speech_adapter(_base(snap), snap)
 
 
 def test_nf4_keeps_the_audio_encoder_and_lm_head_in_bf16(tiny_model: Path) -> None:

@@ -100,6 +100,24 @@ def test_configs_train_what_they_claim(tiny_model: Path, adapter: str, strategy:
         assert torch.count_nonzero(fresh_b) == 0
 
 
+def test_a_new_lora_starts_from_its_seed_whatever_the_load_drew_before(tiny_model: Path) -> None:
+    """A seed names one initial LoRA: a change in how the base is loaded (PEFT's speech-adapter
+    wrapper used to draw 461M random values first) must not change the run a seed gives."""
+
+    def lora_a(seed: int, drawn_before: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(1234)
+        torch.rand(drawn_before)
+        model = load_model(load_config("smoke", [f"seed={seed}"]), tiny_model).model
+        return {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_A." in n}
+
+    first = lora_a(7, 0)
+    again = lora_a(7, 100_000)
+    assert first.keys() == again.keys() and len(first) == 8
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    other = lora_a(8, 0)
+    assert not any(torch.equal(first[n], other[n]) for n in first)
+
+
 def test_config_errors_name_the_key(tiny_model: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown key.*lora.rank"):
         load_config("paper_r64", ["lora.rank=8"])

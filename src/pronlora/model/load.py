@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -243,7 +244,15 @@ def _base_model(path: Path, cfg: TrainConfig, device_map: Any) -> Any:
         )
     if device_map is not None:
         kwargs["device_map"] = device_map
+    started = time.perf_counter()
     model = _checked_load(Phi4MultimodalForCausalLM, path, kwargs)
+    log.info(
+        "base weights %s loaded (%s, %s) in %.1f s",
+        path,
+        cfg.quantization,
+        next(model.parameters()).device,
+        time.perf_counter() - started,
+    )
     if cfg.quantization == "nf4":
         check_kept_out_of_4bit(model)
     # The audio encoder's relative-position bias is additive: keep it off flash-attention.
@@ -360,6 +369,10 @@ def load_model(
             base = prepare_model_for_kbit_training(
                 base, use_gradient_checkpointing=cfg.use_gradient_checkpointing
             )
+        if trainable:
+            # the new LoRA's initial weights from the seed alone, whatever the load drew from
+            # the generator before (PEFT's speech-adapter wrapper used to draw 461M values)
+            torch.manual_seed(cfg.seed)
         model = get_peft_model(base, lora, adapter_name=TRAIN_ADAPTER)
     if cfg.strategy == "unfreeze" and trainable:
         for name in AUDIO_MODULES:

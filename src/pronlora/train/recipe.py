@@ -187,7 +187,6 @@ class TrainingRecipe:
         if is_main_process():  # rank 0 builds any cached form of the base; the others wait
             prepare_cache(self.cfg, self.model_dir)
         barrier()
-        torch.manual_seed(self.cfg.seed)
         self.loaded = load_model(
             self.cfg, self.model_dir, device_map=training_device_map(self.cfg, self.engine)
         )
