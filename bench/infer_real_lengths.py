@@ -15,8 +15,6 @@ import argparse
 import json
 from pathlib import Path
 
-# first, as in jobs/infer.py: the GPU's context is created while the stage imports
-import pronlora.core.early_cuda_context  # noqa: F401
 from pronlora.core.cli import run_job
 from pronlora.core.config import ConfigError
 from pronlora.core.layout import PreparedDir

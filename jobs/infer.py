@@ -14,8 +14,6 @@ import argparse
 import math
 import os
 
-# first: the GPU's context is created while the stage below imports
-import pronlora.core.early_cuda_context  # noqa: F401
 from pronlora.core.cli import run_job
 from pronlora.core.config import ConfigError
 from pronlora.infer.stage import Models, run_shard, worker_items

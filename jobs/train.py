@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-# first: the GPU's context is created while the stage below imports
-import pronlora.core.early_cuda_context  # noqa: F401
 from pronlora.core.cli import run_job
 from pronlora.core.config import ConfigError, available, load_config
 from pronlora.core.distributed import launched_by_torchrun

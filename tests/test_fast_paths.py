@@ -585,36 +585,3 @@ def test_a_second_job_finds_the_compiled_layers_in_the_shared_cache(
     assert hits2 >= misses1 and misses2 == 0, counts  # the second finds every graph
     assert aot_hits2 >= aot_misses1 and aot_misses2 == 0, counts
     assert any(p.is_file() for p in (tmp_path / "cache" / "inductor").rglob("*"))
-
-
-def test_gpu_jobs_create_their_cuda_context_on_their_own_device_first(monkeypatch) -> None:
-    """The GPU entry points import early_cuda_context before their stage, and its thread
-    allocates on the device the job will use (LOCAL_RANK's under torchrun), nowhere else."""
-    from pronlora.core import early_cuda_context
-
-    root = Path(__file__).resolve().parents[1]
-    for job in ("jobs/train.py", "jobs/infer.py", "bench/infer_real_lengths.py"):
-        imports = [
-            line
-            for line in (root / job).read_text().splitlines()
-            if line.startswith(("import pronlora", "from pronlora"))
-        ]
-        assert imports[0] == "import pronlora.core.early_cuda_context  # noqa: F401", job
-    made: list[str] = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch, "empty", lambda *a, device: made.append(device))
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    early_cuda_context.create_context()
-    monkeypatch.delenv("LOCAL_RANK")
-    early_cuda_context.create_context()
-    monkeypatch.setenv("LOCAL_RANK", "2")  # a rank without a GPU of its own: nothing made
-    early_cuda_context.create_context()
-    assert made == ["cuda:1", "cuda:0"]
-
-    def broken(*a, device):
-        raise RuntimeError("CUDA driver too old")
-
-    monkeypatch.setattr(torch, "empty", broken)  # left to the job's own first use
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    early_cuda_context.create_context()
