@@ -25,6 +25,17 @@ for name in ("transformers", "peft", "accelerate", "bitsandbytes", "deepspeed", 
 may_lack = tuple(os.environ.get("SMOKE_MAY_LACK", "").split())  # outside the image only
 if any(not m.startswith(may_lack) or not may_lack for m in missing):
     sys.exit("cannot import: " + ", ".join(missing))
+# Inside the image (read-only where it runs) the packages must carry their bytecode, as pip
+# writes it at install: a job that compiles its imports from source pays seconds for it (2,397
+# modules in one training job on an H100 whose environment had none, ...-second-job-startup.md).
+if sys.prefix == "/opt/venv":
+    from importlib.util import cache_from_source
+    probes = ("transformers.trainer", "peft.tuners.lora.model", "torch._dynamo.symbolic_convert")
+    uncompiled = [
+        name for name in probes
+        if not os.path.exists(cache_from_source(importlib.import_module(name).__file__))
+    ]
+    assert not uncompiled, f"no bytecode for {uncompiled}: rebuild without PIP_NO_COMPILE"
 print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0),
       "| not importable here:", ", ".join(missing) or "none")
 PY
