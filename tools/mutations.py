@@ -257,8 +257,8 @@ MUTATIONS = (
     Mutation(
         "login-node-needs-python",
         "slurm/pipeline.sh",
-        'if [ -z "$PRONLORA_CONTAINER" ]; then',
-        "if true; then",
+        'if [ -z "$PRONLORA_CONTAINER" ]; then\n    require_python\n    exec',
+        "if true; then\n    require_python\n    exec",
         (
             "tests/test_orchestration.py::"
             "test_a_login_node_without_python_submits_the_plan_built_in_the_image",
@@ -393,6 +393,39 @@ MUTATIONS = (
         "        limit = max(lengths) + 1\n",
         ("tests/test_fast_paths.py::test_graphed_decoding_loop_generates_the_static_cache_tokens",),
         "forced-length benchmark decodes size their cache below a real decode's",
+    ),
+    Mutation(
+        "speech-merge-rounds-first",
+        "src/pronlora/model/speech_adapter.py",
+        "            weight += (b @ a) * scaling\n",
+        "            weight += ((b @ a) * scaling).to(weight.dtype)\n",
+        (
+            "tests/test_snapshot.py::"
+            "test_the_speech_adapter_merge_gives_peft_merge_and_unload_bit_for_bit",
+        ),
+        "the speech adapter's product is rounded to bf16 before it is added (not PEFT's merge)",
+    ),
+    Mutation(
+        "speech-merge-skips-a-module",
+        "src/pronlora/model/speech_adapter.py",
+        "        for name in sorted(adapter.modules):\n",
+        "        for name in sorted(adapter.modules)[1:]:\n",
+        (
+            "tests/test_snapshot.py::"
+            "test_the_speech_adapter_merge_gives_peft_merge_and_unload_bit_for_bit",
+        ),
+        "one adapted weight is left out of the speech adapter's merge",
+    ),
+    Mutation(
+        "lora-init-from-the-loads-draws",
+        "src/pronlora/model/load.py",
+        "            torch.manual_seed(cfg.seed)\n",
+        "            pass\n",
+        (
+            "tests/test_train.py::"
+            "test_a_new_lora_starts_from_its_seed_whatever_the_load_drew_before",
+        ),
+        "the new LoRA's initial weights depend on what the load drew from the generator",
     ),
 )
 
