@@ -466,7 +466,7 @@ def test_the_speech_adapter_loader_refuses_what_it_did_not_load(
 def test_the_speech_adapter_merge_gives_peft_merge_and_unload_bit_for_bit(
     tiny_model: Path,
 ) -> None:
-    """The merge skips PEFT's wrapper (4 s of every job's start on an H100) but must leave the
+    """The merge skips PEFT's wrapper (3-4 s of every job's start on an H100) but must leave the
     weights PEFT's merge_and_unload leaves, or every decode and training run would shift."""
     from peft import get_peft_model, set_peft_model_state_dict
 
