@@ -463,20 +463,28 @@ def test_the_speech_adapter_loader_refuses_what_it_did_not_load(
         merge_speech_adapter(_base(snap), snap)
 
 
+@pytest.mark.parametrize("file_dtype", [torch.float32, torch.bfloat16])
 def test_the_speech_adapter_merge_gives_peft_merge_and_unload_bit_for_bit(
-    tiny_model: Path,
+    tiny_model: Path, tmp_path: Path, file_dtype: torch.dtype
 ) -> None:
     """The merge skips PEFT's wrapper (3-4 s of every job's start on an H100) but must leave the
-    weights PEFT's merge_and_unload leaves, or every decode and training run would shift."""
+    weights PEFT's merge_and_unload leaves, or every decode and training run would shift.
+    Whichever dtype the snapshot's adapter file holds (this project writes fp32; the Hub's
+    file is not pinned down in paper-protocol.md)."""
     from peft import get_peft_model, set_peft_model_state_dict
 
     from pronlora.model.speech_adapter import merge_speech_adapter, read_speech_adapter
 
-    def bf16_base():  # the paper configs' dtype: the fp32 adapter product meets bf16 weights
-        return _base(tiny_model, "dtype=bf16")
+    snap = copy_snapshot(tiny_model, tmp_path / "snap")
+    weights = replace_file(snap / "speech-lora" / "adapter_model.safetensors")
+    save_file({k: v.to(file_dtype) for k, v in load_file(str(weights)).items()}, str(weights))
 
-    ours = merge_speech_adapter(bf16_base(), tiny_model).state_dict()
-    adapter = read_speech_adapter(tiny_model)
+    def bf16_base():  # the paper configs' dtype: the fp32 adapter product meets bf16 weights
+        return _base(snap, "dtype=bf16")
+
+    ours = merge_speech_adapter(bf16_base(), snap).state_dict()
+    adapter = read_speech_adapter(snap)
+    assert {v.dtype for v in adapter.state.values()} == {file_dtype}
     wrapped = get_peft_model(bf16_base(), adapter.config, adapter_name="speech")
     set_peft_model_state_dict(wrapped, adapter.state, adapter_name="speech")
     theirs = wrapped.merge_and_unload().state_dict()
@@ -486,6 +494,28 @@ def test_the_speech_adapter_merge_gives_peft_merge_and_unload_bit_for_bit(
     plain = bf16_base().state_dict()
     assert sum(not torch.equal(ours[k], plain[k]) for k in ours) == 8
     assert {ours[k].dtype for k in ours if k.endswith("qkv_proj.weight")} == {torch.bfloat16}
+
+
+def test_the_speech_adapter_merge_refuses_a_lora_b_of_the_wrong_shape(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """A rank that matches the config (what check_snapshot checks) but an output size that
+    does not fit the weight is named with both shapes, not left to a matmul traceback."""
+    from pronlora.model.speech_adapter import merge_speech_adapter
+
+    snap = copy_snapshot(tiny_model, tmp_path / "wrong-shape")
+    weights = replace_file(snap / "speech-lora" / "adapter_model.safetensors")
+    state = load_file(str(weights))
+    module = "model.layers.0.mlp.down_proj"
+    b = state[f"{module}.lora_B.weight"]
+    save_file(
+        {**state, f"{module}.lora_B.weight": torch.ones(b.shape[0] + 1, b.shape[1])}, str(weights)
+    )
+    check_snapshot(snap)  # the rank is right
+    with pytest.raises(
+        SnapshotError, match=rf"{module} has lora_A .* and lora_B \({b.shape[0] + 1}, "
+    ):
+        merge_speech_adapter(_base(snap), snap)
 
 
 def test_the_speech_adapter_merge_refuses_a_config_targeting_other_modules(
