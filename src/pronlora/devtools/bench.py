@@ -224,8 +224,7 @@ def bench_train(
         logging_steps=10**6,
         dataloader_workers=2,
     )
-    torch.manual_seed(cfg.seed)
-    loaded = load_model(cfg, model_dir)
+    loaded = load_model(cfg, model_dir)  # its LoRA seeded from cfg.seed
     result: dict[str, Any] = {
         "trainable_params": sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
     }

@@ -198,8 +198,7 @@ def profile_training(
 
     # one step after the profiled ones, so the final save at the run's end stays outside them
     cfg = replace(cfg, max_steps=warmup + 2 * steps + 1, save_steps=10**6, logging_steps=10**6)
-    torch.manual_seed(cfg.seed)
-    loaded = load_model(cfg, model_dir)
+    loaded = load_model(cfg, model_dir)  # its LoRA seeded from cfg.seed
     trainer = build_trainer(cfg, loaded, rows, run_dir)
     prof = _profiler()
     marks: dict[str, tuple[float, int]] = {}
