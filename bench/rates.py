@@ -7,7 +7,8 @@
 ``record``: one JSON line for a combo from its run dir: the training job's wall time split into
 one-time seconds (process start, load, compile, audio cache, saves) and seconds per training
 instance (the median step time of the second half of the epoch, over the instances of a step);
-the decode job's into one-time seconds (process start, load) and seconds per test instance.
+the decode job's into one-time seconds (process start, load, first-batch warm-up) and seconds
+per test instance (from two decodes of different sizes, see infer_record).
 ``install``: writes those lines into ``src/pronlora/measured_rates.json`` with their source.
 """
 
@@ -46,18 +47,37 @@ def train_record(run: Path, wall: float) -> dict[str, Any]:
     }
 
 
-def infer_record(run: Path, wall: float) -> dict[str, Any]:
-    done = json.loads((run / "predictions/epoch-1/shard-0-of-1.done.json").read_text())
-    return {
+def infer_record(run: Path, wall: float, large: Path | None = None) -> dict[str, Any]:
+    """The decode job's rate. With ``large`` (a decode of more instances in another process),
+    the seconds per instance are the difference of the two jobs' in-process seconds (audio
+    embedding and decoding) over the difference of their instances: what a job pays once per
+    process in its first batches (graph warm-up, cuBLAS, the allocator) is then one-time, where
+    one job alone would spread it over its instances."""
+    done = _shard_summary(run)
+    rec = {
         "wall_s": wall,
         "instances": done["instances"],
         "load_s": done["load_s"],
         "embed_s": done["embed_s"],
         "decode_s": done["seconds"],
-        "s_per_instance": round(done["seconds"] / done["instances"], 5),
-        "fixed_s": round(wall - done["seconds"], 1),
         "device": done["device"],
     }
+    if large is None:
+        per = done["seconds"] / done["instances"]
+    else:
+        big = _shard_summary(large)
+        if big["instances"] <= done["instances"]:
+            raise SystemExit(f"{large}: {big['instances']} instances, not more than {run}'s")
+        per = (big["seconds"] - done["seconds"]) / (big["instances"] - done["instances"])
+        rec["large"] = {k: big[k] for k in ("instances", "embed_s", "seconds")}
+    return rec | {
+        "s_per_instance": round(per, 5),
+        "fixed_s": round(wall - per * rec["instances"], 1),
+    }
+
+
+def _shard_summary(run: Path) -> dict[str, Any]:
+    return json.loads((run / "predictions/epoch-1/shard-0-of-1.done.json").read_text())
 
 
 def cmd_record(a: argparse.Namespace) -> None:
@@ -65,7 +85,8 @@ def cmd_record(a: argparse.Namespace) -> None:
     rec = {
         "combo": a.combo.replace(":", " "),
         "train": train_record(run, a.train_wall) | {"command": a.train_command},
-        "infer": infer_record(run, a.infer_wall) | {"command": a.infer_command},
+        "infer": infer_record(run, a.infer_wall, a.infer_large_run_dir)
+        | {"command": a.infer_command},
     }
     print(json.dumps(rec))
 
@@ -96,6 +117,9 @@ def main() -> int:
     r.add_argument("--infer-wall", type=float, required=True)
     r.add_argument("--train-command", default="")
     r.add_argument("--infer-command", default="")
+    r.add_argument(
+        "--infer-large-run-dir", type=Path, help="the same checkpoint decoding more instances"
+    )
     i = sub.add_parser("install")
     i.add_argument("results")
     i.add_argument("--source", required=True)

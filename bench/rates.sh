@@ -3,10 +3,13 @@
 # TRAIN_UTTS bench clips (real SpeechOcean762-mini durations) through jobs/train.py and decodes
 # UTTS of them as jobs/infer.py does, each answer forced to its real target's token count
 # (bench/infer_real_lengths.py: answers of a one-epoch model on random weights have no real
-# length). bench/rates.py turns each job's wall time and logs into one-time seconds plus
-# seconds per instance, one JSON line per combo in OUT_DIR/rates.jsonl.
+# length), then LARGE_UTTS of them in another process (the difference gives the seconds per
+# instance, so that first-batch warm-up counts as one-time). bench/rates.py turns each job's wall
+# time and logs into one-time seconds plus seconds per instance, one JSON line per combo in
+# OUT_DIR/rates.jsonl.
 #   bench/rates.sh MODEL_DIR OUT_DIR COMBO [COMBO...]
-# env: TRAIN_UTTS (default 256), UTTS (512: two full decode batches of 256 per task), WORK
+# env: TRAIN_UTTS (default 256), UTTS (512: two full decode batches of 256 per task),
+# LARGE_UTTS (1536), WORK
 # (scratch dir), ALONE=1 also decodes the first combo's checkpoint with
 # infer.clips_per_encoder_batch=1 (each clip embedded alone).
 set -euo pipefail
@@ -16,7 +19,8 @@ mkdir -p "$out"
 work=${WORK:-$(mktemp -d)}
 PYTHONPATH=$(pwd)/src${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 PYTHONPATH
-for what in "prepared:${TRAIN_UTTS:-256}" "test-prepared:${UTTS:-512}"; do
+for what in "prepared:${TRAIN_UTTS:-256}" "test-prepared:${UTTS:-512}" \
+    "test-large:${LARGE_UTTS:-1536}"; do
     python3 -c "import sys; from pathlib import Path; from pronlora.devtools.bench import make_bench_data
 make_bench_data(Path(sys.argv[1]), Path('bench/mini_durations.json'), int(sys.argv[2]))" \
         "$work/${what%%:*}" "${what#*:}"
@@ -61,9 +65,17 @@ for combo in "$@"; do
         continue
     fi
     infer_s=$(seconds_since "$t0")
+    # the same checkpoint decoding more instances (another process): the slope between them
+    mkdir -p "$run-large" && cp "$run/run.json" "$run-large/" && cp -al "$run/checkpoints" "$run-large/"
+    if ! python3 bench/infer_real_lengths.py --run-dir "$run-large" --checkpoint epoch-1 \
+        --prepared "$work/test-large" > "$work/$name-infer-large.log" 2>&1; then
+        { echo "== $combo: the large decode failed"; tail -30 "$work/$name-infer-large.log"; } \
+            >> "$out/errors.log"
+        continue
+    fi
     python3 bench/rates.py record --combo "$combo" --run-dir "$run" --train-wall "$train_s" \
         --infer-wall "$infer_s" --train-command "${train[*]}" --infer-command "${infer[*]}" \
-        >> "$out/rates.jsonl"
+        --infer-large-run-dir "$run-large" >> "$out/rates.jsonl"
     tail -1 "$out/rates.jsonl"
     if [[ ${ALONE:-} == 1 && -z $first ]]; then
         first=$run

@@ -436,3 +436,28 @@ def test_the_rates_bench_decodes_a_checkpoint_at_its_targets_lengths(
     # a second timing would only read the first one's summary back: refused, naming the file
     again = bench()
     assert again.returncode == 2 and f"{out} exists" in again.stderr
+
+
+def test_the_decode_rate_is_the_slope_between_two_decode_jobs(tmp_path: Path) -> None:
+    """bench/rates.py: what a decode job pays in its first batches stays one-time; the
+    seconds per instance come from the difference of a small and a large decode."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rates", REPO / "bench" / "rates.py")
+    rates = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rates)
+    runs = {}
+    for name, instances, seconds in (("small", 1000, 19.0), ("large", 3000, 49.0)):
+        done = tmp_path / name / "predictions" / "epoch-1" / "shard-0-of-1.done.json"
+        done.parent.mkdir(parents=True)
+        summary = {"instances": instances, "seconds": seconds, "load_s": 0.0, "embed_s": 1.0}
+        done.write_text(json.dumps({**summary, "device": "x"}))
+        runs[name] = tmp_path / name
+    rec = rates.infer_record(runs["small"], 40.0, runs["large"])
+    # 30 s more for 2,000 more instances: 0.015 s each; the small job's 4 s of warm-up (19 s
+    # against 15 s at that rate) joins its 21 s outside the shard as one-time
+    assert rec["s_per_instance"] == 0.015 and rec["fixed_s"] == 25.0
+    alone = rates.infer_record(runs["small"], 40.0)
+    assert alone["s_per_instance"] == 0.019 and alone["fixed_s"] == 21.0
+    with pytest.raises(SystemExit, match="not more than"):
+        rates.infer_record(runs["large"], 40.0, runs["small"])
