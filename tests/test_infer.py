@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pronlora.core.atomic import read_jsonl
 from pronlora.core.config import ConfigError, load_config
@@ -461,3 +462,75 @@ def test_the_decode_rate_is_the_slope_between_two_decode_jobs(tmp_path: Path) ->
     assert alone["s_per_instance"] == 0.019 and alone["fixed_s"] == 21.0
     with pytest.raises(SystemExit, match="not more than"):
         rates.infer_record(runs["large"], 40.0, runs["small"])
+
+
+def _four_bit(n_in: int, n_out: int, bias: bool = False) -> torch.nn.Module:
+    import bitsandbytes as bnb
+
+    dense = torch.nn.Linear(n_in, n_out, bias=bias).to(torch.bfloat16)
+    layer = bnb.nn.Linear4bit(
+        n_in, n_out, bias=bias, compute_dtype=torch.bfloat16, quant_type="nf4"
+    )
+    layer.weight = bnb.nn.Params4bit(
+        dense.weight.data.clone(), requires_grad=False, quant_type="nf4", compress_statistics=True
+    )
+    if bias:
+        layer.bias = torch.nn.Parameter(dense.bias.data.clone(), requires_grad=False)
+    return layer.to("cpu")  # quantized on the way (bitsandbytes' CPU backend)
+
+
+def test_a_qlora_checkpoint_merges_into_its_dequantized_base_as_peft_merges(tmp_path) -> None:
+    """nf4 decoding (infer.merge_adapter): every merged weight equals PEFT's own dequantization
+    plus its delta weight, summed in fp32 and rounded once to bf16 (PEFT's 4-bit merge without
+    its re-quantization), and the merged net answers as the unmerged one does."""
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    from pronlora.model.dequantized_merge import merge_into_dequantized
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up, self.down = _four_bit(64, 128), _four_bit(128, 64, bias=True)
+            self.head = torch.nn.Linear(64, 8).to(torch.bfloat16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.down(torch.relu(self.up(x))))
+
+    def lora_net(targets: list[str]) -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = get_peft_model(Net(), LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+        return model.eval()
+
+    model = lora_net(["up", "down"])
+    expected = {}
+    for name in ("up", "down"):
+        layer = model.get_base_model().get_submodule(name)
+        weight = layer.base_layer.weight
+        dequantized = dequantize_bnb_weight(weight, state=weight.quant_state)
+        expected[name] = (dequantized.float() + layer.get_delta_weight("default")).to(
+            torch.bfloat16
+        )
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        merged = merge_into_dequantized(model, torch.bfloat16)
+        out = merged(x)
+        # the same net again (seeded): bitsandbytes' CPU backend repacks a 4-bit weight at its
+        # first forward, so the unmerged answer comes from a net that merges nothing
+        unmerged = lora_net(["up", "down"])(x)
+    assert not any(isinstance(m, LoraLayer) for m in merged.modules())
+    for name, weight in expected.items():
+        layer = merged.get_submodule(name)
+        assert type(layer) is torch.nn.Linear and layer.weight.dtype == torch.bfloat16
+        assert torch.equal(layer.weight, weight), name
+    assert torch.equal(merged.down.bias, model.get_base_model().down.bias.to(torch.bfloat16))
+    torch.testing.assert_close(out, unmerged, rtol=0.02, atol=0.02)
+    # a LoRA over a layer that is not 4-bit is named, not merged some other way
+    with pytest.raises(RuntimeError, match="head: LoRA over Linear, not a 4-bit layer"):
+        merge_into_dequantized(lora_net(["up", "head"]), torch.bfloat16)

@@ -88,6 +88,8 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     "static-cache": _both("infer.cache=static"),
     # Generation: each decoding step one CUDA graph replay (model/greedy.py).
     "graphs": _both("infer.cache=static_graphs"),
+    # ... with the LoRA beside each layer (nf4's only way before model/dequantized_merge.py).
+    "graphs-unmerged": _both("infer.cache=static_graphs", "infer.merge_adapter=false"),
     # ... and the prompt's forward through compiled decoder layers (model/prefill.py).
     "compiled-prefill": _both("infer.cache=static_graphs", "infer.compile_prefill=true"),
     # Regional torch.compile of the decoder layers (config key compile_layers; on in paper_r64).

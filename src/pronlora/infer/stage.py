@@ -47,6 +47,7 @@ from pronlora.core.protocol import Task
 from pronlora.core.versions import versions
 from pronlora.model.audio_cache import AudioEmbeddingCache, clip_groups, multimodal_model
 from pronlora.model.collate import Collator, approx_prompt_tokens
+from pronlora.model.dequantized_merge import merge_into_dequantized
 from pronlora.model.greedy import greedy_decode
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, torch_dtype
 from pronlora.model.prefill import Prefill
@@ -171,7 +172,8 @@ def decoding_settings(cfg: TrainConfig) -> dict[str, Any]:
         "audio_encoder_batches": (
             f"the split's clips by duration, {cfg.infer.clips_per_encoder_batch} per batch"
         ),
-        "merge_adapter": cfg.infer.merge_adapter and cfg.quantization == "bf16",
+        # nf4: into the dequantized base (model/dequantized_merge.py)
+        "merge_adapter": cfg.infer.merge_adapter,
         "kv_cache": cfg.infer.cache,
         "compiled_prefill": cfg.infer.compile_prefill,
         "attn_implementation": cfg.attn_implementation,
@@ -206,7 +208,9 @@ def load_for_inference(spec: RunSpec, checkpoint_dir: Path | None) -> Loaded:
             )
         if cfg.strategy == "unfreeze":
             load_unfrozen_state(model, checkpoint_dir / UNFROZEN_FILE)
-    if cfg.infer.merge_adapter and cfg.quantization == "bf16":
+    if cfg.infer.merge_adapter and cfg.quantization == "nf4":
+        model = merge_into_dequantized(model, torch_dtype(cfg))
+    elif cfg.infer.merge_adapter:
         model = model.merge_and_unload()
     if dev.type != "cuda":
         model = model.to(dev)
