@@ -10,6 +10,7 @@ import torch
 
 from pronlora.core.atomic import read_jsonl
 from pronlora.core.config import ConfigError, load_config
+from pronlora.core.layout import RunDir
 from pronlora.infer.stage import BASE, decode_batches, shard_paths, worker_items
 
 from .conftest import REPO
@@ -157,9 +158,25 @@ def test_killed_shard_resumes_to_the_same_lines(trained_run: Path, demo_prepared
     out, done = shard_paths(killed, "epoch-1", 0, 1)
     out.parent.mkdir(parents=True)
     out.write_text("".join(lines[:5]) + lines[5][: len(lines[5]) // 2])
+    # lines whose decoding settings are unknown are not continued under today's
+    settings = RunDir(killed).shard_settings("epoch-1", 0, 1)
+    proc = _run(["--run-dir", str(killed), *args])
+    assert proc.returncode == 2 and f"lines written without {settings.name}" in proc.stderr
+    assert "dropping a truncated last line" in proc.stderr
+    # nor under other ones (another pronlora, an edited run.json): the changed key is named
+    reference_settings = RunDir(trained_run).shard_settings("epoch-1", 0, 1)
+    before = json.loads(reference_settings.read_text())
+    settings.write_text(json.dumps({**before, "merge_adapter": not before["merge_adapter"]}))
+    proc = _run(["--run-dir", str(killed), *args])
+    assert proc.returncode == 2
+    assert (
+        f"merge_adapter: {not before['merge_adapter']} -> {before['merge_adapter']}" in proc.stderr
+    )
+    assert out.read_text() == "".join(lines[:5])  # nothing written (the cut line dropped)
+    # what a kill leaves: the settings were written before the first line
+    settings.write_bytes(reference_settings.read_bytes())
     proc = _run(["--run-dir", str(killed), *args])
     assert proc.returncode == 0, proc.stderr
-    assert "dropping a truncated last line" in proc.stderr
     assert _lines(out) == _lines(reference)
     assert done.is_file()
     again = _run(["--run-dir", str(killed), *args])

@@ -238,6 +238,16 @@ class RunDir:
             no_links_inside(self.root, path)
         return paths
 
+    def shard_settings(
+        self, checkpoint: str, shard: int, num_shards: int, split: str = "test"
+    ) -> Path:
+        """The decoding settings a shard's lines were written under, written before its first
+        line, so that a resume under other settings is refused instead of mixed in."""
+        lines = self.shard(checkpoint, shard, num_shards, split)[0]
+        path = lines.with_name(lines.name.removesuffix(".jsonl") + ".settings.json")
+        no_links_inside(self.root, path)
+        return path
+
     def read_run(self) -> dict[str, Any]:
         data = read_json_file(self.run_json)
         if not isinstance(data, dict) or "config" not in data:

@@ -40,6 +40,7 @@ from pronlora.core.layout import (
     PreparedDir,
     RunDir,
     checkpoint_name,
+    read_json_file,
 )
 from pronlora.core.lock import OutputLock
 from pronlora.core.parse import parse_answer
@@ -179,6 +180,28 @@ def decoding_settings(cfg: TrainConfig) -> dict[str, Any]:
         "attn_implementation": cfg.attn_implementation,
         "batch_size": cfg.infer.batch_size,
     }
+
+
+def check_settings(path: Path, settings: dict[str, Any], lines: Path, resuming: bool) -> None:
+    """A shard's lines all come from one set of decoding settings: written (``path``) before
+    the first line, compared on a resume (a pronlora that merges or caches otherwise, an edited
+    run.json)."""
+    if not resuming:
+        write_json(path, settings)
+        return
+    if not path.is_file():
+        raise DataError(
+            f"{lines}: lines written without {path.name} (by an older pronlora?), so their "
+            "decoding settings are unknown; delete the file to decode this shard again"
+        )
+    before = read_json_file(path)
+    changed = sorted(k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k))
+    if changed:
+        what = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+        raise DataError(
+            f"{lines}: its lines were decoded under other settings ({what}, {path}); delete "
+            "the file to decode this shard again"
+        )
 
 
 def device() -> torch.device:
@@ -517,9 +540,15 @@ def _write_shard(
     # a batch partly written (a kill inside its write) is decoded whole again: the same batch
     # gives the same answers; only its missing lines are written
     todo = [b for b in batches if any(r["id"] not in written for r in b)]
-    if not todo and done_path.is_file():
+    if not todo and done_path.is_file():  # its summary records the settings it was decoded with
         log.info("%s is complete (%d instances); nothing to do", out_path, len(rows))
         return json.loads(done_path.read_text())
+    check_settings(
+        RunDir(run_dir).shard_settings(checkpoint, shard, num_shards, split),
+        decoding_settings(spec.cfg),
+        out_path,
+        bool(written),
+    )
     ckpt_dir = checkpoint_dir(run_dir, checkpoint)
     log.info(
         "shard %d/%d of %s (%s): %d instances in %d batches, %d already written",
