@@ -427,6 +427,33 @@ MUTATIONS = (
         ),
         "the new LoRA's initial weights depend on what the load drew from the generator",
     ),
+    Mutation(
+        "nf4-merge-rounds-first",
+        "src/pronlora/model/dequantized_merge.py",
+        "        total = weight.float() + (b @ a) * module.scaling[adapter]\n",
+        "        total = weight + ((b @ a) * module.scaling[adapter]).to(weight.dtype)\n",
+        (
+            "tests/test_infer.py::"
+            "test_a_qlora_checkpoint_merges_into_its_dequantized_base_as_peft_merges",
+        ),
+        "an nf4 checkpoint's LoRA update is rounded to bf16 before it meets the dequantized base",
+    ),
+    Mutation(
+        "conformer-convolution-compiled",
+        "src/pronlora/model/load.py",
+        "        layer.conv.forward = torch.compiler.disable(layer.conv.forward, recursive=True)\n",
+        "        pass\n",
+        ("tests/test_fast_paths.py::test_compiled_layers_give_the_plain_loss_and_gradients",),
+        "the conformer's convolution is compiled too, so each new clip length compiles again",
+    ),
+    Mutation(
+        "shard-resume-ignores-settings",
+        "src/pronlora/infer/stage.py",
+        "    if changed:\n",
+        "    if False:\n",
+        ("tests/test_infer.py::test_killed_shard_resumes_to_the_same_lines",),
+        "a shard resumed under other decoding settings mixes their answers with the earlier ones",
+    ),
 )
 
 # Survivors accepted on purpose: mutation id -> why no test should fail.
