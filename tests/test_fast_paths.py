@@ -172,65 +172,38 @@ def test_lora_input_cast_off_gives_the_same_loss_under_bf16_autocast(
 
 
 @pytest.mark.slow
-def test_compiled_layers_give_the_plain_loss_and_gradients(
+def test_compiled_decoder_layers_give_the_plain_loss_and_gradients(
     tiny_model: Path, demo_prepared: Path
 ) -> None:
-    """The regional-compile levers on the training path (inductor on CPU; on GPU in the bench):
-    decoder layers with gradient checkpointing as nf4 runs it (bf16 without: the same graphs,
-    no recompute), and the audio encoder's conformer layers of an Unfreeze run, over batches of
-    three clip lengths that must not compile anything again."""
-    from torch._dynamo.utils import counters
-
-    overrides = ["lora.dropout=0.0", "gradient_checkpointing=true", "strategy=unfreeze"]
-    first = load_model(load_config("smoke", overrides), tiny_model)
-    collate = Collator(first.tokenizer, first.feature_extractor)
-    rows = read_jsonl(demo_prepared / "train.jsonl")
-    batches = [collate(rows[i : i + 3]) for i in (0, 3, 6)]
-    frames = {b["audio_input_features"].shape[1] for b in batches}
-    assert len(frames) == 3, frames  # three clip lengths
+    """The regional-compile lever on the training path (inductor on CPU; on GPU in the bench),
+    with gradient checkpointing as nf4 runs it (bf16 without: the same graphs, no recompute)."""
+    checkpointing = True
+    overrides = ["lora.dropout=0.0", f"gradient_checkpointing={checkpointing}"]
+    plain_cfg = load_config("smoke", overrides)
+    first = load_model(plain_cfg, tiny_model)
+    batch = Collator(first.tokenizer, first.feature_extractor)(
+        read_jsonl(demo_prepared / "train.jsonl")[:4]
+    )
     results = []
     for compiled in (False, True):
         torch.manual_seed(0)
-        cfg = load_config(
-            "smoke", [*overrides, f"compile_layers={compiled}", f"compile_audio_layers={compiled}"]
-        )
-        model = load_model(cfg, tiny_model).model
-        model.gradient_checkpointing_enable({"use_reentrant": False})
+        model = load_model(
+            load_config("smoke", [*overrides, f"compile_layers={compiled}"]), tiny_model
+        ).model
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
         model.train()
-        for module in model.modules():  # the audio encoder's own dropout
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
         _nonzero_lora_b(model)
-        losses, graphs = [], []
-        for batch in batches:
-            total, n = label_only_loss(model, batch)
-            (total / n).backward()
-            losses.append(total / n)
-            graphs.append(counters["stats"]["unique_graphs"])
-        results.append((torch.stack(losses), _lora_grads(model)))
-        kinds = {
-            type(m).__name__
-            for m in model.modules()
-            if getattr(m, "_compiled_call_impl", None) is not None
-        }
-        if compiled:
-            assert kinds == {
-                "Phi4MultimodalDecoderLayer",
-                "Phi4MultimodalAudioConformerEncoderLayer",
-            }
-            assert graphs[0] > 0 and graphs[2] == graphs[0], graphs  # no length compiles again
-        else:
-            assert not kinds
+        total, n = label_only_loss(model, batch)
+        (total / n).backward()
+        results.append((total / n, _lora_grads(model)))
+        compiled_layers = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None)]
+        assert bool(compiled_layers) == compiled
     (plain, g_plain), (fast, g_fast) = results
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
-    assert g_plain.keys() == g_fast.keys()
-    assert any("audio_embed.encoder.encoders" in k for k in g_plain)  # the encoder trains
+    assert g_plain.keys() == g_fast.keys() and len(g_plain) > 0
     for k in g_plain:
-        if "lora_" in k:
-            torch.testing.assert_close(g_fast[k], g_plain[k], rtol=1e-4, atol=1e-6)
-        else:  # the encoder's gradients reach 1e4 here: fp32 rounding of their scale
-            scale = g_plain[k].abs().max().item()
-            assert (g_fast[k] - g_plain[k]).abs().max().item() <= 1e-6 * scale + 1e-7, k
+        torch.testing.assert_close(g_fast[k], g_plain[k], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("length", [1, 7])

@@ -439,14 +439,6 @@ MUTATIONS = (
         "an nf4 checkpoint's LoRA update is rounded to bf16 before it meets the dequantized base",
     ),
     Mutation(
-        "conformer-convolution-compiled",
-        "src/pronlora/model/load.py",
-        "        layer.conv.forward = torch.compiler.disable(layer.conv.forward, recursive=True)\n",
-        "        pass\n",
-        ("tests/test_fast_paths.py::test_compiled_layers_give_the_plain_loss_and_gradients",),
-        "the conformer's convolution is compiled too, so each new clip length compiles again",
-    ),
-    Mutation(
         "shard-resume-ignores-settings",
         "src/pronlora/infer/stage.py",
         "    if changed:\n",

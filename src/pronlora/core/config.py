@@ -93,9 +93,6 @@ class TrainConfig:
     lora_input_cast: bool = False
     # Regional torch.compile of the language model's decoder layers (model/load.py).
     compile_layers: bool = False
-    # ... and of the audio encoder's conformer layers where training runs them in every pass
-    # (strategy: unfreeze); a frozen encoder embeds each clip once, eagerly.
-    compile_audio_layers: bool = False
     # Embed each training clip once while the audio path is frozen (audio_cache.py); runs that
     # train it (strategy: unfreeze) recompute the embeddings in every pass whatever this says.
     cache_audio_embeddings: bool = True
@@ -327,7 +324,6 @@ EXECUTION_KEYS = (
     "engine",
     "dataloader_workers",
     "compile_layers",
-    "compile_audio_layers",
     "cache_audio_embeddings",
     "micro_batches_per_pass",
     "attn_implementation",

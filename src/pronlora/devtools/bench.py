@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 # batches of 64 (nf4: 32).
 _NAIVE_BOTH = [
     "compile_layers=false",
-    "compile_audio_layers=false",
     "micro_batches_per_pass=1",
     "attn_implementation=sdpa",
     "cache_audio_embeddings=false",
@@ -95,9 +94,6 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     # Regional torch.compile of the decoder layers (config key compile_layers; on in paper_r64).
     "eager": _both("compile_layers=false"),
     "compile": _both("compile_layers=true"),
-    # strategy=unfreeze: the audio encoder's conformer layers eager or compiled as well.
-    "eager-audio": _both("compile_audio_layers=false"),
-    "compile-audio": _both("compile_audio_layers=true"),
     # Two or four of the recipe's micro-batches per forward/backward pass: the same optimizer
     # steps and loss (config key micro_batches_per_pass).
     "compile-pass2": _both("compile_layers=true", "micro_batches_per_pass=2"),

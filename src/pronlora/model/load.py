@@ -384,11 +384,6 @@ def load_model(
         log.info(
             "compiled %d decoder layers (regional torch.compile)", compile_decoder_layers(model)
         )
-    if trainable and cfg.compile_audio_layers and cfg.strategy == "unfreeze":
-        log.info(
-            "compiled %d conformer layers of the audio encoder (regional torch.compile)",
-            compile_audio_layers(model),
-        )
     if not trainable:
         model.eval()
     return Loaded(model, tokenizer, fe)
@@ -405,30 +400,6 @@ def compile_decoder_layers(model: Any) -> int:
     layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
     if not layers:
         raise RuntimeError(f"{type(model).__name__}: no decoder layers to compile")
-    _compile_regions(layers)
-    return len(layers)
-
-
-def compile_audio_layers(model: Any) -> int:
-    """Regional ``torch.compile`` of the audio encoder's conformer layers, for runs that train
-    them (``strategy: unfreeze``): at a pass's few audio frames the eager encoder is bound by
-    its kernel launches (layer norms, GLU, biases, residuals), forward and backward.
-
-    Each layer's convolution module stays eager: its backward graph fixes the frame count
-    (a guard on the sequence length, torch 2.13), so every new clip length would compile the
-    layer again; eager, the rest of the layer compiles once for all lengths.
-    """
-    layers = [m for m in model.modules() if type(m).__name__.endswith("ConformerEncoderLayer")]
-    if not layers:
-        raise RuntimeError(f"{type(model).__name__}: no conformer layers to compile")
-    for layer in layers:
-        layer.conv.forward = torch.compiler.disable(layer.conv.forward, recursive=True)
-    _compile_regions(layers)
-    return len(layers)
-
-
-def _compile_regions(layers: list[torch.nn.Module]) -> None:
-    """``layers`` compiled in place, one graph for all of them (they share one code object)."""
     use_shared_compile_cache()
     # Python floats (LoRA scaling, norm eps) as constants of the graph: traced as symbols, they
     # made Dynamo restart its analysis of the layer, and the discarded attempt always missed
@@ -437,6 +408,7 @@ def _compile_regions(layers: list[torch.nn.Module]) -> None:
     torch._dynamo.config.specialize_float = True
     for layer in layers:
         layer.compile(dynamic=True)
+    return len(layers)
 
 
 def set_lora_input_cast(model: Any, enabled: bool) -> int:
