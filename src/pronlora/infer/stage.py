@@ -195,6 +195,8 @@ def check_settings(path: Path, settings: dict[str, Any], lines: Path, resuming: 
             "decoding settings are unknown; delete the file to decode this shard again"
         )
     before = read_json_file(path)
+    if not isinstance(before, dict):
+        raise DataError(f"{path}: not a shard's decoding settings; delete {lines} to decode again")
     changed = sorted(k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k))
     if changed:
         what = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
