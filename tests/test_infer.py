@@ -163,6 +163,9 @@ def test_killed_shard_resumes_to_the_same_lines(trained_run: Path, demo_prepared
     proc = _run(["--run-dir", str(killed), *args])
     assert proc.returncode == 2 and f"lines written without {settings.name}" in proc.stderr
     assert "dropping a truncated last line" in proc.stderr
+    settings.write_text("[]")  # a settings file edited into something else is named
+    proc = _run(["--run-dir", str(killed), *args])
+    assert proc.returncode == 2 and f"{settings}: not a shard's decoding settings" in proc.stderr
     # nor under other ones (another pronlora, an edited run.json): the changed key is named
     reference_settings = RunDir(trained_run).shard_settings("epoch-1", 0, 1)
     before = json.loads(reference_settings.read_text())
