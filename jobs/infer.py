@@ -16,7 +16,8 @@ import os
 
 from pronlora.core.cli import run_job
 from pronlora.core.config import ConfigError
-from pronlora.infer.stage import Models, run_shard, worker_items
+from pronlora.core.decode_grid import worker_items
+from pronlora.infer.stage import Models, run_shard
 from pronlora.model.collate import SequenceTooLongError
 
 
@@ -57,7 +58,7 @@ def main() -> int:
         workers = tasks * args.gpus_per_task
         worker = task * args.gpus_per_task + args.local_worker
         items = worker_items(checkpoints, args.num_shards, worker, workers)
-    models = Models()  # consecutive shards of one checkpoint share one load
+    models = Models(swap=len({c for c, _ in items}) > 1)  # one load for all items
     for checkpoint, shard in items:
         summary = run_shard(
             args.run_dir,
@@ -74,6 +75,8 @@ def main() -> int:
         print(f"shard {shard}/{args.num_shards} of {checkpoint}: {summary['by_task']}")
     if not items:
         print("nothing for this worker: more workers than checkpoints x shards")
+    else:
+        print(f"model loads: {models.loads}, checkpoints swapped in: {models.swaps}")
     return 0
 
 

@@ -10,8 +10,9 @@ import torch
 
 from pronlora.core.atomic import read_jsonl
 from pronlora.core.config import ConfigError, load_config
+from pronlora.core.decode_grid import worker_items
 from pronlora.core.layout import RunDir
-from pronlora.infer.stage import BASE, decode_batches, shard_paths, worker_items
+from pronlora.infer.stage import BASE, decode_batches, shard_paths
 
 from .conftest import REPO
 
@@ -50,11 +51,15 @@ def test_shards_deal_out_the_splits_decode_batches_whole() -> None:
 
 def test_workers_cover_the_grid_once_whatever_the_split() -> None:
     grid = ["base", "epoch-1", "epoch-2"]
-    everything = [(c, s) for c in grid for s in range(2)]
-    # one array task per item (the default), as in a 6-task array
+    everything = [(c, s) for s in range(2) for c in grid]
+    # one worker per shard (the plan's default): every checkpoint of its shard, one load
+    assert [worker_items(grid, 2, w, 2) for w in range(2)] == [
+        [(c, s) for c in grid] for s in (0, 1)
+    ]
+    # one array task per item, as in a 6-task array
     assert [worker_items(grid, 2, t, 6) for t in range(6)] == [[item] for item in everything]
-    # contiguous blocks: a worker's items are shards of as few checkpoints as possible
-    assert [worker_items(grid, 2, w, 3) for w in range(3)] == [[(c, 0), (c, 1)] for c in grid]
+    # contiguous blocks: a worker's items are consecutive checkpoints of as few shards as can be
+    assert worker_items(grid, 2, 0, 3) == [("base", 0), ("epoch-1", 0)]
     assert [len(worker_items(grid, 2, w, 4)) for w in range(4)] == [2, 2, 1, 1]
     # 2 array tasks x 2 GPUs, and one 4-GPU job: every item exactly once
     for workers in (4, 1, 5):
@@ -105,7 +110,7 @@ def test_two_shards_cover_every_test_id_once(trained_run: Path, demo_prepared: P
 @pytest.mark.slow
 def test_gpus_of_one_job_split_the_grid(trained_run: Path, demo_prepared: Path) -> None:
     # one job with 2 GPUs, not an array: worker i takes the i-th contiguous block of the grid
-    # (both shards of one checkpoint: one load each)
+    # (one shard of both checkpoints: one load, then the epoch swapped in)
     outs = []
     for worker in (0, 1):
         proc = _run(
@@ -126,8 +131,9 @@ def test_gpus_of_one_job_split_the_grid(trained_run: Path, demo_prepared: Path) 
         )
         assert proc.returncode == 0, proc.stderr
         outs.append(proc.stdout)
-    assert "shard 0/2 of base" in outs[0] and "shard 1/2 of base" in outs[0]
-    assert "shard 0/2 of epoch-1" in outs[1] and "shard 1/2 of epoch-1" in outs[1]
+    for worker, out in enumerate(outs):
+        assert f"shard {worker}/2 of base" in out and f"shard {worker}/2 of epoch-1" in out
+        assert "model loads: 1, checkpoints swapped in: 1" in out, out
     for ckpt in ("base", "epoch-1"):
         for shard in (0, 1):
             assert shard_paths(trained_run, ckpt, shard, 2)[1].is_file()
@@ -212,6 +218,60 @@ def test_missing_checkpoint_is_named(trained_run: Path, demo_prepared: Path) -> 
     )
     assert proc.returncode == 2
     assert "epoch-7" in proc.stderr and "missing or incomplete" in proc.stderr
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_a_worker_swaps_each_next_checkpoint_in_as_a_fresh_load_has_it(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """One load per worker: each next checkpoint of the run is swapped into the merged model,
+    weight for weight what a fresh load of it holds (a merge is not undone by subtraction), and
+    an unfreeze run drops its audio embeddings at each swap."""
+    from safetensors.torch import load_file, save_file
+
+    from pronlora.core.layout import UNFROZEN_FILE
+    from pronlora.infer.stage import Models, ensure_run
+    from pronlora.model.load import load_model, unfrozen_state
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    epochs = [run / "checkpoints" / "epoch-1", run / "checkpoints" / "epoch-2"]
+    shutil.copytree(epochs[0], epochs[1])
+    g = torch.Generator().manual_seed(0)
+    adapter = epochs[1] / "adapter_model.safetensors"
+    state = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in load_file(adapter).items()}
+    save_file(state, adapter)
+    spec = ensure_run(run, None, None)
+    worker = Models(swap=True)
+    for ckpt in (None, epochs[0], epochs[1], None):
+        swapped = _state(worker.get(spec, ckpt).model)
+        fresh = _state(Models().get(spec, ckpt).model)
+        assert [k for k in fresh if not torch.equal(fresh[k], swapped[k])] == [], ckpt
+    assert (worker.loads, worker.swaps) == (1, 3)
+    worker.audio.embeds["clip"] = torch.zeros(1)
+    worker.get(spec, epochs[0])
+    assert "clip" in worker.audio.embeds  # no LoRA changes the audio embedding
+
+    # unfreeze: the checkpoints also carry the audio modules' weights
+    meta = json.loads((run / "run.json").read_text())
+    meta["config"]["strategy"] = "unfreeze"
+    (run / "run.json").write_text(json.dumps(meta))
+    spec = ensure_run(run, None, None)
+    audio = unfrozen_state(load_model(spec.cfg, spec.model_dir, trainable=False).model)
+    for i, ckpt in enumerate(epochs):
+        save_file({k: v + 0.01 * (i + 1) for k, v in audio.items()}, ckpt / UNFROZEN_FILE)
+    worker = Models(swap=True)
+    for ckpt in (epochs[0], epochs[1], None):
+        worker.audio.embeds["clip"] = torch.zeros(1)
+        swapped = _state(worker.get(spec, ckpt).model)
+        assert "clip" not in worker.audio.embeds
+        fresh = _state(Models().get(spec, ckpt).model)
+        assert [k for k in fresh if not torch.equal(fresh[k], swapped[k])] == [], ckpt
+    assert (worker.loads, worker.swaps) == (2, 1)  # the untrained audio modules load afresh
 
 
 def test_merged_adapter_generates_the_same_tokens(trained_run: Path, demo_prepared: Path) -> None:

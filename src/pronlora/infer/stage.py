@@ -46,6 +46,7 @@ from pronlora.core.lock import OutputLock
 from pronlora.core.parse import parse_answer
 from pronlora.core.protocol import Task
 from pronlora.core.versions import versions
+from pronlora.model.adapter_swap import SwappableLora
 from pronlora.model.audio_cache import AudioEmbeddingCache, clip_groups, multimodal_model
 from pronlora.model.collate import Collator, approx_prompt_tokens
 from pronlora.model.dequantized_merge import merge_into_dequantized
@@ -57,25 +58,6 @@ from pronlora.model.snapshot import END_TOKEN, special_token_id
 log = logging.getLogger(__name__)
 
 BASE = BASE_CHECKPOINT
-
-
-def worker_items(
-    checkpoints: list[str], num_shards: int, worker: int, workers: int
-) -> list[tuple[str, int]]:
-    """The (checkpoint, shard) items of the checkpoints x shards grid that one worker decodes.
-
-    A worker is one GPU: array task t of a job with G GPUs runs workers t*G .. t*G+G-1. The
-    grid is cut into ``workers`` contiguous blocks whose sizes differ by one at most, so a
-    worker's items are mostly shards of one checkpoint, which it loads and merges once
-    (``Models``); one array task per item, one multi-GPU job for the whole grid, and anything
-    between all cover every item exactly once.
-    """
-    if not 0 <= worker < workers:
-        raise ConfigError(f"worker {worker} outside 0..{workers - 1}")
-    grid = [(c, s) for c in checkpoints for s in range(num_shards)]
-    per, extra = divmod(len(grid), workers)
-    start = worker * per + min(worker, extra)
-    return grid[start : start + per + (worker < extra)]  # empty for a spare worker
 
 
 def shard_paths(
@@ -210,7 +192,11 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_for_inference(spec: RunSpec, checkpoint_dir: Path | None) -> Loaded:
+def load_for_inference(
+    spec: RunSpec, checkpoint_dir: Path | None, swappable: bool = False
+) -> Loaded:
+    """``swappable``: keep what ``Models`` needs to swap the next checkpoint of the run in
+    (``Loaded.swap``; bf16 LoRA merged into the base only)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -233,9 +219,12 @@ def load_for_inference(spec: RunSpec, checkpoint_dir: Path | None) -> Loaded:
             )
         if cfg.strategy == "unfreeze":
             load_unfrozen_state(model, checkpoint_dir / UNFROZEN_FILE)
+    swap = None
     if cfg.infer.merge_adapter and cfg.quantization == "nf4":
         model = merge_into_dequantized(model, torch_dtype(cfg))
     elif cfg.infer.merge_adapter:
+        if swappable:
+            swap = SwappableLora.capture(model, unfrozen=cfg.strategy == "unfreeze")
         model = model.merge_and_unload()
     if dev.type != "cuda":
         model = model.to(dev)
@@ -243,38 +232,61 @@ def load_for_inference(spec: RunSpec, checkpoint_dir: Path | None) -> Loaded:
     prefill = None
     if cfg.infer.compile_prefill:
         prefill = Prefill(multimodal_model(model), compiled=True)
-    return Loaded(model, loaded.tokenizer, loaded.feature_extractor, prefill)
+    return Loaded(model, loaded.tokenizer, loaded.feature_extractor, prefill, swap)
 
 
 class Models:
-    """The model a worker decodes with, loaded and merged once for all shards of a checkpoint.
+    """The model a worker decodes with, loaded and merged once for all its shards of a
+    checkpoint, and with ``swap`` once for all its checkpoints of a run.
 
-    A worker's items are consecutive shards of the grid (``worker_items``); only another
-    checkpoint (another snapshot, config or checkpoint dir) loads again, after the previous
-    model is released.
+    A worker's items are consecutive in the grid (``worker_items``). ``swap`` (a worker with
+    several checkpoints to decode): the next checkpoint of the same snapshot and config is
+    swapped into the loaded model (``model/adapter_swap.py``: the same weights as a fresh load;
+    a LoRA run also keeps its audio embeddings, which no LoRA changes). Anything else loads
+    again, after the previous model is released.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, swap: bool = False) -> None:
+        self.swap = swap
         self.key: str | None = None
         self.loaded: Loaded | None = None
         self.audio = AudioEmbeddingCache({})  # the clips embedded by the loaded model
-        self.loads = 0
+        self.loads = self.swaps = 0
 
     def get(self, spec: RunSpec, ckpt_dir: Path | None) -> Loaded:
-        key = json.dumps([str(spec.model_dir), to_dict(spec.cfg), str(ckpt_dir)], sort_keys=True)
-        if key != self.key:
+        same_run = json.dumps([str(spec.model_dir), to_dict(spec.cfg)], sort_keys=True)
+        key = json.dumps([same_run, str(ckpt_dir)])
+        if key != self.key and self._swapped(same_run, ckpt_dir):
+            self.key = key
+        elif key != self.key:
             # released before the next one loads
             self.key, self.loaded, self.audio = None, None, AudioEmbeddingCache({})
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             t0 = time.perf_counter()
-            self.loaded = load_for_inference(spec, ckpt_dir)
+            self.loaded = load_for_inference(spec, ckpt_dir, swappable=self.swap)
             self.key = key
             self.loads += 1
             what = ckpt_dir or f"base model {spec.model_dir}"
             log.info("loaded %s in %.1f s", what, time.perf_counter() - t0)
         assert self.loaded is not None
         return self.loaded
+
+    def _swapped(self, same_run: str, ckpt_dir: Path | None) -> bool:
+        swap = self.loaded.swap if self.loaded is not None else None
+        if swap is None or self.key is None or json.loads(self.key)[0] != same_run:
+            return False
+        if not swap.accepts(ckpt_dir):
+            return False
+        t0 = time.perf_counter()
+        self.key = None  # nothing is loaded if the swap stops half-way
+        swap.swap(ckpt_dir)
+        if swap.touches_audio:
+            self.audio = AudioEmbeddingCache({})
+        self.swaps += 1
+        what = ckpt_dir or "the untrained LoRA"
+        log.info("swapped %s into the loaded model in %.1f s", what, time.perf_counter() - t0)
+        return True
 
     def embed_clips(
         self, cfg: TrainConfig, split_rows: list[dict[str, Any]], clips: set[str]

@@ -146,7 +146,8 @@ class InferTask:
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
         if len(visible) > 1:  # before CUDA starts: this worker sees its own GPU only
             os.environ["CUDA_VISIBLE_DEVICES"] = visible[local % len(visible)]
-        from pronlora.infer.stage import Models, run_shard, worker_items
+        from pronlora.core.decode_grid import worker_items
+        from pronlora.infer.stage import Models, run_shard
 
         setup_logging()
         if self.gpu:
@@ -154,7 +155,7 @@ class InferTask:
         n_workers = self.workers_per_task * self.tasks
         worker = task * self.workers_per_task + local
         items = worker_items(self.checkpoints, self.num_shards, worker, n_workers)
-        models = Models()  # consecutive shards of one checkpoint share one load
+        models = Models(swap=len({c for c, _ in items}) > 1)  # one load for all items
         return [
             run_shard(self.run_dir, c, self.prepared, "test", s, self.num_shards, models=models)
             for c, s in items

@@ -69,6 +69,8 @@ class Loaded:
     feature_extractor: Any
     # decoding only: the decoder layers compiled for prefills
     prefill: Prefill | None = None
+    # decoding only: what swaps the run's next checkpoint in (model/adapter_swap.py)
+    swap: Any = None
 
 
 def torch_dtype(cfg: TrainConfig) -> torch.dtype:
