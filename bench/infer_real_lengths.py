@@ -3,10 +3,11 @@
 token count (random weights never stop by themselves, and a barely trained model's answers run
 to ``max_new_tokens``): the time a trained checkpoint's decode of these instances would take.
 
-  python bench/infer_real_lengths.py --run-dir R --checkpoint epoch-1 --prepared P
+  python bench/infer_real_lengths.py --run-dir R --checkpoint base,epoch-1 --prepared P
 
-Writes the shard and its done.json where jobs/infer.py would (``bench/rates.py record`` reads
-them); prints the summary.
+Several checkpoints decode in one process as a worker of jobs/infer.py does (one load, each
+next checkpoint swapped in). Writes each shard and its done.json where jobs/infer.py would
+(``bench/rates.py record`` reads them); prints the summaries.
 """
 
 from __future__ import annotations
@@ -28,27 +29,30 @@ def main() -> int:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--prepared", required=True)
     args = ap.parse_args()
-    out, _ = shard_paths(Path(args.run_dir), args.checkpoint, 0, 1, "test")
-    if out.exists():
-        # run_shard would resume it, or return the earlier decode's summary as this one's
-        raise ConfigError(f"{out} exists: a timing needs a decode of its own; move it away")
+    checkpoints = [c.strip() for c in args.checkpoint.split(",") if c.strip()]
+    for c in checkpoints:
+        out, _ = shard_paths(Path(args.run_dir), c, 0, 1, "test")
+        if out.exists():
+            # run_shard would resume it, or return the earlier decode's summary as this one's
+            raise ConfigError(f"{out} exists: a timing needs a decode of its own; move it away")
     spec = ensure_run(Path(args.run_dir), None, None)
     rows = PreparedDir(Path(args.prepared)).load_split("test")
     # the stage's own load, whose tokenizer counts the targets' tokens (no second load)
-    models = Models()
-    loaded = models.get(spec, checkpoint_dir(Path(args.run_dir), args.checkpoint))
+    models = Models(swap=len(checkpoints) > 1)
+    loaded = models.get(spec, checkpoint_dir(Path(args.run_dir), checkpoints[0]))
     lengths = target_lengths(rows, loaded.tokenizer)
-    summary = run_shard(
-        Path(args.run_dir),
-        args.checkpoint,
-        Path(args.prepared),
-        "test",
-        decode_lengths=lengths,
-        other_data=True,
-        models=models,
-    )
-    summary["answer_tokens_mean"] = round(sum(lengths.values()) / len(lengths), 1)
-    print(json.dumps(summary))
+    for c in checkpoints:
+        summary = run_shard(
+            Path(args.run_dir),
+            c,
+            Path(args.prepared),
+            "test",
+            decode_lengths=lengths,
+            other_data=True,
+            models=models,
+        )
+        summary["answer_tokens_mean"] = round(sum(lengths.values()) / len(lengths), 1)
+        print(json.dumps(summary))
     return 0
 
 

@@ -4,14 +4,18 @@
 # UTTS of them as jobs/infer.py does, each answer forced to its real target's token count
 # (bench/infer_real_lengths.py: answers of a one-epoch model on random weights have no real
 # length), then LARGE_UTTS of them in another process (the difference gives the seconds per
-# instance, so that first-batch warm-up counts as one-time). bench/rates.py turns each job's wall
-# time and logs into one-time seconds plus seconds per instance, one JSON line per combo in
-# OUT_DIR/rates.jsonl.
+# instance, so that first-batch warm-up counts as one-time). Each decode job decodes the
+# checkpoints base then epoch-1, as a worker of jobs/infer.py does (epoch-1 swapped into the
+# loaded model): the second gives the cost of each next checkpoint of a worker.
+# bench/rates.py turns each job's wall time and logs into one-time seconds plus seconds per
+# instance, one JSON line per combo in OUT_DIR/rates.jsonl.
 #   bench/rates.sh MODEL_DIR OUT_DIR COMBO [COMBO...]
 # env: TRAIN_UTTS (default 256), UTTS (512: two full decode batches of 256 per task),
 # LARGE_UTTS (1536), WORK
 # (scratch dir), ALONE=1 also decodes the first combo's checkpoint with
-# infer.clips_per_encoder_batch=1 (each clip embedded alone).
+# infer.clips_per_encoder_batch=1 (each clip embedded alone), FRESH=1 decodes each combo's
+# epoch-1 in a process of its own and compares its answers with the swapped-in epoch-1's
+# (OUT_DIR/COMBO-fresh-answers.json).
 set -euo pipefail
 model=$1 out=$2
 shift 2
@@ -25,10 +29,13 @@ for what in "prepared:${TRAIN_UTTS:-256}" "test-prepared:${UTTS:-512}" \
 make_bench_data(Path(sys.argv[1]), Path('bench/mini_durations.json'), int(sys.argv[2]))" \
         "$work/${what%%:*}" "${what#*:}"
 done
+copy_run() {  # a run dir's settings and checkpoints (hard links), for another decode job
+    mkdir -p "$2" && cp "$1/run.json" "$2/" && cp -al "$1/checkpoints" "$2/"
+}
 decode_alone() {  # the first combo's checkpoint again, each clip embedded alone
     local first=$1
     alone=$work/alone
-    mkdir -p "$alone" && cp "$first/run.json" "$alone/" && cp -al "$first/checkpoints" "$alone/"
+    copy_run "$first" "$alone"
     python3 - "$alone/run.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); d["config"]["infer"]["clips_per_encoder_batch"] = 1
@@ -51,7 +58,7 @@ for combo in "$@"; do
     name=$config-$strategy-$quant run=$work/$config-$strategy-$quant
     train=(python3 jobs/train.py --config "$config" --prepared "$work/prepared" --model "$model"
         --run-dir "$run" epochs=1 "strategy=$strategy" "quantization=$quant" logging_steps=1)
-    infer=(python3 bench/infer_real_lengths.py --run-dir "$run" --checkpoint epoch-1
+    infer=(python3 bench/infer_real_lengths.py --run-dir "$run" --checkpoint base,epoch-1
         --prepared "$work/test-prepared")
     t0=$(date +%s.%N)
     if ! "${train[@]}" > "$work/$name-train.log" 2>&1; then
@@ -66,8 +73,8 @@ for combo in "$@"; do
     fi
     infer_s=$(seconds_since "$t0")
     # the same checkpoint decoding more instances (another process): the slope between them
-    mkdir -p "$run-large" && cp "$run/run.json" "$run-large/" && cp -al "$run/checkpoints" "$run-large/"
-    if ! python3 bench/infer_real_lengths.py --run-dir "$run-large" --checkpoint epoch-1 \
+    copy_run "$run" "$run-large"
+    if ! python3 bench/infer_real_lengths.py --run-dir "$run-large" --checkpoint base,epoch-1 \
         --prepared "$work/test-large" > "$work/$name-infer-large.log" 2>&1; then
         { echo "== $combo: the large decode failed"; tail -30 "$work/$name-infer-large.log"; } \
             >> "$out/errors.log"
@@ -75,8 +82,16 @@ for combo in "$@"; do
     fi
     python3 bench/rates.py record --combo "$combo" --run-dir "$run" --train-wall "$train_s" \
         --infer-wall "$infer_s" --train-command "${train[*]}" --infer-command "${infer[*]}" \
-        --infer-large-run-dir "$run-large" >> "$out/rates.jsonl"
+        --infer-large-run-dir "$run-large" --checkpoints base,epoch-1 >> "$out/rates.jsonl"
     tail -1 "$out/rates.jsonl"
+    if [[ ${FRESH:-} == 1 ]]; then  # epoch-1 loaded afresh: the same answers as swapped in
+        copy_run "$run" "$run-fresh"
+        python3 bench/infer_real_lengths.py --run-dir "$run-fresh" --checkpoint epoch-1 \
+            --prepared "$work/test-prepared" > "$work/$name-infer-fresh.log" 2>&1
+        python3 bench/batch_invariance.py answers --out "$out/$name-fresh-answers.json" \
+            "swapped=$run/predictions/epoch-1" "fresh=$run-fresh/predictions/epoch-1" > /dev/null
+        cat "$out/$name-fresh-answers.json"
+    fi
     if [[ ${ALONE:-} == 1 && -z $first ]]; then
         first=$run
         decode_alone "$first"

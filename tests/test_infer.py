@@ -491,7 +491,7 @@ def test_the_rates_bench_decodes_a_checkpoint_at_its_targets_lengths(
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("predictions"))
     script = REPO / "bench" / "infer_real_lengths.py"
-    args = ["--run-dir", str(run), "--checkpoint", "epoch-1", "--prepared", str(demo_prepared)]
+    args = ["--run-dir", str(run), "--checkpoint", "base,epoch-1", "--prepared", str(demo_prepared)]
 
     def bench() -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -503,7 +503,9 @@ def test_the_rates_bench_decodes_a_checkpoint_at_its_targets_lengths(
 
     proc = bench()
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    first, summary = (json.loads(x) for x in proc.stdout.strip().splitlines()[-2:])
+    assert (first["checkpoint"], summary["checkpoint"]) == ("base", "epoch-1")
+    assert "swapped" in proc.stderr  # the next checkpoint as a worker takes it: no second load
     rows = read_jsonl(demo_prepared / "test.jsonl")
     assert summary["instances"] == len(rows) == summary["generated_this_run"]
     model = json.loads((run / "run.json").read_text())["model"]
@@ -516,7 +518,8 @@ def test_the_rates_bench_decodes_a_checkpoint_at_its_targets_lengths(
     assert json.loads(done.read_text())["instances"] == len(rows)
     # a second timing would only read the first one's summary back: refused, naming the file
     again = bench()
-    assert again.returncode == 2 and f"{out} exists" in again.stderr
+    base_out, _ = shard_paths(run, "base", 0, 1, "test")
+    assert again.returncode == 2 and f"{base_out} exists" in again.stderr
 
 
 def test_the_decode_rate_is_the_slope_between_two_decode_jobs(tmp_path: Path) -> None:
@@ -529,10 +532,11 @@ def test_the_decode_rate_is_the_slope_between_two_decode_jobs(tmp_path: Path) ->
     spec.loader.exec_module(rates)
     runs = {}
     for name, instances, seconds in (("small", 1000, 19.0), ("large", 3000, 49.0)):
-        done = tmp_path / name / "predictions" / "epoch-1" / "shard-0-of-1.done.json"
-        done.parent.mkdir(parents=True)
-        summary = {"instances": instances, "seconds": seconds, "load_s": 0.0, "embed_s": 1.0}
-        done.write_text(json.dumps({**summary, "device": "x"}))
+        for ckpt, secs, load in (("epoch-1", seconds, 0.0), ("epoch-2", seconds - 5, 1.0)):
+            done = tmp_path / name / "predictions" / ckpt / "shard-0-of-1.done.json"
+            done.parent.mkdir(parents=True)
+            summary = {"instances": instances, "seconds": secs, "load_s": load, "embed_s": 1.0}
+            done.write_text(json.dumps({**summary, "device": "x", "checkpoint": ckpt}))
         runs[name] = tmp_path / name
     rec = rates.infer_record(runs["small"], 40.0, runs["large"])
     # 30 s more for 2,000 more instances: 0.015 s each; the small job's 4 s of warm-up (19 s
@@ -542,6 +546,11 @@ def test_the_decode_rate_is_the_slope_between_two_decode_jobs(tmp_path: Path) ->
     assert alone["s_per_instance"] == 0.019 and alone["fixed_s"] == 21.0
     with pytest.raises(SystemExit, match="not more than"):
         rates.infer_record(runs["large"], 40.0, runs["small"])
+    # a second checkpoint swapped in by the same process (15 s of its shard, the 1 s swap
+    # included): its own rate, and its seconds leave the first checkpoint's one-time seconds
+    both = rates.infer_record(runs["small"], 55.0, runs["large"], ("epoch-1", "epoch-2"))
+    assert both["next_s_per_instance"] == 0.015 and both["next_fixed_s"] == 0.0
+    assert both["s_per_instance"] == 0.015 and both["fixed_s"] == 25.0
 
 
 def _four_bit(n_in: int, n_out: int, bias: bool = False) -> torch.nn.Module:
