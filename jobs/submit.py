@@ -47,7 +47,11 @@ def main() -> int:
     ap.add_argument("--executor", choices=["sbatch", "slurm", "local"], default="slurm")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     ap.add_argument("--epochs", help="comma list of epochs to evaluate (default: all)")
-    ap.add_argument("--shards", default="1")
+    ap.add_argument(
+        "--shards",
+        default="1",
+        help="test-set shards: one GPU worker each, decoding every checkpoint of its shard",
+    )
     ap.add_argument("--run-dir")
     ap.add_argument("--nodes", help="training nodes (default: env.sh PRONLORA_NODES)")
     ap.add_argument("--gpus-per-node", help="GPUs per node (default: env.sh)")

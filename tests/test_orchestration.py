@@ -116,7 +116,8 @@ def test_submit_dry_run_prints_the_plan(tmp_path: Path) -> None:
     out = proc.stdout
     assert f"smoke -> {tmp_path / 'run'} (evaluates base,epoch-2)" in out
     assert re.search(r"train: train, .*1 GPU\(s\)/node.*requeue on stop signal, after prep", out)
-    assert re.search(r"infer: infer, .* array of 6, .*after train", out)  # (base, epoch-2) x 3
+    # one task per shard, each decoding base then epoch-2 swapped in
+    assert re.search(r"infer: infer, .* array of 3, .*after train", out)
     assert "collect: collect" in out and "dry run: nothing submitted" in out
     assert not (tmp_path / "run").exists()
 
@@ -130,7 +131,7 @@ def test_submit_plans_one_task_per_gpu_and_keeps_the_batch(tmp_path: Path) -> No
     train = next(line for line in proc.stdout.splitlines() if "train:" in line)
     assert "2 node(s), 4 GPU(s)/node" in train
     infer = next(line for line in proc.stdout.splitlines() if "infer:" in line)
-    assert "4 GPU(s)/node" in infer and "array of 1," in infer  # 4 checkpoints, 4 workers
+    assert "4 GPU(s)/node" in infer and "array of 1," in infer  # 1 shard, 4 workers
     proc = _submit(
         *args,
         "--nodes",
@@ -234,7 +235,7 @@ def test_pipeline_dry_run_prints_the_sbatch_commands(tmp_path: Path) -> None:
         "infer.sbatch",
         "collect.sbatch",
     ]
-    assert "--dependency=afterok:101" in sbatch[1] and "--array=0-5" in sbatch[2]
+    assert "--dependency=afterok:101" in sbatch[1] and "--array=0-1" in sbatch[2]
     assert "dry run: nothing submitted" in proc.stdout and not run.exists()
 
 
@@ -352,10 +353,12 @@ def test_table3_grid_plan_under_both_launchers(tmp_path: Path, seeds: int) -> No
     assert all("after prep" in line for line in trains)
     infers = [line for line in plan if line.startswith("  infer:")]
     arrays = [re.search(r"array of (\d+)", line).group(1) for line in infers]
-    assert arrays == ["5"] + ["4"] * (len(runs) - 1)  # base decoded once, epochs 1-4 each
+    assert arrays == ["1"] * len(runs)  # one worker decodes every checkpoint of a run
     collect = next(line for line in plan if line.startswith("  collect:"))
     assert collect.endswith("after " + ",".join(f"infer:{r}" for r in runs))
     assert f"-> {tmp_path / 't3' / 'lora-s1'} (evaluates base," in via_submit.stdout
+    evaluates = re.findall(r"\(evaluates ([^)]*)\)", via_submit.stdout)
+    assert evaluates[1:] == ["epoch-1,epoch-2,epoch-3,epoch-4"] * (len(runs) - 1)  # base once
     assert "epochs=4 strategy=unfreeze seed=1" in via_submit.stdout
     assert "estimate train:lora-s1: " in via_submit.stdout
     sbatch = [line for line in via_pipeline.stdout.splitlines() if line.startswith("sbatch ")]
@@ -498,9 +501,10 @@ def test_the_estimate_comes_from_the_measured_rates_file(
     from pronlora.launch import job_costs
     from pronlora.launch.plan import build_plan
 
+    infer = {"fixed_s": 10, "s_per_instance": 0.25, "source": "I.md"}
     rates = {
         "train": {"smoke lora bf16": {"fixed_s": 60, "s_per_instance": 0.5, "source": "T.md"}},
-        "infer": {"smoke lora bf16": {"fixed_s": 10, "s_per_instance": 0.25, "source": "I.md"}},
+        "infer": {"smoke lora bf16": infer},
     }
     monkeypatch.setattr(job_costs, "measured_rates", lambda: rates)
     settings = {**site_settings(REPO), "PRONLORA_DATA": str(mini)}
@@ -508,13 +512,31 @@ def test_the_estimate_comes_from_the_measured_rates_file(
     assert plan.instances == {"train": 280, "test": 120}  # the mini corpus: 140 + 60 utterances
     est = plan.estimates()
     assert est["train"] == (60 + 2 * 280 * 0.5, "T.md")
-    # base + 2 epochs, 2 shards each: 6 items in 6 tasks of one GPU, each 60 test instances
-    assert [k for k in est if k.startswith("infer")] == [f"infer[{i}]" for i in range(6)]
-    assert est["infer[0]"] == (10 + 60 * 0.25, "I.md")
+    # base + 2 epochs, 2 shards: a task of one GPU per shard of 60 test instances, decoding
+    # the three checkpoints; no next-checkpoint rate measured: each costs a first one's
+    assert [k for k in est if k.startswith("infer")] == ["infer[0]", "infer[1]"]
+    assert est["infer[0]"] == (3 * (10 + 60 * 0.25), "I.md")
     text = plan.describe()
-    assert "estimate train: 5.7 min (T.md)" in text and "estimate infer: 2.5 min in 6 tasks" in text
+    assert "estimate train: 5.7 min (T.md)" in text and "estimate infer: 2.5 min in 2 tasks" in text
     total = (60 + 280) / 3600
     assert f"estimate total: {total:.2f} GPU-h training + {150 / 3600:.2f} GPU-h" in text
+    # the checkpoints a worker swaps in after its first cost the measured next-checkpoint rate
+    infer |= {"next_fixed_s": 2, "next_s_per_instance": 0.2}
+    est = plan.estimates()
+    assert est["infer[1]"] == (10 + 60 * 0.25 + 2 * (2 + 60 * 0.2), "I.md")
+    # 4 GPUs per task: the 6 items dealt to 4 workers (2, 2, 1, 1); the task lasts as its
+    # slowest worker, and holds all 4 GPUs that long
+    wide = build_plan(
+        "smoke",
+        ["epochs=2", "dtype=bf16", "micro_batch=1", "grad_accum=4"],
+        None,
+        2,
+        str(tmp_path / "w"),
+        settings,
+        gpus_per_node=4,
+    )
+    assert wide.job("infer").array == 1
+    assert wide.estimates()["infer[0]"] == (10 + 60 * 0.25 + 2 + 60 * 0.2, "I.md")
     nf4 = build_plan("smoke", ["quantization=nf4", "dtype=bf16"], None, 1, str(tmp_path), settings)
     assert "estimate train: no measured rate for smoke lora nf4" in nf4.describe()
     assert "estimate total: none" in nf4.describe()

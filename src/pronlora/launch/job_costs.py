@@ -1,10 +1,12 @@
 """What a plan's jobs cost, from measurements only: ``measured_rates.json``.
 
 A training job costs its one-time seconds (process start, load, compile, audio cache, saves)
-plus seconds per training instance per epoch; a decode task costs its one-time seconds plus
-seconds per test instance, per checkpoint. Each rate was measured through ``jobs/train.py`` or
-``jobs/infer.py`` on one GPU (``bench/rates.sh``) and names its results file and command; a
-combination nobody measured gets no estimate, and the plan says so instead of guessing.
+plus seconds per training instance per epoch; a decode worker costs its one-time seconds plus
+seconds per test instance for its first checkpoint, and each next checkpoint it swaps in its
+own one-time and per-instance seconds where those were measured (else a first checkpoint's).
+Each rate was measured through ``jobs/train.py`` or the decode job of ``jobs/infer.py`` on one
+GPU (``bench/rates.sh``) and names its results file and command; a combination nobody measured
+gets no estimate, and the plan says so instead of guessing.
 """
 
 from __future__ import annotations
@@ -28,10 +30,19 @@ class Rate:
     fixed_s: float
     s_per_instance: float
     source: str  # the bench/results file that holds the measurement and its command
+    # decoding: each next checkpoint a worker swaps into its loaded model
+    next_fixed_s: float | None = None
+    next_s_per_instance: float | None = None
 
     def seconds(self, instances: int, times: int = 1) -> float:
         """One job: its one-time cost plus ``times`` passes over ``instances``."""
         return self.fixed_s + times * instances * self.s_per_instance
+
+    def next_seconds(self, instances: int) -> float:
+        """A worker's next checkpoint (a first checkpoint's cost where none was measured)."""
+        if self.next_fixed_s is None or self.next_s_per_instance is None:
+            return self.seconds(instances)
+        return self.next_fixed_s + instances * self.next_s_per_instance
 
 
 def combination(cfg: TrainConfig) -> str:
@@ -46,7 +57,10 @@ def measured_rates() -> dict[str, Any]:
 
 def rate(stage: str, cfg: TrainConfig) -> Rate | None:
     m = measured_rates().get(stage, {}).get(combination(cfg))
-    return Rate(m["fixed_s"], m["s_per_instance"], m["source"]) if m else None
+    if not m:
+        return None
+    nxt = (m.get("next_fixed_s"), m.get("next_s_per_instance"))
+    return Rate(m["fixed_s"], m["s_per_instance"], m["source"], *nxt)
 
 
 def instance_counts(settings: dict[str, str], prep: bool) -> tuple[dict[str, int], str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from pronlora.core.config import ConfigError, accumulation_steps, load_config
+from pronlora.core.decode_grid import worker_items
 from pronlora.core.layout import BASE_CHECKPOINT, RunDir
 from pronlora.launch.job_costs import combination, instance_counts, rate
 
@@ -102,8 +103,9 @@ class LaunchPlan:
         return "\n".join(lines)
 
     def estimates(self) -> dict[str, tuple[float | None, str]]:
-        """Wall seconds of each GPU job (array tasks as ``key[i]``) from the measured rates,
-        with the rate's source; None where no rate was measured for the run's combination."""
+        """Wall seconds of each GPU job (array tasks as ``key[i]``, each worker's checkpoints as
+        ``worker_items`` deals them) from the measured rates, with the rate's source; None where
+        no rate was measured for the run's combination."""
         out: dict[str, tuple[float | None, str]] = {}
         n_train, n_test = self.instances.get("train", 0), self.instances.get("test", 0)
         for job in self.jobs:
@@ -118,11 +120,24 @@ class LaunchPlan:
                 sec = r.seconds(math.ceil(n_train / gpus), self.run(job.run).epochs) if r else None
                 out[job.key] = (sec, note)
                 continue
-            items = len(self.run(job.run).evaluate) * self.shards
-            per_task = math.ceil(items / max(job.array, 1))  # checkpoint shards per task
-            for task in range(job.array):
-                sec = per_task * r.seconds(math.ceil(n_test / self.shards)) if r else None
-                out[f"{job.key}[{task}]"] = (sec, note)
+            per_shard = math.ceil(n_test / self.shards)
+            evaluate = list(self.run(job.run).evaluate)
+            workers = max(job.array, 1) * job.procs_per_node
+            for task in range(max(job.array, 1)):
+                walls = [
+                    sum(
+                        r.seconds(per_shard)
+                        if i == 0 or (c == BASE_CHECKPOINT and cfg.strategy == "unfreeze")
+                        else r.next_seconds(per_shard)  # swapped in (model/adapter_swap.py)
+                        for i, (c, _) in enumerate(worker_items(evaluate, self.shards, w, workers))
+                    )
+                    if r
+                    else None
+                    for w in range(task * job.procs_per_node, (task + 1) * job.procs_per_node)
+                ]
+                # the task holds its GPUs until its slowest worker is done
+                wall = None if None in walls else max(w or 0.0 for w in walls)
+                out[f"{job.key}[{task}]"] = (wall, note)
         return out
 
     def estimate_lines(self) -> list[str]:
@@ -150,7 +165,7 @@ class LaunchPlan:
                 continue
             total = sum(sec or 0 for sec, _ in mine)
             gpu_h[job.stage] += total * job.nodes * job.procs_per_node / 3600
-            tasks = f" in {len(mine)} tasks" if job.array else ""
+            tasks = f" in {len(mine)} task{'s' * (len(mine) != 1)}" if job.array else ""
             lines.append(f"estimate {job.key}: {total / 60:.1f} min{tasks} ({note})")
         if missing:
             lines.append("estimate total: none (bench/rates.sh measures a missing rate)")
@@ -285,7 +300,6 @@ def plan_runs(
                 **gpu_res,
             )
         )
-        items = len(r.evaluate) * shards
         jobs.append(
             Job(
                 infer_key,
@@ -294,7 +308,9 @@ def plan_runs(
                 settings["PRONLORA_TIME_INFER"],
                 procs_per_node=gpus,
                 gpu=gpu_jobs,
-                array=math.ceil(items / gpus),  # G workers per task, one per GPU
+                # G workers per task, one per GPU; a worker per shard decodes every checkpoint
+                # of its shard in one load (core/decode_grid.py)
+                array=math.ceil(shards / gpus),
                 requeue=True,
                 run=r.name,
                 **gpu_res,
