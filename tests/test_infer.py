@@ -514,7 +514,7 @@ def test_the_rates_bench_decodes_a_checkpoint_at_its_targets_lengths(
     # every answer decoded its target's tokens before <|end|> (random weights never stop alone)
     generated = summary["tokens_per_s"] * summary["seconds"]
     assert abs(generated - sum(lengths.values())) < 0.01 * generated
-    out, done = shard_paths(run, "epoch-1", 0, 1, "test")
+    _, done = shard_paths(run, "epoch-1", 0, 1, "test")
     assert json.loads(done.read_text())["instances"] == len(rows)
     # a second timing would only read the first one's summary back: refused, naming the file
     again = bench()
