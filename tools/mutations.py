@@ -446,6 +446,38 @@ MUTATIONS = (
         ("tests/test_infer.py::test_killed_shard_resumes_to_the_same_lines",),
         "a shard resumed under other decoding settings mixes their answers with the earlier ones",
     ),
+    Mutation(
+        "swap-subtracts-delta",
+        "src/pronlora/model/adapter_swap.py",
+        "                layer.get_base_layer().weight.copy_(self.base[name], non_blocking=True)\n",
+        "                layer.unmerge()\n",
+        (
+            "tests/test_infer.py::"
+            "test_a_worker_swaps_each_next_checkpoint_in_as_a_fresh_load_has_it",
+        ),
+        "a swap undoes the last merge by subtracting its delta instead of restoring the base",
+    ),
+    Mutation(
+        "swap-keeps-unfrozen-audio",
+        "src/pronlora/model/adapter_swap.py",
+        "        return self.unfrozen or any(audio in name for name in self.layers)\n",
+        "        return any(audio in name for name in self.layers)\n",
+        (
+            "tests/test_infer.py::"
+            "test_a_worker_swaps_each_next_checkpoint_in_as_a_fresh_load_has_it",
+        ),
+        "an unfreeze run's next checkpoint decodes from the last checkpoint's audio embeddings",
+    ),
+    Mutation(
+        "decode-worker-per-item",
+        "src/pronlora/launch/plan.py",
+        "                array=math.ceil(shards / gpus),\n",
+        "                array=math.ceil(len(r.evaluate) * shards / gpus),\n",
+        (
+            "tests/test_orchestration.py::test_table3_grid_plan_under_both_launchers",
+        ),
+        "each checkpoint of a run gets a decode task of its own, paying the load again",
+    ),
 )
 
 # Survivors accepted on purpose: mutation id -> why no test should fail.
