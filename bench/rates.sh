@@ -58,7 +58,7 @@ for combo in "$@"; do
     name=$config-$strategy-$quant run=$work/$config-$strategy-$quant
     train=(python3 jobs/train.py --config "$config" --prepared "$work/prepared" --model "$model"
         --run-dir "$run" epochs=1 "strategy=$strategy" "quantization=$quant" logging_steps=1)
-    infer=(python3 bench/infer_real_lengths.py --run-dir "$run" --checkpoint base,epoch-1
+    infer=(python3 bench/infer_real_lengths.py --run-dir "$run" --checkpoint "base,epoch-1"
         --prepared "$work/test-prepared")
     t0=$(date +%s.%N)
     if ! "${train[@]}" > "$work/$name-train.log" 2>&1; then
@@ -74,7 +74,7 @@ for combo in "$@"; do
     infer_s=$(seconds_since "$t0")
     # the same checkpoint decoding more instances (another process): the slope between them
     copy_run "$run" "$run-large"
-    if ! python3 bench/infer_real_lengths.py --run-dir "$run-large" --checkpoint base,epoch-1 \
+    if ! python3 bench/infer_real_lengths.py --run-dir "$run-large" --checkpoint "base,epoch-1" \
         --prepared "$work/test-large" > "$work/$name-infer-large.log" 2>&1; then
         { echo "== $combo: the large decode failed"; tail -30 "$work/$name-infer-large.log"; } \
             >> "$out/errors.log"
@@ -82,7 +82,7 @@ for combo in "$@"; do
     fi
     python3 bench/rates.py record --combo "$combo" --run-dir "$run" --train-wall "$train_s" \
         --infer-wall "$infer_s" --train-command "${train[*]}" --infer-command "${infer[*]}" \
-        --infer-large-run-dir "$run-large" --checkpoints base,epoch-1 >> "$out/rates.jsonl"
+        --infer-large-run-dir "$run-large" --checkpoints "base,epoch-1" >> "$out/rates.jsonl"
     tail -1 "$out/rates.jsonl"
     if [[ ${FRESH:-} == 1 ]]; then  # epoch-1 loaded afresh: the same answers as swapped in
         copy_run "$run" "$run-fresh"
