@@ -260,6 +260,11 @@ def test_a_worker_swaps_each_next_checkpoint_in_as_a_fresh_load_has_it(
     worker.audio.embeds["clip"] = torch.zeros(1)
     worker.get(spec, epochs[0])
     assert "clip" in worker.audio.embeds  # no LoRA changes the audio embedding
+    bad = run / "checkpoints" / "epoch-3"  # an adapter file that does not fit: refused, named
+    shutil.copytree(epochs[1], bad)
+    save_file({k.replace("lora_A", "lora_X"): v for k, v in state.items()}, bad / adapter.name)
+    with pytest.raises(ConfigError, match=f"{bad / adapter.name}: adapter keys do not fit"):
+        worker.get(spec, bad)
 
     # unfreeze: the checkpoints also carry the audio modules' weights
     meta = json.loads((run / "run.json").read_text())
