@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pronlora.core.config import ConfigError, accumulation_steps, load_config
+from pronlora.core.config import ConfigError, TrainConfig, accumulation_steps, load_config
 from pronlora.core.decode_grid import worker_items
 from pronlora.core.layout import BASE_CHECKPOINT, RunDir
-from pronlora.launch.job_costs import combination, instance_counts, rate
+from pronlora.launch.job_costs import Rate, combination, instance_counts, rate
 
 Stage = Literal["prep", "train", "infer", "collect"]
 
@@ -124,20 +124,18 @@ class LaunchPlan:
             evaluate = list(self.run(job.run).evaluate)
             workers = max(job.array, 1) * job.procs_per_node
             for task in range(max(job.array, 1)):
+                if r is None:
+                    out[f"{job.key}[{task}]"] = (None, note)
+                    continue
+                first = task * job.procs_per_node
                 walls = [
-                    sum(
-                        r.seconds(per_shard)
-                        if i == 0 or (c == BASE_CHECKPOINT and cfg.strategy == "unfreeze")
-                        else r.next_seconds(per_shard)  # swapped in (model/adapter_swap.py)
-                        for i, (c, _) in enumerate(worker_items(evaluate, self.shards, w, workers))
+                    _worker_seconds(
+                        r, worker_items(evaluate, self.shards, w, workers), cfg, per_shard
                     )
-                    if r
-                    else None
-                    for w in range(task * job.procs_per_node, (task + 1) * job.procs_per_node)
+                    for w in range(first, first + job.procs_per_node)
                 ]
                 # the task holds its GPUs until its slowest worker is done
-                wall = None if None in walls else max(w or 0.0 for w in walls)
-                out[f"{job.key}[{task}]"] = (wall, note)
+                out[f"{job.key}[{task}]"] = (max(walls), note)
         return out
 
     def estimate_lines(self) -> list[str]:
@@ -175,6 +173,19 @@ class LaunchPlan:
                 "GPU-h inference (data-parallel overhead and queue time not included)"
             )
         return lines
+
+
+def _worker_seconds(
+    r: Rate, items: list[tuple[str, int]], cfg: TrainConfig, per_shard: int
+) -> float:
+    """A decode worker's items: its first checkpoint at the first-checkpoint rate, each next one
+    swapped in (model/adapter_swap.py) unless it must load afresh (an Unfreeze run's base)."""
+    return sum(
+        r.seconds(per_shard)
+        if i == 0 or (c == BASE_CHECKPOINT and cfg.strategy == "unfreeze")
+        else r.next_seconds(per_shard)
+        for i, (c, _) in enumerate(items)
+    )
 
 
 def _positive(value: int | None, what: str, default: str | None) -> int:
