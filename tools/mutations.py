@@ -473,9 +473,7 @@ MUTATIONS = (
         "src/pronlora/launch/plan.py",
         "                array=math.ceil(shards / gpus),\n",
         "                array=math.ceil(len(r.evaluate) * shards / gpus),\n",
-        (
-            "tests/test_orchestration.py::test_table3_grid_plan_under_both_launchers",
-        ),
+        ("tests/test_orchestration.py::test_table3_grid_plan_under_both_launchers",),
         "each checkpoint of a run gets a decode task of its own, paying the load again",
     ),
 )
