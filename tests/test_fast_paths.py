@@ -585,3 +585,37 @@ def test_a_second_job_finds_the_compiled_layers_in_the_shared_cache(
     assert hits2 >= misses1 and misses2 == 0, counts  # the second finds every graph
     assert aot_hits2 >= aot_misses1 and aot_misses2 == 0, counts
     assert any(p.is_file() for p in (tmp_path / "cache" / "inductor").rglob("*"))
+
+
+@pytest.mark.slow
+def test_an_unfreeze_pass_takes_each_clips_size_as_an_int_with_the_tensor_passs_result(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    """Clip sizes on the GPU cost the pass a host sync per clip: an Unfreeze run's batches
+    carry them as ints, and its loss and every gradient are those of sizes in a tensor."""
+    import numpy as np
+
+    from pronlora.train.trainer import build_trainer
+
+    cfg = load_config("smoke", ["strategy=unfreeze", "lora.dropout=0.0"])
+    loaded = load_model(cfg, tiny_model)
+    model = loaded.model
+    trainer = build_trainer(cfg, loaded, read_jsonl(demo_prepared / "train.jsonl"), tmp_path)
+    batch = trainer.data_collator(_rows_sharing_clips(demo_prepared, 2))
+    sizes = batch["audio_embed_sizes"]
+    assert isinstance(sizes, list) and all(type(n) is int for n in sizes), sizes
+    model.train()
+    _nonzero_lora_b(model)
+    results = []
+    for b in (batch, {**batch, "audio_embed_sizes": torch.tensor(sizes)}):
+        np.random.seed(0)  # the encoder draws its streaming chunks in training
+        torch.manual_seed(0)
+        model.zero_grad()
+        loss = model(**b).loss
+        loss.backward()
+        results.append((loss.detach(), _lora_grads(model)))
+    (ints, g_ints), (tensor, g_tensor) = results
+    assert torch.equal(ints, tensor)
+    audio = [k for k in g_tensor if "audio_embed" in k]
+    assert g_ints.keys() == g_tensor.keys() and audio  # the audio path trains
+    assert all(torch.equal(g_ints[k], g_tensor[k]) for k in g_tensor)

@@ -154,3 +154,31 @@ def test_profile_tables_show_each_stage_and_name_failures() -> None:
     assert "| b | failed: OutOfMemoryError: CUDA out of memory |" in md
     assert "| a | 128 | dynamic | 36.2 | 150.0 | 12.5 | 3 | 35.0 | 50% | None | 1 |" in md
     assert md.count("| a | 100% |") == 2  # the category tables: all of it matmul
+
+
+def test_gpu_idle_is_charged_to_what_the_host_ran_when_it_launched_the_next_kernel() -> None:
+    def span(cat: str, name: str, ts: float, dur: float, tid: int = 1, corr=None) -> dict:
+        # milliseconds here, microseconds in a trace
+        e = {"ph": "X", "cat": cat, "name": name, "ts": ts * 1e3, "dur": dur * 1e3, "tid": tid}
+        if corr is not None:
+            e["args"] = {"correlation": corr}
+        return e
+
+    trace = {
+        "traceEvents": [
+            span("python_function", "nn.Module: Phi4MultimodalAudioConvModule_3", 0, 500),
+            span("python_function", "nn.Module: Linear_7", 100, 50),
+            span("cpu_op", "autograd::engine::evaluate_function: MulBackward0", 600, 300, tid=2),
+            span("cuda_runtime", "cudaLaunchKernel", 120, 5, corr=1),  # in Linear
+            span("cuda_runtime", "cudaLaunchKernel", 400, 5, corr=2),  # in the conv module
+            span("cuda_runtime", "cudaLaunchKernel", 700, 5, tid=2, corr=3),  # backward thread
+            span("kernel", "gemm", 130, 100, corr=1),
+            span("kernel", "conv", 410, 50, tid=7, corr=2),  # 180 ms after the gemm
+            span("kernel", "mul", 710, 40, tid=7, corr=3),  # 250 ms after the conv
+        ]
+    }
+    s = summarize_trace(trace, wall_s=1.0, steps=2)
+    assert s["idle_s_per_step"] == {
+        "[backward] MulBackward": 0.125,
+        "Phi4MultimodalAudioConvModule": 0.09,
+    }

@@ -73,33 +73,90 @@ def _innermost(spans: list[tuple[float, float, str]], starts: list[float], ts: f
     return "-"
 
 
+def _spans(events: list[dict[str, Any]]) -> dict[tuple[str, Any], list[tuple[float, float, str]]]:
+    """Host spans by (kind, thread), each list sorted by start. Kinds: ``python_function`` and
+    ``cpu_op`` as traced; ``module``, the ``nn.Module: Name_i`` frames of a with_stack trace;
+    ``backward``, the autograd engine's nodes (``autograd::engine::evaluate_function: X``)."""
+    spans: dict[tuple[str, Any], list[tuple[float, float, str]]] = {}
+
+    def add(kind: str, e: dict[str, Any], name: str) -> None:
+        ts = float(e["ts"])
+        spans.setdefault((kind, e.get("tid")), []).append((ts, ts + float(e.get("dur", 0)), name))
+
+    for e in events:
+        cat, name = e.get("cat"), e.get("name", "")
+        if cat == "python_function":
+            add(cat, e, name)
+            if name.startswith("nn.Module: "):
+                add("module", e, re.sub(r"_\d+$", "", name[len("nn.Module: ") :]))
+        elif cat == "cpu_op":
+            add(cat, e, f"[op] {name}")
+            if name.startswith(BACKWARD_NODE):
+                add("backward", e, "[backward] " + re.sub(r"\d+$", "", name[len(BACKWARD_NODE) :]))
+    for v in spans.values():
+        v.sort()
+    return spans
+
+
+BACKWARD_NODE = "autograd::engine::evaluate_function: "
+
+
+class _Frames:
+    """The innermost host span of a kind around a moment on a thread."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.spans = _spans(events)
+        self.starts = {k: [s[0] for s in v] for k, v in self.spans.items()}
+
+    def around(self, kinds: tuple[str, ...], tid: Any, ts: float) -> str:
+        for kind in kinds:
+            key = (kind, tid)
+            if key in self.spans:
+                where = _innermost(self.spans[key], self.starts[key], ts)
+                if where != "-":
+                    return where
+        return "-"
+
+
 def sync_sources(events: list[dict[str, Any]], syncs: list[dict[str, Any]]) -> dict[str, int]:
     """Where the host waits for the GPU: the innermost Python frame (with_stack traces) or else
     the innermost operator around each synchronising call, counted."""
-    frames: dict[Any, list[tuple[float, float, str]]] = {}
-    for e in events:
-        if e.get("cat") in ("python_function", "cpu_op"):
-            ts = float(e["ts"])
-            name = e.get("name", "")
-            if e["cat"] == "cpu_op":
-                name = f"[op] {name}"
-            frames.setdefault((e.get("cat"), e.get("tid")), []).append(
-                (ts, ts + float(e.get("dur", 0)), name)
-            )
-    for spans in frames.values():
-        spans.sort()
-    starts = {k: [s[0] for s in v] for k, v in frames.items()}
-    found: Counter[str] = Counter()
-    for e in syncs:
-        where = "-"
-        for cat in ("python_function", "cpu_op"):
-            key = (cat, e.get("tid"))
-            if key in frames:
-                where = _innermost(frames[key], starts[key], float(e["ts"]))
-                if where != "-":
-                    break
-        found[where] += 1
+    frames = _Frames(events)
+    found: Counter[str] = Counter(
+        frames.around(("python_function", "cpu_op"), e.get("tid"), float(e["ts"])) for e in syncs
+    )
     return dict(found.most_common(12))
+
+
+def idle_sources(
+    events: list[dict[str, Any]], gpu: list[dict[str, Any]], steps: int
+) -> dict[str, float]:
+    """Where the GPU waits for the host: each gap between GPU events (seconds per step),
+    charged to what the host was running when it launched the event that ended the gap: the
+    innermost model module (``nn.Module`` frames of a with_stack trace), else the autograd node
+    (backward), else the innermost Python frame or operator."""
+    launches = {
+        e["args"]["correlation"]: e
+        for e in events
+        if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})
+    }
+    frames = _Frames(events)
+    kinds = ("module", "backward", "python_function", "cpu_op")
+    idle: Counter[str] = Counter()
+    busy_until = None
+    for e in sorted(gpu, key=lambda e: float(e["ts"])):
+        ts = float(e["ts"])
+        if busy_until is not None and ts > busy_until:
+            launch = launches.get(e.get("args", {}).get("correlation"))
+            where = (
+                "-"
+                if launch is None
+                else frames.around(kinds, launch.get("tid"), float(launch["ts"]))
+            )
+            idle[where] += ts - busy_until
+        end = ts + float(e.get("dur", 0))
+        busy_until = end if busy_until is None else max(busy_until, end)
+    return {k: round(v / 1e6 / steps, 4) for k, v in idle.most_common(12)}
 
 
 def summarize_trace(trace: dict[str, Any], wall_s: float, steps: int) -> dict[str, Any]:
@@ -111,10 +168,11 @@ def summarize_trace(trace: dict[str, Any], wall_s: float, steps: int) -> dict[st
     launches = dtoh = runtime = 0
     loader_us = 0.0
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
-    sync_events = []
+    sync_events, gpu_events = [], []
     for e in events:
         cat, name = e.get("cat"), e.get("name", "")
         if cat in GPU_CATS:
+            gpu_events.append(e)
             dur = float(e.get("dur", 0))
             by_cat[GPU_CATS[cat] or kernel_category(name)] += dur
             by_name[name] += dur
@@ -147,6 +205,7 @@ def summarize_trace(trace: dict[str, Any], wall_s: float, steps: int) -> dict[st
         "dtoh_copies_per_step": round(dtoh / steps, 1),
         "dataloader_wait_s_per_step": round(loader_us / 1e6 / steps, 4),
         "sync_sources": sync_sources(events, sync_events),
+        "idle_s_per_step": idle_sources(events, gpu_events, steps),
     }
 
 
@@ -361,6 +420,21 @@ def _infer_cells(p: dict[str, Any]) -> list[str]:
     ]
 
 
+def _idle_lines(runs: list[dict[str, Any]], stage: str, per: str) -> list[str]:
+    """Where each setup's GPU waited for the host, largest first (traces of older versions
+    have no such entry)."""
+    lines = []
+    for r in runs:
+        idle = r[stage].get("idle_s_per_step")
+        if idle:
+            where = ", ".join(f"{k} {v:.3f}" for k, v in list(idle.items())[:8])
+            lines.append(f"- {r['setup']}: {where}")
+    if not lines:
+        return []
+    head = f"GPU idle (s per {per}), by what the host was running when it launched the next kernel:"
+    return [head, "", *lines, ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The profile tables people read; rendered from the JSON."""
     lines = [*results_heading("Profile", results)]
@@ -381,6 +455,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _section(
             train, "profile", heading, [*columns.split("|"), "kernels/step"], _train_cells
         )
+        lines += _idle_lines(train, "profile", "step")
     infer = [r for r in results["runs"] if "infer" in r]
     if infer:
         heading = [
@@ -398,4 +473,5 @@ def markdown(results: dict[str, Any]) -> str:
             "|kernels/batch"
         )
         lines += _section(infer, "infer", heading, columns.split("|"), _infer_cells)
+        lines += _idle_lines(infer, "infer", "batch")
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -408,6 +408,7 @@ def build_trainer(
         max_length=cfg.max_length,
         pad_to_multiple_of=cfg.pad_to_multiple_of,
         clip_keys=uncached is None,
+        sizes_on_host=uncached is not None,
     )
     return PronloraTrainer(
         cfg,
