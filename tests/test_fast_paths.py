@@ -588,34 +588,44 @@ def test_a_second_job_finds_the_compiled_layers_in_the_shared_cache(
 
 
 @pytest.mark.slow
-def test_an_unfreeze_pass_takes_each_clips_size_as_an_int_with_the_tensor_passs_result(
-    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_an_unfreeze_pass_merges_its_audio_with_host_indices_as_the_model_does(
+    checkpointing: bool, tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:
-    """Clip sizes on the GPU cost the pass a host sync per clip: an Unfreeze run's batches
-    carry them as ints, and its loss and every gradient are those of sizes in a tensor."""
+    """The model's own merge costs host syncs (audio_inputs.py); an Unfreeze pass merges with the
+    collator's host-side indices: the loss and every gradient are the model's, bit for bit."""
+    from dataclasses import replace
+
     import numpy as np
 
+    from pronlora.model.audio_inputs import audio_embedded_in_pass
     from pronlora.train.trainer import build_trainer
 
     cfg = load_config("smoke", ["strategy=unfreeze", "lora.dropout=0.0"])
     loaded = load_model(cfg, tiny_model)
     model = loaded.model
+    if checkpointing:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
     trainer = build_trainer(cfg, loaded, read_jsonl(demo_prepared / "train.jsonl"), tmp_path)
-    batch = trainer.data_collator(_rows_sharing_clips(demo_prepared, 2))
-    sizes = batch["audio_embed_sizes"]
-    assert isinstance(sizes, list) and all(type(n) is int for n in sizes), sizes
+    assert trainer.data_collator.host_audio_index
+    rows = _rows_sharing_clips(demo_prepared, 2)
+    batch = trainer.data_collator(rows)
+    assert all(type(n) is int for n in batch["audio_embed_sizes"])
+    # the same padding, the model's own merge
+    plain = replace(trainer.data_collator, host_audio_index=False)(rows)
+    assert "audio_frames" not in plain and torch.is_tensor(plain["audio_embed_sizes"])
     model.train()
     _nonzero_lora_b(model)
     results = []
-    for b in (batch, {**batch, "audio_embed_sizes": torch.tensor(sizes)}):
+    for host in (False, True):
         np.random.seed(0)  # the encoder draws its streaming chunks in training
         torch.manual_seed(0)
         model.zero_grad()
-        loss = model(**b).loss
-        loss.backward()
-        results.append((loss.detach(), _lora_grads(model)))
-    (ints, g_ints), (tensor, g_tensor) = results
-    assert torch.equal(ints, tensor)
-    audio = [k for k in g_tensor if "audio_embed" in k]
-    assert g_ints.keys() == g_tensor.keys() and audio  # the audio path trains
-    assert all(torch.equal(g_ints[k], g_tensor[k]) for k in g_tensor)
+        total, n = label_only_loss(model, audio_embedded_in_pass(model, batch) if host else plain)
+        (total / n).backward()
+        results.append((total.detach(), _lora_grads(model)))
+    (model_loss, g_model), (host_loss, g_host) = results
+    assert torch.equal(host_loss, model_loss)
+    audio = [k for k in g_model if "audio_embed" in k]
+    assert g_host.keys() == g_model.keys() and audio  # the audio path trains
+    assert all(torch.equal(g_host[k], g_model[k]) for k in g_model)
