@@ -175,10 +175,18 @@ def test_gpu_idle_is_charged_to_what_the_host_ran_when_it_launched_the_next_kern
             span("kernel", "gemm", 130, 100, corr=1),
             span("kernel", "conv", 410, 50, tid=7, corr=2),  # 180 ms after the gemm
             span("kernel", "mul", 710, 40, tid=7, corr=3),  # 250 ms after the conv
+            # two calls of one method: one name, whatever the object's address
+            span("python_function", "<built-in method to of Tensor object at 0x7f01>", 1000, 5),
+            span("python_function", "<built-in method to of Tensor object at 0x7f02>", 1100, 5),
+            span("cuda_runtime", "cudaMemcpyAsync", 1001, 1, corr=4),
+            span("cuda_runtime", "cudaLaunchKernel", 1101, 1, corr=5),
+            span("gpu_memcpy", "Memcpy HtoD", 1010, 10, tid=7, corr=4),  # 260 ms after the mul
+            span("kernel", "cast", 1110, 10, tid=7, corr=5),  # 90 ms after the copy
         ]
     }
     s = summarize_trace(trace, wall_s=1.0, steps=2)
     assert s["idle_s_per_step"] == {
+        "<built-in method to of Tensor>": 0.175,
         "[backward] MulBackward": 0.125,
         "Phi4MultimodalAudioConvModule": 0.09,
     }

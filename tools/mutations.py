@@ -476,25 +476,6 @@ MUTATIONS = (
         ("tests/test_orchestration.py::test_table3_grid_plan_under_both_launchers",),
         "each checkpoint of a run gets a decode task of its own, paying the load again",
     ),
-    Mutation(
-        "label-positions-unshifted",
-        "src/pronlora/model/collate.py",
-        "(labels[:, 1:] != IGNORE_INDEX).any(dim=0)",
-        "(labels[:, :-1] != IGNORE_INDEX).any(dim=0)",
-        ("tests/test_fast_paths.py::test_label_only_loss_matches_the_models_loss_and_gradients",),
-        "the collator gives the labelled positions, not the positions that predict the labels",
-    ),
-    Mutation(
-        "host-audio-frames-reordered",
-        "src/pronlora/model/collate.py",
-        "for i, n in enumerate(sizes) for j in range(int(n))",
-        "for i, n in reversed(list(enumerate(sizes))) for j in range(int(n))",
-        (
-            "tests/test_fast_paths.py::"
-            "test_an_unfreeze_pass_merges_its_audio_with_host_indices_as_the_model_does",
-        ),
-        "an Unfreeze pass places its clips' audio embeddings at another clip's positions",
-    ),
 )
 
 # Survivors accepted on purpose: mutation id -> why no test should fail.

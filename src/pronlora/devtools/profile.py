@@ -86,7 +86,8 @@ def _spans(events: list[dict[str, Any]]) -> dict[tuple[str, Any], list[tuple[flo
     for e in events:
         cat, name = e.get("cat"), e.get("name", "")
         if cat == "python_function":
-            add(cat, e, name)
+            # "<built-in method to of Tensor object at 0x7f...>": one name for every call
+            add(cat, e, re.sub(r" object at 0x[0-9a-f]+", "", name))
             if name.startswith("nn.Module: "):
                 add("module", e, re.sub(r"_\d+$", "", name[len("nn.Module: ") :]))
         elif cat == "cpu_op":
@@ -427,11 +428,15 @@ def _idle_lines(runs: list[dict[str, Any]], stage: str, per: str) -> list[str]:
     for r in runs:
         idle = r[stage].get("idle_s_per_step")
         if idle:
-            where = ", ".join(f"{k} {v:.3f}" for k, v in list(idle.items())[:8])
+            top = sorted(idle.items(), key=lambda kv: -kv[1])[:8]  # the JSON sorts by name
+            where = ", ".join(f"{k} {v:.3f}" for k, v in top)
             lines.append(f"- {r['setup']}: {where}")
     if not lines:
         return []
-    head = f"GPU idle (s per {per}), by what the host was running when it launched the next kernel:"
+    head = (
+        f"GPU idle (s per {per}, under the profiler, which slows the host: compare shares, not "
+        "sums with the timed wall), by what the host ran when it launched the next kernel:"
+    )
     return [head, "", *lines, ""]
 
 

@@ -170,22 +170,15 @@ class AudioEmbeddingCache:
                 f"{positions.numel()} audio positions in the batch, {audio.shape[0]} cached "
                 f"embeddings for its clips {clips}"
             )
-        return merge_audio(model, inputs, audio, (*CLIP_KEYS, *AUDIO_INPUTS))
-
-
-def merge_audio(
-    model: Any, inputs: dict[str, Any], audio: torch.Tensor, skip: tuple[str, ...]
-) -> dict[str, Any]:
-    """The batch with ``audio`` (one row per audio token, in the batch's order) placed at its
-    ``audio_positions`` in the text embeddings, and ``input_ids`` and ``skip`` left out."""
-    inner = multimodal_model(model)
-    text = inner.embed_tokens(inputs["input_ids"])
-    positions = inputs["audio_positions"].to(text.device, non_blocking=True)
-    # out of place, as the model does: under gradient checkpointing transformers makes the
-    # embedding output a leaf that requires grad (enable_input_require_grads)
-    flat = text.view(-1, text.shape[-1]).index_copy(0, positions, audio.to(text.dtype))
-    kept = {k: v for k, v in inputs.items() if k not in {"input_ids", *skip}}
-    return {"inputs_embeds": flat.view_as(text), **kept}
+        inner = multimodal_model(model)
+        text = inner.embed_tokens(inputs["input_ids"])
+        positions = positions.to(text.device, non_blocking=True)
+        # out of place, as the model does: under gradient checkpointing transformers makes the
+        # embedding output a leaf that requires grad (enable_input_require_grads)
+        flat = text.view(-1, text.shape[-1]).index_copy(0, positions, audio.to(text.dtype))
+        skip = {"input_ids", *CLIP_KEYS, *AUDIO_INPUTS}
+        kept = {k: v for k, v in inputs.items() if k not in skip}
+        return {"inputs_embeds": flat.view_as(text), **kept}
 
 
 @contextmanager

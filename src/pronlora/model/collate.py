@@ -65,9 +65,6 @@ class Collator:
     # With clip_keys: each clip's audio token count where already known (its cached
     # embedding's length), so the batch needs no log-mel features.
     clip_sizes: Mapping[str, int] | None = None
-    # Without clip_keys: the indices a pass needs to merge its audio (audio_inputs.py), computed
-    # here on the host; on the GPU each costs the pass a host sync.
-    host_audio_index: bool = False
 
     def __post_init__(self) -> None:
         self.pad_id = self.tokenizer.pad_token_id
@@ -151,31 +148,14 @@ class Collator:
             if self.with_labels:
                 labels[i, sl] = torch.tensor(lab)
         batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention}
-        if self.clip_keys or self.host_audio_index:
-            batch["audio_positions"] = torch.nonzero(input_ids.view(-1) == self.audio_id)[:, 0]
         if self.clip_keys:
             batch["audio_clips"] = [r["audio"] for r in rows]
+            batch["audio_positions"] = torch.nonzero(input_ids.view(-1) == self.audio_id)[:, 0]
         else:
             batch.update(feats)
-        if self.host_audio_index:
-            batch["audio_embed_sizes"] = [int(n) for n in sizes]
-            # (clip, frame) of each audio token's embedding in the encoder's padded output
-            batch["audio_frames"] = torch.tensor(
-                [(i, j) for i, n in enumerate(sizes) for j in range(int(n))], dtype=torch.long
-            ).T.contiguous()
         if self.with_labels:
             batch["labels"] = labels
-            batch[LABEL_POSITIONS] = label_positions(labels)
         return batch
-
-
-LABEL_POSITIONS = "label_positions"
-
-
-def label_positions(labels: torch.Tensor) -> torch.Tensor:
-    """Sequence positions t whose next token is labelled in some row: the only positions whose
-    logits the loss needs (train/loss.py). Computed by the collator, on the host."""
-    return torch.nonzero((labels[:, 1:] != IGNORE_INDEX).any(dim=0)).squeeze(1)
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pronlora.model.collate import IGNORE_INDEX, LABEL_POSITIONS, label_positions
+from pronlora.model.collate import IGNORE_INDEX
 
 
 def label_only_loss(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,14 +24,10 @@ def label_only_loss(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, t
     (``logits_to_keep`` as an index tensor); rows are then masked to their own labels.
     """
     labels = inputs["labels"]
-    features = {k: v for k, v in inputs.items() if k not in ("labels", LABEL_POSITIONS)}
+    features = {k: v for k, v in inputs.items() if k != "labels"}
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    # predicting positions t (label t+1): the collator's, computed on the host (on the GPU they
-    # would cost a host sync before the pass's forward is launched)
-    positions = inputs.get(LABEL_POSITIONS)
-    if positions is None:
-        positions = label_positions(labels)
+    positions = torch.nonzero(mask.any(dim=0)).squeeze(1)  # predicting positions t (label t+1)
     logits = model(**features, use_cache=False, logits_to_keep=positions).logits
     kept_targets = targets[:, positions]
     kept_mask = mask[:, positions]

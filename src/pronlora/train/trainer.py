@@ -34,8 +34,7 @@ from pronlora.core.distributed import (
 from pronlora.core.errors import InputError
 from pronlora.core.layout import UNFROZEN_FILE, RunDir
 from pronlora.model.audio_cache import AudioEmbeddingCache, why_not_cached
-from pronlora.model.audio_inputs import audio_embedded_in_pass, audio_merge_outside_the_model
-from pronlora.model.collate import LABEL_POSITIONS, Collator, approx_tokens
+from pronlora.model.collate import Collator, approx_tokens
 from pronlora.model.load import Loaded, load_unfrozen_state, unfrozen_state
 from pronlora.train.checkpoints import complete_checkpoints, save_epoch
 from pronlora.train.loss import label_only_loss
@@ -249,11 +248,7 @@ class PronloraTrainer(Trainer):
                     self.args.dataloader_num_workers,
                 )
             inputs = self.audio_cache.model_inputs(model, inputs)
-        elif self.data_collator.host_audio_index:
-            with self.accelerator.autocast():  # the context the model's forward runs in
-                inputs = audio_embedded_in_pass(model, inputs)
         if not self.cfg.label_only_loss or return_outputs:
-            inputs = {k: v for k, v in inputs.items() if k != LABEL_POSITIONS}
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss_sum, n = label_only_loss(model, inputs)
         # Same normalisation as the model's own loss: by the label count of the whole
@@ -413,8 +408,6 @@ def build_trainer(
         max_length=cfg.max_length,
         pad_to_multiple_of=cfg.pad_to_multiple_of,
         clip_keys=uncached is None,
-        host_audio_index=uncached is not None
-        and audio_merge_outside_the_model(loaded.model, engine),
     )
     return PronloraTrainer(
         cfg,
