@@ -73,6 +73,9 @@ def _innermost(spans: list[tuple[float, float, str]], starts: list[float], ts: f
     return "-"
 
 
+BACKWARD_NODE = "autograd::engine::evaluate_function: "
+
+
 def _spans(events: list[dict[str, Any]]) -> dict[tuple[str, Any], list[tuple[float, float, str]]]:
     """Host spans by (kind, thread), each list sorted by start. Kinds: ``python_function`` and
     ``cpu_op`` as traced; ``module``, the ``nn.Module: Name_i`` frames of a with_stack trace;
@@ -97,9 +100,6 @@ def _spans(events: list[dict[str, Any]]) -> dict[tuple[str, Any], list[tuple[flo
     for v in spans.values():
         v.sort()
     return spans
-
-
-BACKWARD_NODE = "autograd::engine::evaluate_function: "
 
 
 class _Frames:
@@ -162,7 +162,7 @@ def idle_sources(
 
 def summarize_trace(trace: dict[str, Any], wall_s: float, steps: int) -> dict[str, Any]:
     """GPU time by category, the busy share of ``wall_s``, per-step syncs, launches and data
-    loading waits, and where the syncs come from."""
+    loading waits, where the syncs come from and what the GPU waited for."""
     by_cat: Counter[str] = Counter()
     by_name: Counter[str] = Counter()
     intervals = []
