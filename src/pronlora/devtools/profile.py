@@ -119,10 +119,9 @@ class _Frames:
         return "-"
 
 
-def sync_sources(events: list[dict[str, Any]], syncs: list[dict[str, Any]]) -> dict[str, int]:
+def sync_sources(frames: _Frames, syncs: list[dict[str, Any]]) -> dict[str, int]:
     """Where the host waits for the GPU: the innermost Python frame (with_stack traces) or else
     the innermost operator around each synchronising call, counted."""
-    frames = _Frames(events)
     found: Counter[str] = Counter(
         frames.around(("python_function", "cpu_op"), e.get("tid"), float(e["ts"])) for e in syncs
     )
@@ -130,18 +129,13 @@ def sync_sources(events: list[dict[str, Any]], syncs: list[dict[str, Any]]) -> d
 
 
 def idle_sources(
-    events: list[dict[str, Any]], gpu: list[dict[str, Any]], steps: int
+    frames: _Frames, launches: dict[Any, dict[str, Any]], gpu: list[dict[str, Any]], steps: int
 ) -> dict[str, float]:
     """Where the GPU waits for the host: each gap between GPU events (seconds per step),
     charged to what the host was running when it launched the event that ended the gap: the
     innermost model module (``nn.Module`` frames of a with_stack trace), else the autograd node
-    (backward), else the innermost Python frame or operator."""
-    launches = {
-        e["args"]["correlation"]: e
-        for e in events
-        if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})
-    }
-    frames = _Frames(events)
+    (backward), else the innermost Python frame or operator. ``launches``: the runtime or
+    driver call behind each GPU event, by correlation id."""
     kinds = ("module", "backward", "python_function", "cpu_op")
     idle: Counter[str] = Counter()
     busy_until = None
@@ -170,6 +164,7 @@ def summarize_trace(trace: dict[str, Any], wall_s: float, steps: int) -> dict[st
     loader_us = 0.0
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
     sync_events, gpu_events = [], []
+    launched_by: dict[Any, dict[str, Any]] = {}  # correlation id -> the launching call
     for e in events:
         cat, name = e.get("cat"), e.get("name", "")
         if cat in GPU_CATS:
@@ -180,13 +175,17 @@ def summarize_trace(trace: dict[str, Any], wall_s: float, steps: int) -> dict[st
             intervals.append((float(e["ts"]), float(e["ts"]) + dur))
             launches += cat == "kernel"
             dtoh += cat == "gpu_memcpy" and "DtoH" in name
-        elif cat == "cuda_runtime":
-            runtime += 1
-            if name in SYNC_CALLS:
-                sync_events.append(e)
+        elif cat in ("cuda_runtime", "cuda_driver"):
+            if "correlation" in e.get("args", {}):
+                launched_by[e["args"]["correlation"]] = e
+            if cat == "cuda_runtime":
+                runtime += 1
+                if name in SYNC_CALLS:
+                    sync_events.append(e)
         elif cat == "user_annotation" and name.startswith("enumerate(DataLoader)"):
             loader_us += float(e.get("dur", 0))
     syncs = len(sync_events)
+    frames = _Frames(events)
     gpu_total = sum(by_cat.values()) or 1.0
     busy = _union_s(intervals)
     return {
@@ -205,8 +204,8 @@ def summarize_trace(trace: dict[str, Any], wall_s: float, steps: int) -> dict[st
         "host_syncs_per_step": round(syncs / steps, 1) if runtime else None,
         "dtoh_copies_per_step": round(dtoh / steps, 1),
         "dataloader_wait_s_per_step": round(loader_us / 1e6 / steps, 4),
-        "sync_sources": sync_sources(events, sync_events),
-        "idle_s_per_step": idle_sources(events, gpu_events, steps),
+        "sync_sources": sync_sources(frames, sync_events),
+        "idle_s_per_step": idle_sources(frames, launched_by, gpu_events, steps),
     }
 
 
