@@ -17,8 +17,7 @@ import os
 from pronlora.core.cli import run_job
 from pronlora.core.config import ConfigError
 from pronlora.core.decode_grid import worker_items
-from pronlora.infer.stage import Models, run_shard
-from pronlora.model.collate import SequenceTooLongError
+from pronlora.core.lean_imports import keep_out, run_quantization, unused_packages
 
 
 def main() -> int:
@@ -58,6 +57,9 @@ def main() -> int:
         workers = tasks * args.gpus_per_task
         worker = task * args.gpus_per_task + args.local_worker
         items = worker_items(checkpoints, args.num_shards, worker, workers)
+    keep_out(unused_packages(run_quantization(args.run_dir, args.config)))
+    from pronlora.infer.stage import Models, run_shard
+
     models = Models(swap=len({c for c, _ in items}) > 1)  # one load for all items
     for checkpoint, shard in items:
         summary = run_shard(
@@ -81,4 +83,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_job(main, (ConfigError, SequenceTooLongError, FileNotFoundError))
+    run_job(main, (FileNotFoundError,))

@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 
 from pronlora.core.cli import run_job
-from pronlora.core.config import ConfigError, available, load_config
-from pronlora.core.distributed import launched_by_torchrun
-from pronlora.model.collate import SequenceTooLongError
-from pronlora.train.recipe import NonFiniteLossError, train
+from pronlora.core.config import available, load_config
+from pronlora.core.lean_imports import keep_out, unused_packages
 from pronlora.train.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
 
 
@@ -28,9 +26,13 @@ def main() -> int:
     ap.add_argument("--requeue-marker", help="file written when stopping to be requeued")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. epochs=4)")
     args = ap.parse_args()
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # a bad config exits 2 before the imports
     stop = StopRequest()
     install_stop_signals(stop)
+    keep_out(unused_packages(cfg.quantization))
+    from pronlora.core.distributed import launched_by_torchrun
+    from pronlora.train.recipe import train
+
     rc = train(
         cfg,
         args.prepared,
@@ -46,4 +48,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_job(main, (ConfigError, NonFiniteLossError, SequenceTooLongError, FileNotFoundError))
+    # the recipe's own errors (non-finite loss, an overlong instance) are InputErrors: exit 2
+    run_job(main, (FileNotFoundError,))

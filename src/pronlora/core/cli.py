@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -51,12 +52,13 @@ def setup_logging(level: int = logging.INFO) -> None:
     )
     quiet_third_party()
     logging.getLogger("DeepSpeed").addFilter(_DropMessages("Setting accelerator to CPU"))
-    try:  # progress bars of weight loading: carriage returns in batch logs
-        from transformers.utils import logging as hf_logging
-
+    # no progress bars (weight loading, downloads): carriage returns in batch logs. Through the
+    # variable huggingface_hub reads when first imported, for transformers too; importing
+    # transformers here would cost every job a second before it could report a bad argument.
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:  # imported already: its switch was read
         hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def storage_full_message(exc: OSError) -> str | None:

@@ -97,17 +97,20 @@ class TrainStage(submitit.helpers.Checkpointable):
 
     def __call__(self) -> int:
         from pronlora.core.cli import setup_logging
-        from pronlora.train.recipe import train
+        from pronlora.core.lean_imports import keep_out, unused_packages
         from pronlora.train.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
 
         setup_logging()
         if self.gpu:
             require_gpu("train")
+        cfg = load_config(self.config, self.overrides)
+        keep_out(unused_packages(cfg.quantization))
+        from pronlora.train.recipe import train
+
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             # device = LOCAL_RANK among the job's GPUs (train.py sets it)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        cfg = load_config(self.config, self.overrides)
         # The same protocol as the sbatch template (stopping.py): USR1, USR2 (submitit's
         # time-limit signal) and TERM make every task finish the step and save a checkpoint;
         # then submitit's own USR2 handler, replaced meanwhile, requeues the job through
@@ -147,11 +150,14 @@ class InferTask:
         if len(visible) > 1:  # before CUDA starts: this worker sees its own GPU only
             os.environ["CUDA_VISIBLE_DEVICES"] = visible[local % len(visible)]
         from pronlora.core.decode_grid import worker_items
-        from pronlora.infer.stage import Models, run_shard
+        from pronlora.core.lean_imports import keep_out, run_quantization, unused_packages
 
         setup_logging()
         if self.gpu:
             require_gpu("infer")
+        keep_out(unused_packages(run_quantization(self.run_dir)))
+        from pronlora.infer.stage import Models, run_shard
+
         n_workers = self.workers_per_task * self.tasks
         worker = task * self.workers_per_task + local
         items = worker_items(self.checkpoints, self.num_shards, worker, n_workers)

@@ -1,0 +1,67 @@
+"""What a job imports before it can fail, and the packages a model job never imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pronlora.core.atomic import write_json
+from pronlora.core.config import load_config, to_dict
+from pronlora.core.lean_imports import run_quantization, unused_packages
+
+from .conftest import REPO
+
+
+def _imported(importtime_stderr: str) -> set[str]:
+    return {
+        line.rsplit("|", 1)[-1].strip()
+        for line in importtime_stderr.splitlines()
+        if line.startswith("import time:")
+    }
+
+
+def test_a_bad_override_exits_2_before_torch_is_imported(tmp_path: Path) -> None:
+    args = ["--config", "smoke", "--prepared", str(tmp_path), "--model", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO / "jobs" / "train.py"), *args,
+         "--run-dir", str(tmp_path / "run"), "epochs=banana"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "epochs: expected int, got 'banana'" in proc.stderr
+    assert not {"torch", "transformers", "peft"} & _imported(proc.stderr)
+
+
+def test_a_bf16_process_never_imports_bitsandbytes_or_datasets() -> None:
+    """What keep_out promises: peft and transformers then see neither as installed."""
+    code = (
+        "import json, sys\n"
+        "from pronlora.core.lean_imports import keep_out, unused_packages\n"
+        "keep_out(unused_packages('bf16'))\n"
+        "import peft, transformers.trainer\n"
+        "from peft.import_utils import is_bnb_available\n"
+        "from transformers.utils import is_bitsandbytes_available, is_datasets_available\n"
+        "loaded = [m for m in ('bitsandbytes', 'datasets') if sys.modules.get(m)]\n"
+        "print(json.dumps({'loaded': loaded,"
+        " 'peft_bnb': is_bnb_available(), 'tf_bnb': is_bitsandbytes_available(),"
+        " 'tf_datasets': is_datasets_available()}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    assert seen == {"loaded": [], "peft_bnb": False, "tf_bnb": False, "tf_datasets": False}
+    assert "bitsandbytes" not in unused_packages("nf4")  # a 4-bit job keeps it
+    assert "bitsandbytes" not in unused_packages(None)  # as does one not known yet
+
+
+def test_a_decode_job_reads_its_runs_quantization_before_the_imports(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert run_quantization(str(run), "smoke") == "bf16"  # a fresh run dir: --config
+    assert run_quantization(str(run)) is None
+    run.mkdir()
+    cfg = to_dict(load_config("smoke", ["quantization=nf4", "dtype=bf16"]))
+    write_json(run / "run.json", {"config": cfg, "model": "m"})
+    assert run_quantization(str(run), "smoke") == "nf4"  # run.json wins, as in the stage
+    (run / "run.json").write_text("{not json")
+    assert run_quantization(str(run), "smoke") is None  # the stage names the fault
