@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install.sh
 .venv/bin/ruff check .
-# two workers (the 2 cores; much of a test is waiting on subprocesses or Slurm), one per test file:
-# module fixtures (the Slurm site, the distributed reference run) are built once
-.venv/bin/python -m pytest -q -ra --durations=20 -n 2 --dist loadfile "$@"
+# three workers on 2 cores: with two, the cores were busy 1.6 of 2 on average (much of a test
+# waits on subprocesses or Slurm). One worker per test file: module fixtures (the Slurm site,
+# the distributed reference run) are built once
+.venv/bin/python -m pytest -q -ra --durations=20 -n 3 --dist loadfile "$@"
