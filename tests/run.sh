@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install.sh
 .venv/bin/ruff check .
-# three workers on 2 cores: with two, the cores were busy 1.6 of 2 on average (much of a test
-# waits on subprocesses or Slurm). One worker per test file: module fixtures (the Slurm site,
+# three workers on 2 cores: much of a test waits on its subprocesses or Slurm jobs (with two,
+# the cores were busy about 1.5 of 2 over a CI run). One worker per test file: module fixtures (the Slurm site,
 # the distributed reference run) are built once; files dealt longest first (conftest.py)
 .venv/bin/python -m pytest -q -ra --durations=20 -n 3 --dist loadfile --no-loadscope-reorder "$@"
