@@ -15,38 +15,6 @@ SHARED = REPO.parent / "shared"
 MINI = SHARED / "speechocean762-mini"
 
 
-# The files that take longest on 2 cores, longest first (from --durations): under ``--dist
-# loadfile`` a file is dealt to the next free worker in collection order, so dealing the long
-# ones first leaves short files to even out the end (the suite's wall time, not its sum).
-# tests/run.sh passes --no-loadscope-reorder: xdist's default reorders files by test count,
-# which dealt test_slurm.py (5 tests, 11 minutes) last.
-LONGEST_FIRST = (
-    "test_slurm.py",
-    "test_infer.py",
-    "test_reliability.py",
-    "test_train.py",
-    "test_distributed.py",
-    "test_fast_paths.py",
-    "test_shared_cluster.py",
-    "test_orchestration.py",
-    "test_snapshot.py",
-    "test_score.py",
-    "test_export.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The Slurm tests first (their file, mostly waiting on jobs, runs on one worker while the
-    others take the rest), then the other long files, then the short ones."""
-
-    def rank(item: pytest.Item) -> tuple[bool, int]:
-        name = item.path.name
-        order = LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-        return item.get_closest_marker("slurm") is None, order
-
-    items.sort(key=rank)  # a stable sort: the order inside a file is kept
-
-
 @pytest.fixture(scope="session")
 def mini() -> Path:
     if not (MINI / "resource" / "scores.json").is_file():
