@@ -143,15 +143,42 @@ def test_config_errors_name_the_key(tiny_model: Path, tmp_path: Path) -> None:
         train(load_config("smoke"), tmp_path, tiny_model, tmp_path / "run")
 
 
+def _few_rows(demo_prepared: Path, dest: Path) -> tuple[Path, list[dict]]:
+    """A prepared dir of the demo's first 4 training rows: one optimizer step per epoch."""
+    dest.mkdir()
+    rows = read_jsonl(demo_prepared / "train.jsonl")[:4]
+    (dest / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (dest / "test.jsonl").write_text("")
+    (dest / "manifest.json").write_text(json.dumps(PreparedDir(dest).content_record()))
+    return dest, rows
+
+
+def test_the_tokenizer_is_saved_with_epoch_checkpoints_only(
+    tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    """Step checkpoints are for resuming and need no tokenizer (13 MB each); every epoch
+    checkpoint carries the files save_pretrained writes, the later ones from the first's bytes."""
+    from pronlora.model.load import load_processors
+
+    prepared, _ = _few_rows(demo_prepared, tmp_path / "few")
+    cfg = load_config("smoke", ["epochs=2", "save_steps=1", "micro_batch=4", "grad_accum=1"])
+    run = tmp_path / "run"
+    assert train(cfg, prepared, tiny_model, run) == 0
+    steps = sorted((run / "trainer").glob("checkpoint-*"))
+    assert [s.name for s in steps] == ["checkpoint-1", "checkpoint-2"]
+    assert all(not (s / "tokenizer.json").exists() for s in steps), list(steps[0].iterdir())
+    fresh = tmp_path / "fresh"
+    names = [Path(p).name for p in load_processors(tiny_model, cfg)[0].save_pretrained(fresh)]
+    assert "tokenizer.json" in names
+    for epoch in (1, 2):
+        for name in names:
+            saved = run / "checkpoints" / f"epoch-{epoch}" / name
+            assert saved.read_bytes() == (fresh / name).read_bytes(), saved
+
+
 @pytest.mark.slow
 def test_loss_falls_when_overfitting(tiny_model: Path, demo_prepared: Path, tmp_path: Path) -> None:
-    prepared = tmp_path / "few"
-    prepared.mkdir()
-    rows = read_jsonl(demo_prepared / "train.jsonl")[:4]
-    (prepared / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (prepared / "test.jsonl").write_text("")
-    record = PreparedDir(prepared).content_record()
-    (prepared / "manifest.json").write_text(json.dumps(record))
+    prepared, rows = _few_rows(demo_prepared, tmp_path / "few")
     cfg = load_config(
         "smoke",
         [
