@@ -10,7 +10,8 @@ instance (the median step time of the second half of the epoch, over the instanc
 the decode job's into one-time seconds (process start, load, first-batch warm-up) and seconds
 per test instance (from two decodes of different sizes), and with a second checkpoint the same
 for each next checkpoint a worker swaps in (see infer_record).
-``install``: writes those lines into ``src/pronlora/measured_rates.json`` with their source.
+``install``: writes those lines into ``src/pronlora/measured_rates.json`` with their source
+(``--stages infer``: only their decode halves).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def cmd_install(a: argparse.Namespace) -> None:
     rows = [json.loads(x) for x in Path(a.results).read_text().splitlines() if x.strip()]
     rates = json.loads(RATES.read_text()) if RATES.is_file() else {"train": {}, "infer": {}}
     for r in rows:
-        for stage in ("train", "infer"):
+        for stage in a.stages.split(","):
             m = r[stage]
             rates[stage][r["combo"]] = {
                 "fixed_s": m["fixed_s"],
@@ -157,6 +158,9 @@ def main() -> int:
     i = sub.add_parser("install")
     i.add_argument("results")
     i.add_argument("--source", required=True)
+    i.add_argument(
+        "--stages", default="train,infer", help="which halves to install (comma list)"
+    )
     a = ap.parse_args()
     cmd_record(a) if a.cmd == "record" else cmd_install(a)
     return 0
