@@ -93,6 +93,7 @@ class TrainingRecipe:
         self.rows: list[dict[str, Any]] = []
         self.manifest: dict[str, Any] = {}
         self.data_hash = ""
+        self.snapshot_config: dict[str, Any] | None = None  # set by validate()
         self.engine = "ddp"
         self.resume: Path | None = None
         self.load_universal = False
@@ -114,7 +115,7 @@ class TrainingRecipe:
         self.rows = prepared.load_split("train")
         self.manifest = prepared.manifest()
         self.data_hash = prepared.verified_hash()
-        check_snapshot(self.model_dir)
+        self.snapshot_config = check_snapshot(self.model_dir)
         check_trackers(self.cfg)
 
     def claim_run_dir(self) -> None:
@@ -188,7 +189,10 @@ class TrainingRecipe:
             prepare_cache(self.cfg, self.model_dir)
         barrier()
         self.loaded = load_model(
-            self.cfg, self.model_dir, device_map=training_device_map(self.cfg, self.engine)
+            self.cfg,
+            self.model_dir,
+            device_map=training_device_map(self.cfg, self.engine),
+            snapshot_config=self.snapshot_config,
         )
         if self.resume is not None and is_main_process():
             recover_epoch_checkpoint(self.run_dir, self.resume, self.loaded.tokenizer)
