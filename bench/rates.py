@@ -158,9 +158,7 @@ def main() -> int:
     i = sub.add_parser("install")
     i.add_argument("results")
     i.add_argument("--source", required=True)
-    i.add_argument(
-        "--stages", default="train,infer", help="which halves to install (comma list)"
-    )
+    i.add_argument("--stages", default="train,infer", help="which halves to install (comma list)")
     a = ap.parse_args()
     cmd_record(a) if a.cmd == "record" else cmd_install(a)
     return 0
