@@ -14,7 +14,8 @@ import pytest
 # One OpenMP thread per process, set before torch loads here and inherited by every job process
 # and Slurm job a test starts: three pytest workers and their jobs share two cores, and a tiny
 # model's tensors gain nothing from intra-op threads that spin while they wait. The full suite
-# took 23:27 with torch's default (a thread per core) and 16:53 with one (2026-12-07, 2 cores).
+# took 23:27 with torch's default (a thread per core) and 16:53 with one (2 cores,
+# bench/results/cpu-2026-12-07-suite-threads.md).
 # A value already set is kept.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
