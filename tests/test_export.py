@@ -21,10 +21,12 @@ from .conftest import REPO
 
 
 def _logits(spec: RunSpec, ckpt: Path | None, rows: list[dict]) -> torch.Tensor:
+    """The last 8 positions' logits: every layer and both tasks' weights shape them, and the
+    full (rows, prompt, 200k) tensor made each comparison take seconds."""
     loaded = load_for_inference(spec, ckpt)
     batch = generation_collator(loaded, spec.cfg)(rows)
     with torch.no_grad():
-        return loaded.model(**batch).logits
+        return loaded.model(**batch, logits_to_keep=8).logits
 
 
 @pytest.mark.slow

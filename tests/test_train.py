@@ -100,6 +100,29 @@ def test_configs_train_what_they_claim(tiny_model: Path, adapter: str, strategy:
         assert torch.count_nonzero(fresh_b) == 0
 
 
+@pytest.mark.parametrize("strategy", ["lora", "unfreeze"])
+def test_a_bf16_run_trains_float32_weights_so_small_steps_land(
+    tiny_model: Path, strategy: str
+) -> None:
+    """The optimizer updates a weight in its own dtype: a bf16 audio encoder under AdamW at
+    the paper's lr 2e-5 kept most of its weights exactly as loaded. Every trainable weight is
+    float32 (the frozen base stays bf16), so one such step moves every one of them."""
+    cfg = load_config("smoke", ["dtype=bf16", f"strategy={strategy}"])
+    model = load_model(cfg, tiny_model).model
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert {p.dtype for p in trainable.values()} == {torch.float32}
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16}
+    if strategy == "unfreeze":
+        assert any(".audio_embed.encoder." in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    for p in trainable.values():
+        p.grad = torch.ones_like(p)
+    torch.optim.AdamW(trainable.values(), lr=2e-5, weight_decay=0.0).step()
+    unmoved = [n for n, p in trainable.items() if torch.equal(p.detach(), before[n])]
+    assert not unmoved, unmoved[:3]
+
+
 def test_a_new_lora_starts_from_its_seed_whatever_the_load_drew_before(tiny_model: Path) -> None:
     """A seed names one initial LoRA: a change in how the base is loaded (PEFT's speech-adapter
     wrapper used to draw 461M random values first) must not change the run a seed gives."""

@@ -386,6 +386,8 @@ def load_model(
         for name in AUDIO_MODULES:
             for p in model.get_submodule(_peft_path(model, name)).parameters():
                 p.requires_grad_(True)
+    if trainable:
+        upcast_trainable(model)
     if trainable and not cfg.lora_input_cast:
         set_lora_input_cast(model, enabled=False)
     if trainable and cfg.compile_layers:
@@ -395,6 +397,25 @@ def load_model(
     if not trainable:
         model.eval()
     return Loaded(model, tokenizer, fe)
+
+
+def upcast_trainable(model: Any) -> int:
+    """Every trainable bf16/fp16 weight to float32; returns the count of values cast.
+
+    The optimizer updates a weight in its own dtype. AdamW's steps are about the lr (2e-5, the
+    paper's), and on a bf16 weight over about 0.008 half its spacing is larger: the step rounds
+    away. PEFT keeps the LoRA in float32 for that reason; ``unfreeze`` would otherwise train the
+    audio encoder in bf16, hardly at all, on one GPU, while DeepSpeed (float32 master weights)
+    trains it. Autocast still runs the matmuls in bf16. ZeRO-3's partitioned weights
+    (``ds_id``) are DeepSpeed's to keep.
+    """
+    n = 0
+    for p in model.parameters():
+        half = p.dtype in (torch.bfloat16, torch.float16)
+        if p.requires_grad and half and not hasattr(p, "ds_id"):
+            p.data = p.data.float()
+            n += p.numel()
+    return n
 
 
 def compile_decoder_layers(model: Any) -> int:
