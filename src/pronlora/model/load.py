@@ -384,10 +384,9 @@ def load_model(
         model = get_peft_model(base, lora, adapter_name=TRAIN_ADAPTER)
     if cfg.strategy == "unfreeze" and trainable:
         for name in AUDIO_MODULES:
-            for p in model.get_submodule(_peft_path(model, name)).parameters():
-                p.requires_grad_(True)
-    if trainable:
-        upcast_trainable(model)
+            module = model.get_submodule(_peft_path(model, name))
+            module.requires_grad_(True)
+            upcast_trainable(module)
     if trainable and not cfg.lora_input_cast:
         set_lora_input_cast(model, enabled=False)
     if trainable and cfg.compile_layers:
@@ -399,18 +398,20 @@ def load_model(
     return Loaded(model, tokenizer, fe)
 
 
-def upcast_trainable(model: Any) -> int:
-    """Every trainable bf16/fp16 weight to float32; returns the count of values cast.
+def upcast_trainable(module: Any) -> int:
+    """The module's trainable bf16/fp16 weights to float32; returns the count of values cast.
 
     The optimizer updates a weight in its own dtype. AdamW's steps are about the lr (2e-5, the
     paper's), and on a bf16 weight over about 0.008 half its spacing is larger: the step rounds
     away. PEFT keeps the LoRA in float32 for that reason; ``unfreeze`` would otherwise train the
     audio encoder in bf16, hardly at all, on one GPU, while DeepSpeed (float32 master weights)
     trains it. Autocast still runs the matmuls in bf16. ZeRO-3's partitioned weights
-    (``ds_id``) are DeepSpeed's to keep.
+    (``ds_id``) are DeepSpeed's to keep. Not for PEFT's trainable token rows
+    (``control_tokens: special``): it writes them into the bf16 embedding with ``index_copy``,
+    which wants one dtype.
     """
     n = 0
-    for p in model.parameters():
+    for p in module.parameters():
         half = p.dtype in (torch.bfloat16, torch.float16)
         if p.requires_grad and half and not hasattr(p, "ds_id"):
             p.data = p.data.float()
