@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from pronlora.core.atomic import read_jsonl
 from pronlora.core.config import ConfigError, load_config
 from pronlora.core.errors import DataError, SnapshotError
 from pronlora.core.layout import PreparedDir
 from pronlora.model.collate import IGNORE_INDEX, Collator, SequenceTooLongError
-from pronlora.model.load import AUDIO_MODULES, load_model
+from pronlora.model.load import AUDIO_MODULES, load_model, load_unfrozen_state, unfrozen_state
 from pronlora.train.recipe import NonFiniteLossError, build_trainer, train
 from pronlora.train.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
 
@@ -121,6 +121,30 @@ def test_a_bf16_run_trains_float32_weights_so_small_steps_land(
     torch.optim.AdamW(trainable.values(), lr=2e-5, weight_decay=0.0).step()
     unmoved = [n for n, p in trainable.items() if torch.equal(p.detach(), before[n])]
     assert not unmoved, unmoved[:3]
+
+
+def test_float32_unfrozen_weights_decode_rounded_into_the_bf16_model(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """An Unfreeze checkpoint holds float32 audio weights; the decode model stays bf16 and holds
+    them rounded, as decoding, the checkpoint swap and export load them."""
+    cfg = load_config("smoke", ["dtype=bf16", "strategy=unfreeze"])
+    trained = load_model(cfg, tiny_model).model
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 1e-3)
+    saved = unfrozen_state(trained)
+    weights = {n.removeprefix("base_model.model.") for n, p in trained.named_parameters()}
+    assert {saved[k].dtype for k in saved if k in weights} == {torch.float32}  # buffers: bf16
+    save_file(saved, str(tmp_path / "unfrozen.safetensors"))
+    decode = load_model(cfg, tiny_model, trainable=False).model
+    load_unfrozen_state(decode, tmp_path / "unfrozen.safetensors")
+    state = decode.state_dict()
+    for key, value in saved.items():
+        ours = state[key] if key in state else state[f"base_model.model.{key}"]
+        assert ours.dtype == (torch.bfloat16 if value.is_floating_point() else value.dtype), key
+        assert torch.equal(ours, value.to(ours.dtype)), key
 
 
 def test_a_new_lora_starts_from_its_seed_whatever_the_load_drew_before(tiny_model: Path) -> None:
