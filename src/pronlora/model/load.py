@@ -398,8 +398,8 @@ def load_model(
     return Loaded(model, tokenizer, fe)
 
 
-def upcast_trainable(module: Any) -> int:
-    """The module's trainable bf16/fp16 weights to float32; returns the count of values cast.
+def upcast_trainable(module: Any) -> None:
+    """The module's trainable bf16/fp16 weights to float32.
 
     The optimizer updates a weight in its own dtype. AdamW's steps are about the lr (2e-5, the
     paper's), and on a bf16 weight over about 0.008 half its spacing is larger: the step rounds
@@ -410,13 +410,10 @@ def upcast_trainable(module: Any) -> int:
     (``control_tokens: special``): it writes them into the bf16 embedding with ``index_copy``,
     which wants one dtype.
     """
-    n = 0
     for p in module.parameters():
         half = p.dtype in (torch.bfloat16, torch.float16)
         if p.requires_grad and half and not hasattr(p, "ds_id"):
             p.data = p.data.float()
-            n += p.numel()
-    return n
 
 
 def compile_decoder_layers(model: Any) -> int:
