@@ -23,7 +23,10 @@ from safetensors.torch import load_file
 
 def main() -> int:
     run, label, snapshot = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-    files = sorted(run.rglob("unfrozen.safetensors"))
+    files = sorted(run.rglob("unfrozen.safetensors"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        print(f"{label}: no unfrozen.safetensors under {run} (not an Unfreeze run)")
+        return 2
     saved = load_file(files[-1])
     initial = {}
     for path in snapshot.glob("*.safetensors"):
@@ -42,11 +45,13 @@ def main() -> int:
         change += float((before - after).abs().sum())
     steps = [json.loads(x) for x in (run / "train_log.jsonl").open() if '"loss"' in x]
     gaps = [b["time_s"] - a["time_s"] for a, b in pairwise(steps)]
+    # the first gap holds compilation; a run logged every few steps may have no gap left
+    gap = f"median gap {statistics.median(gaps[1:]):.3f} s" if gaps[1:] else "no step gap"
     print(
         f"{label}: {files[-1].relative_to(run)} ({next(iter(saved.values())).dtype}), "
         f"{n} of {sum(v.numel() for v in saved.values())} values compared: changed "
         f"{moved / n:.4f}, changed after bf16 rounding {moved_bf16 / n:.4f}, mean |change| "
-        f"{change / n:.3e}; {len(steps)} steps, median gap {statistics.median(gaps[1:]):.3f} s; "
+        f"{change / n:.3e}; {len(steps)} logged steps, {gap}; "
         f"peak {max(s.get('gpu_mem_gb', 0) for s in steps)} GB"
     )
     return 0
