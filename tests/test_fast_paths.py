@@ -308,6 +308,7 @@ def _context_sensitive(model) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # a deprecated keyword is a silent loss
 def test_graphed_decoding_loop_generates_the_static_cache_tokens(
     tiny_model: Path, demo_prepared: Path, monkeypatch
 ) -> None:
@@ -338,6 +339,15 @@ def test_graphed_decoding_loop_generates_the_static_cache_tokens(
     monkeypatch.setattr(stage, "greedy_decode", spy)
     # attention windows that grow every 4 positions: many widths within each answer
     monkeypatch.setattr(cache_window, "WINDOW_STEP", 4)
+    handed: list[tuple[int, int, int]] = []  # per layer call: keys written, given, cached
+    plain_update = cache_window._FirstPositions.update
+
+    def update_spy(self, key_states, *args, **kwargs):
+        keys, values = plain_update(self, key_states, *args, **kwargs)
+        handed.append((key_states.shape[-2], keys.shape[-2], self.layer.keys.shape[-2]))
+        return keys, values
+
+    monkeypatch.setattr(cache_window._FirstPositions, "update", update_spy)
     for cache in ("static_eager", "static_graphs"):
         cfg = load_config("smoke", [f"infer.cache={cache}", "infer.max_new_tokens_mdd=20"])
         models = Models()
@@ -357,6 +367,15 @@ def test_graphed_decoding_loop_generates_the_static_cache_tokens(
     assert got == answers["static_eager"]
     # forced answers (the benchmarks) keep the config's cache size, as a real decode has
     assert sorted(limits) == sorted([cfg.infer.max_new_tokens_apa, 20] * 2)
+    # every layer of each of the 4 prefills was handed the prompt's keys only, and the steps
+    # windows of 4: a view the layers ignore (a renamed cache keyword) leaves attention the
+    # whole cache with the same tokens
+    layers = len(loaded.model.model.layers)
+    prefills = [(written, got) for written, got, _ in handed if written > 1]
+    assert len(prefills) == 4 * layers and all(w == n for w, n in prefills), prefills
+    steps = {(got, size) for written, got, size in handed if written == 1}
+    assert len(steps) > 3 and all(n % 4 == 0 or n == size for n, size in steps), steps
+    assert any(n < size for n, size in steps)
 
 
 @pytest.mark.slow

@@ -95,3 +95,33 @@ def test_the_readme_names_the_pair() -> None:
     major_minor = ".".join(torch_pin().split(".")[:2])
     assert f"torch {torch_pin()}" in readme or f"torch {major_minor}" in readme
     assert f"CUDA {base_cuda()}" in readme
+
+
+def test_the_upper_versions_lie_in_the_declared_ranges_above_the_lock() -> None:
+    """tests/run_upper.sh tests what a plain ``pip install`` of pyproject's ranges resolves to;
+    a pin outside a range, or below the lock, would test a set no lab gets."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    declared = {
+        (r := Requirement(line)).name: r.specifier
+        for line in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    locked = dict(
+        line.split("==")
+        for line in (REPO / "containers" / "requirements.lock").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    upper = [
+        Requirement(line)
+        for line in (REPO / "tests" / "upper-versions.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert {r.name for r in upper} == {"transformers", "peft", "accelerate"}
+    for req in upper:
+        (pin,) = req.specifier
+        assert pin.operator == "==", req
+        assert Version(pin.version) in declared[req.name], (req, declared[req.name])
+        assert Version(pin.version) >= Version(locked[req.name]), (req, locked[req.name])

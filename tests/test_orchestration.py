@@ -30,6 +30,7 @@ SHELL = [
     *sorted((REPO / "bench").glob("*.sh")),
     REPO / ".ci" / "slurm.sh",
     REPO / "tests" / "run.sh",
+    REPO / "tests" / "run_upper.sh",
 ]
 
 

@@ -554,3 +554,20 @@ def test_training_loads_a_bf16_base_onto_its_gpu_except_under_zero3_and_nf4(
     assert training_device_map(cfg, "zero2") == {"": 3}
     assert training_device_map(cfg, "zero3") is None
     assert training_device_map(load_config("paper_r64", ["quantization=nf4"]), "ddp") is None
+
+
+@pytest.mark.filterwarnings("error::FutureWarning")  # a deprecated name warns, then is gone
+def test_training_arguments_set_checkpointing_by_the_installed_transformers_names(
+    tmp_path: Path,
+) -> None:
+    """transformers 5.23 renamed TrainingArguments' gradient_checkpointing(_kwargs) to
+    activation_checkpointing(_kwargs); the config's setting must reach whichever it has."""
+    from pronlora.train.trainer import training_arguments
+
+    for on in (True, False):
+        cfg = load_config("smoke", [f"gradient_checkpointing={str(on).lower()}"])
+        args = training_arguments(cfg, tmp_path / "run", "ddp", load_universal=False)
+        current = getattr(args, "activation_checkpointing", None)
+        assert (args.gradient_checkpointing if current is None else current) is on
+        kwargs = getattr(args, "activation_checkpointing_kwargs", None)
+        assert (kwargs or args.gradient_checkpointing_kwargs) == {"use_reentrant": False}

@@ -9,6 +9,7 @@ the same attention (the tests compare the tokens with ``generate``'s).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -36,6 +37,17 @@ class _FirstPositions:
         return keys[:, :, :width], values[:, :, :width]
 
 
+def cache_keyword(module: torch.nn.Module) -> str:
+    """The keyword a transformers model or decoder layer takes its cache by.
+
+    transformers 5.23 renamed ``past_key_values`` to ``cache``; given both, a layer uses
+    ``cache`` and ignores the other with a FutureWarning, so a cache view passed by the old
+    name would silently lose to the model's whole cache.
+    """
+    forward = inspect.unwrap(type(module).forward)
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
 class _OnCacheLayer(torch.nn.Module):
     """A decoder layer that writes its keys/values into its own cache layer (so that layers
     sharing one compiled graph need not look up their index in the whole cache)."""
@@ -44,9 +56,11 @@ class _OnCacheLayer(torch.nn.Module):
         super().__init__()
         self.layer = layer
         self.cache_layer = cache_layer
+        # the layer may be compiled: its keyword is read from the module it wraps
+        self.keyword = cache_keyword(getattr(layer, "_orig_mod", layer))
 
     def forward(self, hidden_states: torch.Tensor, **kwargs: Any) -> Any:
-        kwargs["past_key_values"] = self.cache_layer
+        kwargs[self.keyword] = self.cache_layer
         return self.layer(hidden_states, **kwargs)
 
 

@@ -26,7 +26,13 @@ from typing import Any
 import torch
 
 from pronlora.core.errors import ConfigError
-from pronlora.model.cache_window import TAKES_A_CUT_MASK, attention_of, on_cache, window
+from pronlora.model.cache_window import (
+    TAKES_A_CUT_MASK,
+    attention_of,
+    cache_keyword,
+    on_cache,
+    window,
+)
 from pronlora.model.prefill import Prefill
 
 # Steps between two reads of "has every row stopped?" (each read waits for the GPU).
@@ -102,10 +108,10 @@ def greedy_decode(
             **prompt_inputs,
             attention_mask=mask2d,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
             return_dict=True,
+            **{cache_keyword(lm): cache},
         )
     stop = torch.tensor(stop_ids, device=dev)
     step_no = torch.zeros((), dtype=torch.long, device=dev)

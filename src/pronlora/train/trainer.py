@@ -9,6 +9,7 @@ Trainer gives the rest (AdamW, schedules, exact mid-epoch resumption with RNG an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -316,6 +317,18 @@ class PronloraTrainer(Trainer):
             load_unfrozen_state(self.model, Path(resume_from_checkpoint) / UNFROZEN_FILE)
 
 
+def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
+    """Activation checkpointing by the names the installed transformers takes: 5.23 renamed
+    ``gradient_checkpointing(_kwargs)`` to ``activation_checkpointing(_kwargs)``, and the old
+    names warn until v6 removes them."""
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    stem = "activation" if "activation_checkpointing" in names else "gradient"
+    return {
+        f"{stem}_checkpointing": enabled,
+        f"{stem}_checkpointing_kwargs": {"use_reentrant": False},
+    }
+
+
 def training_arguments(
     cfg: TrainConfig, run_dir: Path, engine: str, load_universal: bool
 ) -> TrainingArguments:
@@ -347,9 +360,8 @@ def training_arguments(
         seed=cfg.seed,
         data_seed=cfg.seed,
         optim="adamw_torch_fused" if cuda else "adamw_torch",
-        gradient_checkpointing=cfg.use_gradient_checkpointing,
+        **checkpointing_arguments(cfg.use_gradient_checkpointing),
         ddp_find_unused_parameters=False,  # every trainable weight is used by every batch
-        gradient_checkpointing_kwargs={"use_reentrant": False},
         dataloader_num_workers=cfg.dataloader_workers,
         remove_unused_columns=False,
         report_to=integration_trackers(cfg),
