@@ -210,6 +210,15 @@ def test_adapter_missing_a_targeted_module_is_refused(tiny_model: Path, tmp_path
         check_snapshot(snap)
 
 
+def test_the_model_runs_its_own_layers_not_kernels_from_the_hub(tiny_model: Path) -> None:
+    """transformers 5.2x kernelizes every loaded model by default with kernels it downloads
+    from the Hub: on a GPU node that fails as untrusted (and offline), and elsewhere it would
+    change the rounding every measurement here was made with. The load turns it off."""
+    model = load_model(load_config("smoke"), tiny_model, trainable=False).model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    assert getattr(base, "use_kernels", False) is False
+
+
 def test_missing_or_unexpected_base_weights_are_errors(tiny_model: Path, tmp_path: Path) -> None:
     snap = copy_snapshot(tiny_model, tmp_path / "keys")
     weights = replace_file(snap / "model.safetensors")

@@ -231,6 +231,10 @@ def _base_model(path: Path, cfg: TrainConfig, device_map: Any) -> Any:
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype(cfg),
         "attn_implementation": cfg.attn_implementation,
+        # transformers 5.2x swaps layers for kernels fetched from the Hub by default: a
+        # download a compute node cannot make, refused as untrusted, and other rounding than
+        # the layers every measurement here ran (5.17 defaults to off)
+        "use_kernels": False,
     }
     if cfg.quantization == "nf4":
         if not torch.cuda.is_available():
