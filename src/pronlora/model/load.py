@@ -231,10 +231,6 @@ def _base_model(path: Path, cfg: TrainConfig, device_map: Any) -> Any:
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype(cfg),
         "attn_implementation": cfg.attn_implementation,
-        # transformers 5.2x swaps layers for kernels fetched from the Hub by default: a
-        # download a compute node cannot make, refused as untrusted, and other rounding than
-        # the layers every measurement here ran (5.17 defaults to off)
-        "use_kernels": False,
     }
     if cfg.quantization == "nf4":
         if not torch.cuda.is_available():
@@ -290,8 +286,12 @@ def check_kept_out_of_4bit(model: Any) -> None:
 def _checked_load(cls: Any, path: Path, kwargs: dict[str, Any]) -> Any:
     """``from_pretrained`` that refuses missing, unexpected or mis-shaped weights.
 
-    transformers logs such keys and goes on with randomly initialised modules.
+    transformers logs such keys and goes on with randomly initialised modules. From 5.2x it
+    also swaps layers for kernels fetched from the Hub by default: a download a compute node
+    cannot make, refused as untrusted, and other rounding than the model's own layers, which
+    every measurement here ran (5.17 defaults to off).
     """
+    kwargs = {"use_kernels": False, **kwargs}
     model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
     faults = {k: list(v) for k, v in info.items() if k != "error_msgs" and v}
     if faults or info.get("error_msgs"):
