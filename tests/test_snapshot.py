@@ -211,7 +211,7 @@ def test_adapter_missing_a_targeted_module_is_refused(tiny_model: Path, tmp_path
 
 
 def test_the_model_runs_its_own_layers_not_kernels_from_the_hub(tiny_model: Path) -> None:
-    """transformers 5.2x kernelizes every loaded model by default with kernels it downloads
+    """transformers 5.25 kernelizes every loaded model by default with kernels it downloads
     from the Hub: on a GPU node that fails as untrusted (and offline), and elsewhere it would
     change the rounding every measurement here was made with. The load turns it off."""
     model = load_model(load_config("smoke"), tiny_model, trainable=False).model

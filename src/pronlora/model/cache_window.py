@@ -40,7 +40,7 @@ class _FirstPositions:
 def cache_keyword(module: torch.nn.Module) -> str:
     """The keyword a transformers model or decoder layer takes its cache by.
 
-    transformers 5.23 renamed ``past_key_values`` to ``cache``; given both, a layer uses
+    transformers 5.24 renamed ``past_key_values`` to ``cache``; given both, a layer uses
     ``cache`` and ignores the other with a FutureWarning, so a cache view passed by the old
     name would silently lose to the model's whole cache.
     """

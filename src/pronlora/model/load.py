@@ -286,10 +286,10 @@ def check_kept_out_of_4bit(model: Any) -> None:
 def _checked_load(cls: Any, path: Path, kwargs: dict[str, Any]) -> Any:
     """``from_pretrained`` that refuses missing, unexpected or mis-shaped weights.
 
-    transformers logs such keys and goes on with randomly initialised modules. From 5.2x it
+    transformers logs such keys and goes on with randomly initialised modules. From 5.25 it
     also swaps layers for kernels fetched from the Hub by default: a download a compute node
     cannot make, refused as untrusted, and other rounding than the model's own layers, which
-    every measurement here ran (5.17 defaults to off).
+    every measurement here ran (5.24 and earlier default to off).
     """
     kwargs = {"use_kernels": False, **kwargs}
     model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
