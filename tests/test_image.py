@@ -100,28 +100,24 @@ def test_the_readme_names_the_pair() -> None:
 def test_the_upper_versions_lie_in_the_declared_ranges_above_the_lock() -> None:
     """tests/run_upper.sh tests what a plain ``pip install`` of pyproject's ranges resolves to;
     a pin outside a range, or below the lock, would test a set no lab gets."""
+    import importlib.util
     import tomllib
 
     from packaging.requirements import Requirement
     from packaging.version import Version
 
+    spec = importlib.util.spec_from_file_location(
+        "resolves", REPO / "tools/check_image_resolves.py"
+    )
+    resolves = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(resolves)
     declared = {
         (r := Requirement(line)).name: r.specifier
         for line in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     }
-    locked = dict(
-        line.split("==")
-        for line in (REPO / "containers" / "requirements.lock").read_text().splitlines()
-        if "==" in line and not line.startswith("#")
-    )
-    upper = [
-        Requirement(line)
-        for line in (REPO / "tests" / "upper-versions.txt").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    assert {r.name for r in upper} == {"transformers", "peft", "accelerate"}
-    for req in upper:
-        (pin,) = req.specifier
-        assert pin.operator == "==", req
-        assert Version(pin.version) in declared[req.name], (req, declared[req.name])
-        assert Version(pin.version) >= Version(locked[req.name]), (req, locked[req.name])
+    locked = resolves.pins(REPO / "containers" / "requirements.lock")
+    upper = resolves.pins(REPO / "tests" / "upper-versions.txt")
+    assert upper.keys() == {"transformers", "peft", "accelerate"}
+    for name, version in upper.items():
+        assert Version(version) in declared[name], (name, version, declared[name])
+        assert Version(version) >= Version(locked[name]), (name, version, locked[name])

@@ -9,6 +9,7 @@ the same attention (the tests compare the tokens with ``generate``'s).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -44,7 +45,12 @@ def cache_keyword(module: torch.nn.Module) -> str:
     ``cache`` and ignores the other with a FutureWarning, so a cache view passed by the old
     name would silently lose to the model's whole cache.
     """
-    forward = inspect.unwrap(type(module).forward)
+    return _cache_keyword_of(type(module))
+
+
+@functools.cache  # read once per class: decoding wraps 32 layers at every window change
+def _cache_keyword_of(cls: type) -> str:
+    forward = inspect.unwrap(cls.forward)
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
