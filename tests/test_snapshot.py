@@ -144,6 +144,35 @@ def test_autotokenizer_trap_is_caught(tiny_model: Path, monkeypatch: pytest.Monk
         load_tokenizer(tiny_model)
 
 
+def test_a_tokenizer_damaged_past_its_head_is_named_when_loaded(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """The snapshot check decodes tokenizer.json only up to its added tokens; damage in the
+    vocabulary behind them is named by the loader, not raised as tokenizers' bare Exception."""
+    snap = copy_snapshot(tiny_model, tmp_path / "snap")
+    path = replace_file(snap / "tokenizer.json")
+    text = path.read_text()
+    cut = text.index('"vocab"')
+    path.write_text(text[:cut] + '"vocab": [1, 2], ' + text[text.index('"merges"') :])
+    check_snapshot(snap)  # the head is whole
+    with pytest.raises(SnapshotError, match=re.escape(f"{path}: not a tokenizer file")):
+        load_tokenizer(snap)
+
+
+def test_a_json_member_is_read_as_the_whole_file_gives_it(tmp_path: Path) -> None:
+    from pronlora.model.snapshot import read_json_member
+
+    doc = {"a": {"}": "{,"}, "b": [1, {"c": None}], "big": list(range(1000)), "z": "last"}
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(doc, indent=2))
+    assert {k: read_json_member(path, k) for k in doc} == doc
+    assert read_json_member(path, "absent") is None
+    for bad in ('{"a": 1 "b": 2}', '{"a": 1,', "[1, 2]", '{"a" 1}', "{1: 2}"):
+        path.write_text(bad)
+        with pytest.raises(SnapshotError, match="not valid JSON"):
+            read_json_member(path, "b")
+
+
 def _first_loss(model_dir: Path, rows: list[dict], silence: bool = False) -> float:
     import numpy as np
 
@@ -280,6 +309,13 @@ def _no_tokenizer(snap: Path) -> str:
     return f"{snap / 'tokenizer.json'}: missing; the snapshot has no tokenizer"
 
 
+def _tokenizer_cut_short(snap: Path) -> str:
+    # the check decodes only the file's head (added_tokens); a download cut short is still named
+    path = replace_file(snap / "tokenizer.json")
+    path.write_bytes(path.read_bytes()[:-5000])
+    return f"{path}: not valid JSON"
+
+
 def _audio_id_of_another_model(snap: Path) -> str:
     path = replace_file(snap / "config.json")
     config = json.loads(path.read_text())
@@ -313,6 +349,7 @@ def _adapter_rank_of_another_adapter(snap: Path) -> str:
         _wrong_tokenizer,
         _truncated_weights,
         _no_tokenizer,
+        _tokenizer_cut_short,
         _audio_id_of_another_model,
         _chat_token_not_special,
         _adapter_rank_of_another_adapter,

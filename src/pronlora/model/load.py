@@ -90,9 +90,12 @@ def load_tokenizer(model_dir: Path) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     path = model_dir / "tokenizer.json"
+    try:  # check_snapshot read only the file's head; a fault further on is named here
+        reference = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot read
+        raise SnapshotError(f"{path}: not a tokenizer file ({exc})") from exc
     # fix_mistral_regex=False: o200k's pattern is not Mistral's; this silences a false alarm.
     tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir, fix_mistral_regex=False)
-    reference = Tokenizer.from_file(str(path))
     for probe in (*(prompt_text(t) for t in TASKS), "It's 2025: DORA'S 12345 cats\n\n  ok"):
         got = tokenizer(probe, add_special_tokens=False)["input_ids"]
         want = reference.encode(probe, add_special_tokens=False).ids
