@@ -19,6 +19,32 @@ import pytest
 # A value already set is kept.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Files whose tests mostly wait (Slurm's queue, time limits, requeues): dealt to a worker
+# first, so their waits overlap the other files' CPU work instead of ending the run alone.
+# xdist otherwise deals the files with the most tests first, and test_slurm.py (5 tests,
+# 8 min) started 13 min into a 21:40 run and ran its last 3.6 min alone (2026-12-07).
+WAITING_FILES = ("tests/test_slurm.py",)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    if config.option.dist != "loadfile":
+        return None
+
+    class WaitingFilesFirst(LoadFileScheduling):
+        reordered = False
+
+        def _assign_work_unit(self, node) -> None:
+            if not self.reordered:  # the queue is complete at the first deal
+                for scope in reversed([s for s in self.workqueue if s in WAITING_FILES]):
+                    self.workqueue.move_to_end(scope, last=False)
+                self.reordered = True
+            super()._assign_work_unit(node)
+
+    return WaitingFilesFirst(config, log)
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 MINI = SHARED / "speechocean762-mini"
