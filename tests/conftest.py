@@ -108,9 +108,23 @@ def write_hf_parquet(corpus: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built once per run, not once per xdist worker (16 s each, most of it the o200k merge
+    table); every test only reads it."""
+    import fcntl
+
     from pronlora.devtools.random_checkpoint import make_random_checkpoint
 
-    return make_random_checkpoint("tiny", tmp_path_factory.mktemp("tiny"))
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return make_random_checkpoint("tiny", tmp_path_factory.mktemp("tiny"))
+    run_root = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
+    out, done = run_root / "tiny-model", run_root / "tiny-model.done"
+    with open(run_root / "tiny-model.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            make_random_checkpoint("tiny", out)
+            done.touch()
+    return out
 
 
 @pytest.fixture(scope="session")
