@@ -13,6 +13,7 @@ import argparse
 from pronlora.core.cli import run_job
 from pronlora.core.config import available, load_config
 from pronlora.core.lean_imports import keep_out, unused_packages
+from pronlora.train.inputs import check_same_run, check_training_inputs
 from pronlora.train.stopping import EXIT_REQUEUE, StopRequest, install_stop_signals
 
 
@@ -26,7 +27,10 @@ def main() -> int:
     ap.add_argument("--requeue-marker", help="file written when stopping to be requeued")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. epochs=4)")
     args = ap.parse_args()
-    cfg = load_config(args.config, args.overrides)  # a bad config exits 2 before the imports
+    # bad inputs exit 2 before torch and transformers are imported (4-10 s)
+    cfg = load_config(args.config, args.overrides)
+    inputs = check_training_inputs(cfg, args.prepared, args.model)
+    check_same_run(args.run_dir, cfg, inputs)
     stop = StopRequest()
     install_stop_signals(stop)
     keep_out(unused_packages(cfg.quantization))
@@ -41,6 +45,7 @@ def main() -> int:
         stop=stop,
         stop_file=args.stop_file,
         requeue_marker=args.requeue_marker,
+        inputs=inputs,
     )
     if rc == EXIT_REQUEUE and args.requeue_marker and launched_by_torchrun():
         return 0

@@ -31,6 +31,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
     if config.option.dist != "loadfile":
         return None
+    if not callable(getattr(LoadFileScheduling, "_assign_work_unit", None)):
+        # the override below would never be called, and the suite would just run minutes longer
+        raise pytest.UsageError(
+            "tests/conftest.py: this pytest-xdist's LoadFileScheduling has no _assign_work_unit; "
+            "update WaitingFilesFirst to deal WAITING_FILES first"
+        )
 
     class WaitingFilesFirst(LoadFileScheduling):
         reordered = False

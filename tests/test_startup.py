@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pronlora.core.atomic import write_json
 from pronlora.core.config import load_config, to_dict
 from pronlora.core.lean_imports import run_quantization, unused_packages
@@ -22,14 +24,34 @@ def _imported(importtime_stderr: str) -> set[str]:
     }
 
 
-def test_a_bad_override_exits_2_before_torch_is_imported(tmp_path: Path) -> None:
-    args = ["--config", "smoke", "--prepared", str(tmp_path), "--model", str(tmp_path)]
+@pytest.mark.parametrize("fault", ["override", "prepared", "snapshot", "run_dir"])
+def test_a_refused_training_job_exits_2_before_torch_is_imported(
+    fault: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A bad command is refused in about a second, not after 4-10 s of imports, whatever
+    input is at fault: the config, the prepared dir, the snapshot or the run dir."""
+    prepared = model = tmp_path / "empty"
+    model.mkdir()
+    run, overrides = tmp_path / "run", ["epochs=1"]
+    if fault == "override":
+        overrides, expected = ["epochs=banana"], "epochs: expected int, got 'banana'"
+    elif fault == "prepared":
+        expected = f"--prepared {prepared}: no train.jsonl"
+    else:
+        prepared = request.getfixturevalue("demo_prepared")
+        expected = f"{model}: no config.json; not a model snapshot"
+        if fault == "run_dir":  # a run of another setup is in it
+            model = request.getfixturevalue("tiny_model")
+            saved = to_dict(load_config("smoke", ["epochs=2"]))
+            write_json(run / "run.json", {"config": saved, "model": str(model),
+                                          "prepared": str(prepared)})  # fmt: skip
+            expected = f"--run-dir {run} holds a run with a different setup (epochs differ)"
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", str(REPO / "jobs" / "train.py"), *args,
-         "--run-dir", str(tmp_path / "run"), "epochs=banana"],
+        [sys.executable, "-X", "importtime", str(REPO / "jobs" / "train.py"), "--config", "smoke",
+         "--prepared", str(prepared), "--model", str(model), "--run-dir", str(run), *overrides],
         capture_output=True, text=True,
     )  # fmt: skip
-    assert proc.returncode == 2 and "epochs: expected int, got 'banana'" in proc.stderr
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr[-2000:]
     assert not {"torch", "transformers", "peft"} & _imported(proc.stderr)
 
 

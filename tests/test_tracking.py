@@ -13,7 +13,8 @@ import pytest
 
 from pronlora.core.config import ConfigError, load_config
 from pronlora.core.layout import RunDir
-from pronlora.train.tracking import check_trackers, integration_trackers, tracking_env
+from pronlora.train.inputs import check_trackers
+from pronlora.train.tracking import integration_trackers, tracking_env
 
 
 @pytest.mark.parametrize("value", ["comet", "none,wandb", " , ", "tensorboard;wandb"])

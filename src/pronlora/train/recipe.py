@@ -9,7 +9,6 @@ the loop, and the run's end (requeue marker or ``done.json``). The run dir's lay
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -22,7 +21,7 @@ import torch
 import yaml
 
 from pronlora.core.atomic import write_json, write_text
-from pronlora.core.config import EXECUTION_KEYS, ConfigError, TrainConfig, to_dict
+from pronlora.core.config import ConfigError, TrainConfig, to_dict
 from pronlora.core.distributed import (
     DEEPSPEED_ENGINES,
     barrier,
@@ -37,14 +36,14 @@ from pronlora.core.distributed import (
     world_size,
 )
 from pronlora.core.errors import DataError
-from pronlora.core.layout import PreparedDir, RunDir
+from pronlora.core.layout import RunDir
 from pronlora.core.lock import OutputLock
 from pronlora.core.versions import versions
 from pronlora.model.load import Loaded, load_model, prepare_cache
-from pronlora.model.snapshot import check_snapshot
 from pronlora.train.checkpoints import complete_checkpoints, recover_epoch_checkpoint
+from pronlora.train.inputs import TrainingInputs, check_same_run, check_training_inputs
 from pronlora.train.stopping import EXIT_REQUEUE, StopRequest
-from pronlora.train.tracking import check_trackers, start_tracking
+from pronlora.train.tracking import start_tracking
 from pronlora.train.trainer import NonFiniteLossError, PronloraTrainer, build_trainer
 
 __all__ = ["EXIT_REQUEUE", "NonFiniteLossError", "TrainingRecipe", "build_trainer", "train"]
@@ -69,7 +68,8 @@ class TrainingRecipe:
     any); ``requeue_marker``: written by the main process when stopping with a checkpoint to
     resume from (torchrun reports a worker's non-zero exit as a failure, so under torchrun the
     marker, not the exit status, tells the batch script to requeue). ``callbacks``: extra
-    Trainer callbacks (benchmarks, tests).
+    Trainer callbacks (benchmarks, tests); ``inputs``: the entry point's checked inputs
+    (``inputs.py``), checked here when not given.
     """
 
     def __init__(
@@ -81,6 +81,7 @@ class TrainingRecipe:
         stop: StopRequest | None = None,
         requeue_marker: str | Path | None = None,
         callbacks: Sequence[Any] = (),
+        inputs: TrainingInputs | None = None,
     ) -> None:
         self.cfg = cfg
         self.prepared, self.model_dir, self.run_dir = (
@@ -90,10 +91,7 @@ class TrainingRecipe:
         self.stop = stop if stop is not None else StopRequest()
         self.requeue_marker = Path(requeue_marker) if requeue_marker else None
         self.callbacks = list(callbacks)
-        self.rows: list[dict[str, Any]] = []
-        self.manifest: dict[str, Any] = {}
-        self.data_hash = ""
-        self.snapshot_config: dict[str, Any] | None = None  # set by validate()
+        self.inputs = inputs  # set by validate() when not given
         self.engine = "ddp"
         self.resume: Path | None = None
         self.load_universal = False
@@ -111,19 +109,19 @@ class TrainingRecipe:
                 f"sees no GPU (CUDA_VISIBLE_DEVICES={where!r}); run it on a GPU node, or on a CPU "
                 "use --config smoke (dtype: fp32)"
             )
-        prepared = PreparedDir(self.prepared)
-        self.rows = prepared.load_split("train")
-        self.manifest = prepared.manifest()
-        self.data_hash = prepared.verified_hash()
-        self.snapshot_config = check_snapshot(self.model_dir)
-        check_trackers(self.cfg)
+        if self.inputs is None:
+            self.inputs = check_training_inputs(self.cfg, self.prepared, self.model_dir)
+        if (self.inputs.prepared, self.inputs.model_dir) != (self.prepared, self.model_dir):
+            raise ValueError("inputs checked for another prepared dir or model")
 
     def claim_run_dir(self) -> None:
-        """Refuse a run dir of another setup; record this one (main process)."""
+        """Refuse a run dir of another setup, checked again under the lock; record this one
+        (main process)."""
         if not is_main_process():
             return
+        assert self.inputs is not None, "validate first"
+        check_same_run(self.run_dir, self.cfg, self.inputs)
         resolved = to_dict(self.cfg)
-        self._check_same_run(resolved)
         write_text(self.layout.config_yaml, yaml.safe_dump(resolved, sort_keys=True))
         write_json(self.layout.versions_json, versions())
         write_json(
@@ -132,31 +130,10 @@ class TrainingRecipe:
                 "config": resolved,
                 "model": str(self.model_dir),
                 "prepared": str(self.prepared),
-                "data_content_hash": self.data_hash,
-                "synthetic_data": self.manifest.get("synthetic"),
+                "data_content_hash": self.inputs.data_hash,
+                "synthetic_data": self.inputs.manifest.get("synthetic"),
             },
         )
-
-    def _check_same_run(self, resolved: dict[str, Any]) -> None:
-        saved_path = self.layout.run_json
-        if not saved_path.is_file():
-            return
-        try:
-            saved = json.loads(saved_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{saved_path}: not valid JSON ({exc})") from None
-        diffs = [
-            k for k in resolved if k not in EXECUTION_KEYS and saved["config"].get(k) != resolved[k]
-        ]
-        if saved.get("data_content_hash") not in (None, self.data_hash):
-            diffs.append("the prepared data (its content hash)")
-        moved = saved["model"] != str(self.model_dir) or saved["prepared"] != str(self.prepared)
-        if diffs or moved:
-            what = ", ".join(diffs) or "model/prepared path"
-            raise ConfigError(
-                f"--run-dir {self.run_dir} holds a run with a different setup ({what} differ); "
-                "use a new run dir"
-            )
 
     # --- setup steps -----------------------------------------------------------------------
     def setup(self) -> None:
@@ -185,6 +162,7 @@ class TrainingRecipe:
         barrier()
 
     def setup_model(self) -> None:
+        assert self.inputs is not None, "validate first"
         if is_main_process():  # rank 0 builds any cached form of the base; the others wait
             prepare_cache(self.cfg, self.model_dir)
         barrier()
@@ -192,21 +170,21 @@ class TrainingRecipe:
             self.cfg,
             self.model_dir,
             device_map=training_device_map(self.cfg, self.engine),
-            snapshot_config=self.snapshot_config,
+            snapshot_config=self.inputs.snapshot_config,
         )
         if self.resume is not None and is_main_process():
             recover_epoch_checkpoint(self.run_dir, self.resume, self.loaded.tokenizer)
 
     def setup_trainer(self) -> None:
-        assert self.loaded is not None, "setup_model first"
-        cfg = self.cfg
+        assert self.loaded is not None and self.inputs is not None, "setup_model first"
+        cfg, rows = self.cfg, self.inputs.rows
         trainable = sum(p.numel() for p in self.loaded.model.parameters() if p.requires_grad)
         log.info(
             "config %s: %d trainable parameters, %d training instances, effective batch %d "
             "(%d process(es), engine %s)",
             cfg.name,
             trainable,
-            len(self.rows),
+            len(rows),
             cfg.effective_batch,
             world_size(),
             self.engine,
@@ -214,11 +192,11 @@ class TrainingRecipe:
         if is_main_process():
             start_tracking(cfg, self.run_dir)
         self.trainer = build_trainer(
-            cfg, self.loaded, self.rows, self.run_dir, self.stop, self.engine, self.load_universal
+            cfg, self.loaded, rows, self.run_dir, self.stop, self.engine, self.load_universal
         )
         for callback in self.callbacks:
             self.trainer.add_callback(callback)
-        log.info("%d optimizer steps per epoch", math.ceil(len(self.rows) / cfg.effective_batch))
+        log.info("%d optimizer steps per epoch", math.ceil(len(rows) / cfg.effective_batch))
 
     # --- the loop and the run's end ----------------------------------------------------------
     def train(self) -> int:
@@ -282,14 +260,18 @@ def train(
     stop_file: str | Path | None = None,
     requeue_marker: str | Path | None = None,
     callbacks: Sequence[Any] = (),
+    inputs: TrainingInputs | None = None,
 ) -> int:
     """Train (or resume) into ``run_dir``; returns 0 when done, EXIT_REQUEUE after a stop.
 
     ``stop_file``: stop when this file appears (added to ``stop``). No signal handler is
-    installed here: the entry point does that (``stopping.install_stop_signals``).
+    installed here: the entry point does that (``stopping.install_stop_signals``), and checks
+    the inputs before the imports (``inputs``).
     """
     stop = stop if stop is not None else StopRequest()
     if stop_file is not None:
         stop.stop_file = Path(stop_file)
-    recipe = TrainingRecipe(cfg, prepared, model_dir, run_dir, stop, requeue_marker, callbacks)
+    recipe = TrainingRecipe(
+        cfg, prepared, model_dir, run_dir, stop, requeue_marker, callbacks, inputs
+    )
     return recipe.run()

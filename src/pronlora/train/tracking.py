@@ -9,7 +9,6 @@ offline stores inside the run dir (compute nodes rarely reach the internet).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import uuid
@@ -19,22 +18,10 @@ from typing import Any
 from transformers import TrainerCallback
 
 from pronlora.core.atomic import write_json
-from pronlora.core.config import ConfigError, TrainConfig
+from pronlora.core.config import TrainConfig
 from pronlora.core.layout import RunDir, read_json_file
 
 log = logging.getLogger(__name__)
-
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-
-
-def check_trackers(cfg: TrainConfig) -> None:
-    """Before any GPU work: every tracker the config names can be imported."""
-    for name in cfg.trackers:
-        if importlib.util.find_spec(PACKAGES[name]) is None:
-            raise ConfigError(
-                f"report_to: {name} needs the {PACKAGES[name]} package, which this Python "
-                f"lacks (pip install {PACKAGES[name]}, or report_to=tensorboard)"
-            )
 
 
 def integration_trackers(cfg: TrainConfig) -> list[str]:
