@@ -18,6 +18,7 @@ from pronlora.core.cli import run_job
 from pronlora.core.config import ConfigError
 from pronlora.core.decode_grid import worker_items
 from pronlora.core.lean_imports import keep_out, run_quantization, unused_packages
+from pronlora.infer.inputs import check_decode_inputs
 
 
 def main() -> int:
@@ -57,6 +58,11 @@ def main() -> int:
         workers = tasks * args.gpus_per_task
         worker = task * args.gpus_per_task + args.local_worker
         items = worker_items(checkpoints, args.num_shards, worker, workers)
+    # every item refused before torch is imported and before the first item is decoded
+    given = args.config is not None and args.model is not None
+    check_decode_inputs(
+        args.run_dir, items, args.num_shards, args.prepared, args.split, args.other_data, given
+    )
     keep_out(unused_packages(run_quantization(args.run_dir, args.config)))
     from pronlora.infer.stage import Models, run_shard
 

@@ -55,6 +55,41 @@ def test_a_refused_training_job_exits_2_before_torch_is_imported(
     assert not {"torch", "transformers", "peft"} & _imported(proc.stderr)
 
 
+@pytest.mark.parametrize("fault", ["checkpoint", "prepared", "data", "shard"])
+def test_a_decode_job_refuses_any_item_of_its_share_before_decoding_the_first(
+    fault: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A worker decodes its items one after the other: a missing epoch-2 must be refused
+    before base and epoch-1 are decoded (and before torch is imported), not after."""
+    run = tmp_path / "run"
+    prepared = request.getfixturevalue("demo_prepared") if fault != "prepared" else tmp_path
+    record = {"config": to_dict(load_config("smoke")), "model": str(tmp_path / "model")}
+    if fault == "data":
+        record["data_content_hash"] = "0" * 64
+    write_json(run / "run.json", record)
+    for name in ("epoch-1", "epoch-2"):
+        (run / "checkpoints" / name).mkdir(parents=True)
+        if fault != "checkpoint" or name == "epoch-1":
+            write_json(run / "checkpoints" / name / "meta.json", {})
+    share = ["--checkpoint", "base,epoch-1,epoch-2", "--num-shards", "2"]
+    if fault == "shard":
+        share = ["--checkpoint", "epoch-1", "--shard", "2", "--num-shards", "2"]
+    expected = {
+        "checkpoint": f"--checkpoint epoch-2: {run / 'checkpoints' / 'epoch-2'} is missing",
+        "prepared": f"--prepared {tmp_path}: no test.jsonl",
+        "data": "was trained on data of hash 000000000000",
+        "shard": "--shard 2 outside 0..1",
+    }[fault]
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO / "jobs" / "infer.py"), "--run-dir",
+         str(run), "--prepared", str(prepared), *share],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr[-2000:]
+    assert not {"torch", "transformers", "peft"} & _imported(proc.stderr)
+    assert not (run / "predictions").exists()
+
+
 def test_a_bf16_process_never_imports_bitsandbytes_or_datasets() -> None:
     """What keep_out promises: peft and transformers then see neither as installed."""
     code = (

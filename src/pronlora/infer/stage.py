@@ -39,13 +39,13 @@ from pronlora.core.layout import (
     UNFROZEN_FILE,
     PreparedDir,
     RunDir,
-    checkpoint_name,
     read_json_file,
 )
 from pronlora.core.lock import OutputLock
 from pronlora.core.parse import parse_answer
 from pronlora.core.protocol import Task
 from pronlora.core.versions import versions
+from pronlora.infer.inputs import check_item, check_trained_on, no_run_record
 from pronlora.model.adapter_swap import SwappableLora
 from pronlora.model.audio_cache import AudioEmbeddingCache, clip_groups, multimodal_model
 from pronlora.model.collate import Collator, approx_prompt_tokens
@@ -124,10 +124,7 @@ def ensure_run(run_dir: Path, config: str | TrainConfig | None, model: str | Non
             log.info("%s has run.json; --config/--model are ignored", run_dir)
         return RunSpec(from_dict(saved["config"], str(run_json)), Path(saved["model"]))
     if config is None or model is None:
-        raise ConfigError(
-            f"--run-dir {run_dir} has no run.json (no training ran there); "
-            "give --config and --model to evaluate the base model"
-        )
+        raise no_run_record(run_dir)
     cfg = config if isinstance(config, TrainConfig) else load_config(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(
@@ -457,29 +454,6 @@ def generate(
     return answers
 
 
-def check_trained_on(run_dir: Path, prepared: Path, other_data: bool) -> str:
-    """The prepared dir's verified content hash, checked to be the data the run was trained on
-    (an inference-only run dir records none)."""
-    data_hash = PreparedDir(prepared).verified_hash()
-    run = RunDir(run_dir)
-    trained_on = run.read_run().get("data_content_hash") if run.run_json.is_file() else None
-    if trained_on and trained_on != data_hash:
-        if not other_data:
-            raise DataError(
-                f"--prepared {prepared}: content hash {data_hash[:12]}, but {run.run_json} was "
-                f"trained on data of hash {trained_on[:12]}; give the prepared dir it was "
-                "trained on, or --other-data to decode this one anyway"
-            )
-        log.warning(
-            "decoding %s (content hash %s), not the data %s was trained on (%s)",
-            prepared,
-            data_hash[:12],
-            run_dir,
-            trained_on[:12],
-        )
-    return data_hash
-
-
 def run_shard(
     run_dir: str | Path,
     checkpoint: str,
@@ -501,12 +475,7 @@ def run_shard(
     summary).
     """
     run_dir, prepared = Path(run_dir).resolve(), Path(prepared).resolve()
-    if not 0 <= shard < num_shards:
-        raise ConfigError(f"--shard {shard} outside 0..{num_shards - 1}")
-    if checkpoint_name(checkpoint) != BASE:
-        ckpt_dir = RunDir(run_dir).checkpoint(checkpoint)
-        if not (ckpt_dir / "meta.json").is_file():
-            raise ConfigError(f"--checkpoint {checkpoint}: {ckpt_dir} is missing or incomplete")
+    check_item(run_dir, checkpoint, shard, num_shards)
     out_path, _, lock = RunDir(run_dir).shard(checkpoint, shard, num_shards, split)
     split_rows = PreparedDir(prepared).load_split(split)
     data_hash = check_trained_on(run_dir, prepared, other_data)
