@@ -59,9 +59,14 @@ def main() -> int:
         worker = task * args.gpus_per_task + args.local_worker
         items = worker_items(checkpoints, args.num_shards, worker, workers)
     # every item refused before torch is imported and before the first item is decoded
-    given = args.config is not None and args.model is not None
     check_decode_inputs(
-        args.run_dir, items, args.num_shards, args.prepared, args.split, args.other_data, given
+        args.run_dir,
+        items,
+        args.num_shards,
+        args.prepared,
+        args.split,
+        other_data=args.other_data,
+        config_and_model_given=args.config is not None and args.model is not None,
     )
     keep_out(unused_packages(run_quantization(args.run_dir, args.config)))
     from pronlora.infer.stage import Models, run_shard

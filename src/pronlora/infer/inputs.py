@@ -70,6 +70,7 @@ def check_decode_inputs(
     num_shards: int,
     prepared: str | Path,
     split: str,
+    *,
     other_data: bool,
     config_and_model_given: bool,
 ) -> None:

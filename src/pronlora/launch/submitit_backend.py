@@ -151,16 +151,27 @@ class InferTask:
             os.environ["CUDA_VISIBLE_DEVICES"] = visible[local % len(visible)]
         from pronlora.core.decode_grid import worker_items
         from pronlora.core.lean_imports import keep_out, run_quantization, unused_packages
+        from pronlora.infer.inputs import check_decode_inputs
 
         setup_logging()
         if self.gpu:
             require_gpu("infer")
-        keep_out(unused_packages(run_quantization(self.run_dir)))
-        from pronlora.infer.stage import Models, run_shard
-
         n_workers = self.workers_per_task * self.tasks
         worker = task * self.workers_per_task + local
         items = worker_items(self.checkpoints, self.num_shards, worker, n_workers)
+        # every item refused before the first is decoded (as jobs/infer.py does)
+        check_decode_inputs(
+            self.run_dir,
+            items,
+            self.num_shards,
+            self.prepared,
+            "test",
+            other_data=False,
+            config_and_model_given=False,
+        )
+        keep_out(unused_packages(run_quantization(self.run_dir)))
+        from pronlora.infer.stage import Models, run_shard
+
         models = Models(swap=len({c for c, _ in items}) > 1)  # one load for all items
         return [
             run_shard(self.run_dir, c, self.prepared, "test", s, self.num_shards, models=models)
