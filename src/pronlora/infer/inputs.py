@@ -81,4 +81,7 @@ def check_decode_inputs(
         check_item(run_dir, checkpoint, shard, num_shards)
     check_run_record(run_dir, config_and_model_given)
     PreparedDir(prepared).load_split(split)
-    check_trained_on(run_dir, prepared, other_data)
+    if other_data:  # any data, as prep wrote it; each shard names it in the log
+        PreparedDir(prepared).verified_hash()
+    else:
+        check_trained_on(run_dir, prepared, other_data=False)
