@@ -80,8 +80,9 @@ def check_decode_inputs(
     for checkpoint, shard in items:
         check_item(run_dir, checkpoint, shard, num_shards)
     check_run_record(run_dir, config_and_model_given)
-    PreparedDir(prepared).load_split(split)
+    prepared_dir = PreparedDir(prepared)
+    prepared_dir.load_split(split)
     if other_data:  # any data, as prep wrote it; each shard names it in the log
-        PreparedDir(prepared).verified_hash()
+        prepared_dir.verified_hash()
     else:
         check_trained_on(run_dir, prepared, other_data=False)

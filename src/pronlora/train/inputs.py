@@ -45,15 +45,13 @@ def check_trackers(cfg: TrainConfig) -> None:
 def check_training_inputs(
     cfg: TrainConfig, prepared: str | Path, model_dir: str | Path
 ) -> TrainingInputs:
-    prepared_dir = PreparedDir(Path(prepared))
+    prepared_dir, model_dir = PreparedDir(Path(prepared)), Path(model_dir).resolve()
     rows = prepared_dir.load_split("train")
     manifest = prepared_dir.manifest()
     data_hash = prepared_dir.verified_hash()
-    snapshot_config = check_snapshot(Path(model_dir).resolve())
+    snapshot_config = check_snapshot(model_dir)
     check_trackers(cfg)
-    return TrainingInputs(
-        prepared_dir.root, Path(model_dir).resolve(), rows, manifest, data_hash, snapshot_config
-    )
+    return TrainingInputs(prepared_dir.root, model_dir, rows, manifest, data_hash, snapshot_config)
 
 
 def check_same_run(run_dir: str | Path, cfg: TrainConfig, inputs: TrainingInputs) -> None:
