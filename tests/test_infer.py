@@ -533,6 +533,42 @@ def test_the_rates_bench_decodes_a_checkpoint_at_its_targets_lengths(
     assert again.returncode == 2 and f"{base_out} exists" in again.stderr
 
 
+def test_the_phase_bench_counts_each_tasks_prompts_and_decoding_steps(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """bench/infer_phases.py (run first on a GPU): the prefill/steps split is only worth its
+    device time if its counts are those of the batches the stage decoded."""
+    from pronlora.devtools.bench import target_lengths
+    from pronlora.infer.stage import generation_batches
+    from pronlora.model.load import load_tokenizer
+
+    batch = 3
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "infer_phases.py"),
+            *("--model", str(tiny_model), "--config", "smoke", "--utterances", "7"),
+            *("--set", "infer.cache=static_graphs", "--set", f"infer.batch_size={batch}"),
+            *("--work", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.splitlines()[0])
+    rows = read_jsonl(tmp_path / "test-set" / "test.jsonl")
+    lengths = target_lengths(rows, load_tokenizer(tiny_model))
+    for task, got in result["tasks"].items():
+        batches = [b for b in generation_batches(rows, batch) if b[0]["task"] == task]
+        assert got["batches"] == len(batches) and got["rows"] == 7
+        # each batch runs until its longest forced answer has written <|end|>
+        assert got["steps"] == sum(max(lengths[r["id"]] for r in b) for b in batches)
+        assert got["prompt_tokens"] <= got["padded_prompt_tokens"]
+    assert set(result["tasks"]) == {"APA", "MDD"}
+    assert 0 < result["decode_gpu_s"] <= result["second"]["seconds"]
+
+
 def test_the_decode_rate_is_the_slope_between_two_decode_jobs(tmp_path: Path) -> None:
     """bench/rates.py: what a decode job pays in its first batches stays one-time; the
     seconds per instance come from the difference of a small and a large decode."""
