@@ -90,6 +90,24 @@ def test_a_decode_job_refuses_any_item_of_its_share_before_decoding_the_first(
     assert not (run / "predictions").exists()
 
 
+def test_a_submitit_decode_task_refuses_any_item_of_its_share_before_decoding_the_first(
+    demo_prepared: Path, tmp_path: Path
+) -> None:
+    """submitit's array task runs the same worker loop as jobs/infer.py, in its own entry."""
+    from pronlora.core.config import ConfigError
+    from pronlora.launch.submitit_backend import InferTask
+
+    run = tmp_path / "run"
+    record = {"config": to_dict(load_config("smoke")), "model": str(tmp_path / "model")}
+    write_json(run / "run.json", record)
+    write_json(run / "checkpoints" / "epoch-1" / "meta.json", {})
+    task = InferTask(str(run), str(demo_prepared), ["base", "epoch-1", "epoch-2"], 1, 1, 1)
+    missing = f"--checkpoint epoch-2: {run / 'checkpoints' / 'epoch-2'} is missing"
+    with pytest.raises(ConfigError, match=missing):
+        task(0)
+    assert not (run / "predictions").exists()
+
+
 def test_a_bf16_process_never_imports_bitsandbytes_or_datasets() -> None:
     """What keep_out promises: peft and transformers then see neither as installed."""
     code = (

@@ -476,6 +476,45 @@ MUTATIONS = (
         ("tests/test_orchestration.py::test_table3_grid_plan_under_both_launchers",),
         "each checkpoint of a run gets a decode task of its own, paying the load again",
     ),
+    Mutation(
+        "unfreeze-trains-bf16",
+        "src/pronlora/model/load.py",
+        "            p.data = p.data.float()\n",
+        "            p.data = p.data\n",
+        ("tests/test_train.py::test_a_bf16_run_trains_float32_weights_so_small_steps_land",),
+        "Unfreeze trains its audio weights in bf16, where AdamW's small steps round away",
+    ),
+    Mutation(
+        "train-checks-after-imports",
+        "jobs/train.py",
+        "    inputs = check_training_inputs(cfg, args.prepared, args.model)\n"
+        "    check_same_run(args.run_dir, cfg, inputs)\n",
+        "    inputs = None\n",
+        ("tests/test_startup.py::test_a_refused_training_job_exits_2_before_torch_is_imported",),
+        "a training job refuses bad inputs only after torch and transformers are imported",
+    ),
+    Mutation(
+        "decode-checks-per-item",
+        "jobs/infer.py",
+        "    check_decode_inputs(\n        args.run_dir,\n",
+        "    (lambda *a, **k: None)(\n        args.run_dir,\n",
+        (
+            "tests/test_startup.py::"
+            "test_a_decode_job_refuses_any_item_of_its_share_before_decoding_the_first",
+        ),
+        "a decode job refuses its last item only after decoding the ones before it",
+    ),
+    Mutation(
+        "submitit-decode-checks-per-item",
+        "src/pronlora/launch/submitit_backend.py",
+        "        check_decode_inputs(\n            self.run_dir,\n",
+        "        (lambda *a, **k: None)(\n            self.run_dir,\n",
+        (
+            "tests/test_startup.py::test_a_submitit_decode_task_refuses_any_item_of_its_share_"
+            "before_decoding_the_first",
+        ),
+        "a submitit decode task refuses its last item only after decoding the ones before it",
+    ),
 )
 
 # Survivors accepted on purpose: mutation id -> why no test should fail.
