@@ -29,13 +29,8 @@ import torch
 
 from pronlora.core.atomic import read_jsonl
 from pronlora.core.layout import PreparedDir, RunDir
-from pronlora.infer.stage import (
-    device,
-    ensure_run,
-    generation_batches,
-    generation_collator,
-    load_for_inference,
-)
+from pronlora.infer.batching import generation_batches, generation_collator
+from pronlora.infer.models import device, ensure_run, load_for_inference
 from pronlora.model.audio_cache import AudioEmbeddingCache, clip_groups
 
 

@@ -29,7 +29,8 @@ from pronlora.core.cli import run_job
 from pronlora.core.config import load_config
 from pronlora.devtools.bench import decode_test_split, make_bench_data, target_lengths
 from pronlora.devtools.profile import language_model_linear_params
-from pronlora.infer import stage
+from pronlora.infer import generation
+from pronlora.infer.models import Models
 from pronlora.model import prefill as prefill_module
 from pronlora.model.cache_window import window
 from pronlora.model.load import load_tokenizer
@@ -63,7 +64,7 @@ class Phases:
         self._prefill: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     def install(self) -> None:
-        decode, active = stage.greedy_decode, prefill_module.Prefill.active
+        decode, active = generation.greedy_decode, prefill_module.Prefill.active
         phases = self
 
         def timed_decode(model, inputs, max_new_tokens, stop_ids, pad_id, *a, **kw):
@@ -95,7 +96,7 @@ class Phases:
             end.record()
             phases._prefill.append((start, end))
 
-        stage.greedy_decode = timed_decode
+        generation.greedy_decode = timed_decode
         prefill_module.Prefill.active = timed_active
 
     def read(self) -> list[dict[str, Any]]:
@@ -160,7 +161,7 @@ def main() -> int:
     lengths = target_lengths(rows, load_tokenizer(model))
     phases = Phases()
     phases.install()
-    models = stage.Models()
+    models = Models()
     result: dict[str, Any] = {"config": args.config, "overrides": args.set, "instances": len(rows)}
     for name in ("first", "second"):
         t0 = time.perf_counter()

@@ -20,7 +20,9 @@ from pronlora.core.cli import run_job
 from pronlora.core.config import ConfigError
 from pronlora.core.layout import PreparedDir
 from pronlora.devtools.bench import target_lengths
-from pronlora.infer.stage import Models, checkpoint_dir, ensure_run, run_shard, shard_paths
+from pronlora.infer.models import Models, checkpoint_dir, ensure_run
+from pronlora.infer.shard_file import shard_paths
+from pronlora.infer.stage import run_shard
 
 
 def main() -> int:

@@ -69,7 +69,8 @@ def main() -> int:
         config_and_model_given=args.config is not None and args.model is not None,
     )
     keep_out(unused_packages(run_quantization(args.run_dir, args.config)))
-    from pronlora.infer.stage import Models, run_shard
+    from pronlora.infer.models import Models
+    from pronlora.infer.stage import run_shard
 
     models = Models(swap=len({c for c, _ in items}) > 1)  # one load for all items
     for checkpoint, shard in items:

@@ -92,3 +92,25 @@ def test_run_dir_layout_is_spelled_in_layout_py_only() -> None:
             if spellings.search(line):
                 offenders.append(f"{path.relative_to(SRC)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_every_mutation_still_finds_the_code_it_breaks() -> None:
+    """tools/mutations.py runs before a release, not in CI: code moved since would leave a
+    mutation that breaks nothing (two had gone stale unnoticed when checks moved modules)."""
+    import importlib.util
+    import sys
+
+    repo = SRC.parents[1]
+    spec = importlib.util.spec_from_file_location("mutations", repo / "tools" / "mutations.py")
+    assert spec is not None and spec.loader is not None
+    mutations = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("mutations", mutations)  # dataclasses resolve the module by name
+    spec.loader.exec_module(mutations)
+    stale = {
+        m.id: (repo / m.path).read_text().count(m.find)
+        for m in mutations.MUTATIONS
+        if (repo / m.path).read_text().count(m.find) != 1
+    }
+    assert not stale, f"mutation id -> occurrences of its code (want 1): {stale}"
+    tests = {t.split("::")[0] for m in mutations.MUTATIONS for t in m.tests}
+    assert all((repo / t).is_file() for t in tests), tests

@@ -13,7 +13,8 @@ import torch
 from pronlora.core.atomic import read_jsonl, write_json
 from pronlora.core.config import ConfigError
 from pronlora.core.layout import RunDir
-from pronlora.infer.stage import RunSpec, ensure_run, generation_collator, load_for_inference
+from pronlora.infer.batching import generation_collator
+from pronlora.infer.models import RunSpec, ensure_run, load_for_inference
 from pronlora.model.export import export
 from pronlora.model.snapshot import check_snapshot
 

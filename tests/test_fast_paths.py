@@ -253,7 +253,8 @@ def test_folded_gqa_attention_generates_the_sdpa_tokens(
     tiny_model: Path, demo_prepared: Path
 ) -> None:
     """The whole model, left-padded batch, prefill and cached decoding steps."""
-    from pronlora.infer.stage import generate, generation_collator
+    from pronlora.infer.batching import generation_collator
+    from pronlora.infer.generation import generate
     from pronlora.model.attention import FOLDED_GQA
 
     rows = [r for r in read_jsonl(demo_prepared / "test.jsonl") if r["task"] == "MDD"][:3]
@@ -277,7 +278,8 @@ def test_preallocated_cache_generates_the_growing_cache_tokens(
 ) -> None:
     """infer.cache=static_eager (the paper configs' default) against the dynamic cache, on a
     left-padded batch of each task."""
-    from pronlora.infer.stage import generate, generation_batches
+    from pronlora.infer.batching import generation_batches
+    from pronlora.infer.generation import generate
 
     rows = read_jsonl(demo_prepared / "test.jsonl")[:8]
     answers = {}
@@ -317,14 +319,10 @@ def test_graphed_decoding_loop_generates_the_static_cache_tokens(
     decodes: a left-padded batch of each task, free and forced (the benchmarks' ExactLengths
     through the step counter: rows end at different steps), the prefill and each step
     attending to a window of the cache's first positions (cache_window.py)."""
-    from pronlora.infer import stage
-    from pronlora.infer.stage import (
-        Models,
-        RunSpec,
-        generate,
-        generation_batches,
-        generation_collator,
-    )
+    from pronlora.infer import generation
+    from pronlora.infer.batching import generation_batches, generation_collator
+    from pronlora.infer.generation import generate
+    from pronlora.infer.models import Models, RunSpec
     from pronlora.model import cache_window
 
     rows = read_jsonl(demo_prepared / "test.jsonl")[:8]
@@ -332,11 +330,11 @@ def test_graphed_decoding_loop_generates_the_static_cache_tokens(
     answers: dict[str, list] = {}
     limits: list[int] = []  # the graphed loop's max_new_tokens, which sizes its cache
 
-    def spy(model, inputs, max_new_tokens, *args, _plain=stage.greedy_decode, **kwargs):
+    def spy(model, inputs, max_new_tokens, *args, _plain=generation.greedy_decode, **kwargs):
         limits.append(max_new_tokens)
         return _plain(model, inputs, max_new_tokens, *args, **kwargs)
 
-    monkeypatch.setattr(stage, "greedy_decode", spy)
+    monkeypatch.setattr(generation, "greedy_decode", spy)
     # attention windows that grow every 4 positions: many widths within each answer
     monkeypatch.setattr(cache_window, "WINDOW_STEP", 4)
     handed: list[tuple[int, int, int]] = []  # per layer call: keys written, given, cached
@@ -390,12 +388,9 @@ def test_compiled_prefill_gives_the_eager_tokens_with_one_graph_for_all_layers(
     graphs would mean a compile per layer or per batch."""
     from torch._dynamo.utils import counters
 
-    from pronlora.infer.stage import (
-        Models,
-        RunSpec,
-        generate,
-        generation_batches,
-    )
+    from pronlora.infer.batching import generation_batches
+    from pronlora.infer.generation import generate
+    from pronlora.infer.models import Models, RunSpec
 
     monkeypatch.setenv("PRONLORA_CACHE", str(tmp_path / "cache"))
     rows = read_jsonl(demo_prepared / "test.jsonl")[:10]

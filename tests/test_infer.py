@@ -12,7 +12,9 @@ from pronlora.core.atomic import read_jsonl
 from pronlora.core.config import ConfigError, load_config
 from pronlora.core.decode_grid import worker_items
 from pronlora.core.layout import RunDir
-from pronlora.infer.stage import BASE, decode_batches, shard_paths
+from pronlora.infer.batching import decode_batches
+from pronlora.infer.shard_file import shard_paths
+from pronlora.infer.stage import BASE
 
 from .conftest import REPO
 
@@ -238,7 +240,7 @@ def test_a_worker_swaps_each_next_checkpoint_in_as_a_fresh_load_has_it(
     from safetensors.torch import load_file, save_file
 
     from pronlora.core.layout import UNFROZEN_FILE
-    from pronlora.infer.stage import Models, ensure_run
+    from pronlora.infer.models import Models, ensure_run
     from pronlora.model.load import load_model, unfrozen_state
 
     run = tmp_path / "run"
@@ -288,7 +290,8 @@ def test_a_worker_swaps_each_next_checkpoint_in_as_a_fresh_load_has_it(
 def test_merged_adapter_generates_the_same_tokens(trained_run: Path, demo_prepared: Path) -> None:
     from dataclasses import replace
 
-    from pronlora.infer.stage import ensure_run, generate, load_for_inference
+    from pronlora.infer.generation import generate
+    from pronlora.infer.models import ensure_run, load_for_inference
 
     spec = ensure_run(trained_run, None, None)
     rows = [r for r in read_jsonl(demo_prepared / "test.jsonl") if r["task"] == "MDD"][:3]
@@ -304,7 +307,9 @@ def test_merged_adapter_generates_the_same_tokens(trained_run: Path, demo_prepar
 def test_a_worker_loads_a_checkpoint_once_and_benchmarks_decode_real_lengths(
     tiny_model: Path, demo_prepared: Path, tmp_path: Path
 ) -> None:
-    from pronlora.infer.stage import Models, generate, run_shard
+    from pronlora.infer.generation import generate
+    from pronlora.infer.models import Models
+    from pronlora.infer.stage import run_shard
 
     rows = read_jsonl(demo_prepared / "test.jsonl")
     lengths = {r["id"]: 3 + i % 5 for i, r in enumerate(rows)}  # as a bench would ask
@@ -357,12 +362,14 @@ def test_answers_and_clip_embeddings_do_not_depend_on_batch_size_or_shards(
     import torch
 
     import pronlora.infer.stage as infer
+    from pronlora.infer.batching import generation_collator
+    from pronlora.infer.models import Models
     from pronlora.model.audio_cache import multimodal_model
 
     given: dict[str, dict[str, torch.Tensor]] = {}  # run -> clip -> rows the decoder got
     batches: dict[str, set[frozenset[str]]] = {}  # run -> the decode batches
     state: dict = {}
-    real_generate = infer.generate
+    real_generate = infer.generate  # the name run_shard calls
 
     def recording_generate(loaded, cfg, batch_rows, batch=None, *args, **kwargs):
         if state.get("model") is not loaded.model:  # each shard's process loads its own
@@ -372,7 +379,7 @@ def test_answers_and_clip_embeddings_do_not_depend_on_batch_size_or_shards(
             state["hook"] = layer.register_forward_pre_hook(record, with_kwargs=True)
             state["model"] = loaded.model
         batches.setdefault(state["run"], set()).add(frozenset(r["id"] for r in batch_rows))
-        collated = infer.generation_collator(loaded, cfg)(batch_rows)  # the same prompt layout
+        collated = generation_collator(loaded, cfg)(batch_rows)  # the same prompt layout
         state.update(
             ids=collated["input_ids"], rows=batch_rows, audio_id=loaded.tokenizer.audio_token_id
         )
@@ -396,7 +403,7 @@ def test_answers_and_clip_embeddings_do_not_depend_on_batch_size_or_shards(
         state["run"] = key = f"batch {batch_size}, {shards} shards"
         run = _run_with_batch_size(trained_run, tmp_path / f"b{batch_size}s{shards}", batch_size)
         for shard in range(shards):  # each shard its own process, as array tasks are
-            models = infer.Models()
+            models = Models()
             infer.run_shard(run, "epoch-1", demo_prepared, "test", shard, shards, models=models)
         state.pop("hook").remove()
         state.pop("model")
@@ -429,7 +436,8 @@ def test_the_encoder_depends_on_its_batch_and_cached_decoding_equals_the_models_
     is the clips' group."""
     import torch
 
-    from pronlora.infer.stage import Models, ensure_run, generate
+    from pronlora.infer.generation import generate
+    from pronlora.infer.models import Models, ensure_run
     from pronlora.model.audio_cache import clip_groups
 
     spec = ensure_run(trained_run, None, None)
@@ -458,7 +466,8 @@ def test_a_checkpoint_decodes_with_its_own_trained_weights(
     import torch
     from safetensors.torch import load_file
 
-    from pronlora.infer.stage import ensure_run, generation_collator, load_for_inference
+    from pronlora.infer.batching import generation_collator
+    from pronlora.infer.models import ensure_run, load_for_inference
 
     spec = ensure_run(trained_run, None, None)
     ckpt = trained_run / "checkpoints" / "epoch-1"
@@ -539,7 +548,7 @@ def test_the_phase_bench_counts_each_tasks_prompts_and_decoding_steps(
     """bench/infer_phases.py (run first on a GPU): the prefill/steps split is only worth its
     device time if its counts are those of the batches the stage decoded."""
     from pronlora.devtools.bench import target_lengths
-    from pronlora.infer.stage import generation_batches
+    from pronlora.infer.batching import generation_batches
     from pronlora.model.load import load_tokenizer
 
     batch = 3

@@ -21,7 +21,8 @@ from pronlora.core.atomic import follow_umask, read_jsonl, write_json
 from pronlora.core.config import ConfigError, load_config
 from pronlora.core.errors import DataError, SnapshotError
 from pronlora.core.lock import LockedError, OutputLock
-from pronlora.infer.stage import run_shard, shard_paths
+from pronlora.infer.shard_file import shard_paths
+from pronlora.infer.stage import run_shard
 from pronlora.train.recipe import EXIT_REQUEUE, train
 from pronlora.train.stopping import STOP_SIGNALS
 
@@ -136,7 +137,7 @@ def test_two_workers_on_one_shard_never_write_twice(
 
 
 def test_a_prediction_file_with_an_id_twice_is_refused(trained_run: Path, tmp_path: Path) -> None:
-    from pronlora.infer.stage import read_written
+    from pronlora.infer.shard_file import read_written
 
     path = tmp_path / "shard-0-of-1.jsonl"
     row = {"id": "a-APA", "utt_id": "a", "task": "APA", "output": "", "parsed": None}
@@ -149,7 +150,7 @@ def test_answers_with_unicode_line_separators_read_back_whole(tmp_path: Path) ->
     """Found on a GPU: random-weight answers hold U+2028/U+0085, which JSON leaves unescaped
     and str.splitlines() breaks at; a resumed shard must read such lines back as written."""
     from pronlora.core.atomic import jsonl_line
-    from pronlora.infer.stage import read_written
+    from pronlora.infer.shard_file import read_written
 
     path = tmp_path / "shard-0-of-1.jsonl"
     rows = [

@@ -48,7 +48,7 @@ T_SHARED, T_REL = "tests/test_shared_cluster.py", "tests/test_reliability.py"
 MUTATIONS = (
     Mutation(
         "adapter-not-loaded",
-        INFER,
+        "src/pronlora/infer/models.py",
         "set_peft_model_state_dict(model, state, adapter_name",
         "set_peft_model_state_dict(model, {}, adapter_name",
         (f"{T_INFER}::test_a_checkpoint_decodes_with_its_own_trained_weights",),
@@ -88,7 +88,7 @@ MUTATIONS = (
     ),
     Mutation(
         "decode-batches-per-shard",
-        INFER,
+        "src/pronlora/infer/batching.py",
         "return generation_batches(split_rows, size)[shard::num_shards]",
         "return generation_batches(split_rows[shard::num_shards], size)",
         (f"{T_INFER}::test_shards_deal_out_the_splits_decode_batches_whole",),
@@ -136,7 +136,7 @@ MUTATIONS = (
     ),
     Mutation(
         "other-training-data",
-        INFER,
+        "src/pronlora/infer/inputs.py",
         "    if trained_on and trained_on != data_hash:",
         "    if False:",
         (f"{T_SHARED}::test_inference_and_collect_use_the_data_the_run_was_trained_on",),
@@ -144,9 +144,9 @@ MUTATIONS = (
     ),
     Mutation(
         "missing-epoch-leaves-folder",
-        INFER,
-        '        if not (ckpt_dir / "meta.json").is_file():',
-        "        if False:",
+        "src/pronlora/infer/inputs.py",
+        '    if not (ckpt_dir / "meta.json").is_file():',
+        "    if False:",
         (f"{T_SHARED}::test_a_missing_epoch_leaves_no_trace",),
         "a failed --checkpoint epoch-9 leaves predictions/epoch-9/",
     ),
@@ -200,7 +200,7 @@ MUTATIONS = (
     ),
     Mutation(
         "cut-line-kept",
-        INFER,
+        "src/pronlora/infer/shard_file.py",
         '    keep = data.rfind(b"\\n") + 1',
         "    keep = len(data)",
         (f"{T_INFER}::test_killed_shard_resumes_to_the_same_lines",),
@@ -240,9 +240,9 @@ MUTATIONS = (
     ),
     Mutation(
         "resume-with-changed-data",
-        "src/pronlora/train/recipe.py",
-        '            diffs.append("the prepared data (its content hash)")',
-        "            pass",
+        "src/pronlora/train/inputs.py",
+        '        diffs.append("the prepared data (its content hash)")',
+        "        pass",
         (f"{T_SHARED}::test_a_resumed_run_refuses_changed_prepared_data",),
         "a resumed run trains on changed prepared data",
     ),
@@ -388,7 +388,7 @@ MUTATIONS = (
     ),
     Mutation(
         "bench-cache-cut",
-        "src/pronlora/infer/stage.py",
+        "src/pronlora/infer/generation.py",
         "        limit = max(limit, max(lengths) + 1)\n",
         "        limit = max(lengths) + 1\n",
         ("tests/test_fast_paths.py::test_graphed_decoding_loop_generates_the_static_cache_tokens",),
@@ -440,7 +440,7 @@ MUTATIONS = (
     ),
     Mutation(
         "shard-resume-ignores-settings",
-        "src/pronlora/infer/stage.py",
+        "src/pronlora/infer/shard_file.py",
         "    if changed:\n",
         "    if False:\n",
         ("tests/test_infer.py::test_killed_shard_resumes_to_the_same_lines",),

@@ -305,7 +305,7 @@ def bench_infer(
     (static-cache compilation, allocator), the second gives the steady rate. ``models``: a
     caller's holder, to decode more passes with the same load (the profile does).
     """
-    from pronlora.infer.stage import Models
+    from pronlora.infer.models import Models
     from pronlora.model.load import load_tokenizer
 
     rows = PreparedDir(prepared).load_split("test")

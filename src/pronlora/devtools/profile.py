@@ -317,7 +317,7 @@ def profile_inference(cfg: Any, model_dir: Path, prepared: Path, run_dir: Path) 
     all on one model load. Per-step figures are per generation batch."""
     from pronlora.core.layout import PreparedDir
     from pronlora.devtools.bench import bench_infer, decode_test_split, target_lengths
-    from pronlora.infer.stage import Models
+    from pronlora.infer.models import Models
     from pronlora.model.load import load_tokenizer
 
     models = Models()

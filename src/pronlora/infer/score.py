@@ -15,20 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from pronlora.core.audio import AudioRef, check_audio
-from pronlora.core.config import ConfigError
 from pronlora.core.errors import DataError
-from pronlora.core.layout import BASE_CHECKPOINT, PreparedDir, RunDir, checkpoint_name
+from pronlora.core.layout import PreparedDir, RunDir
 from pronlora.core.lexicon import canonical_word_phones, corpus_lexicon
 from pronlora.core.parse import parse_answer
 from pronlora.core.phones import DEL, align_to_canonical, normalise_phone_sequence
 from pronlora.core.protocol import APA_ASPECTS, MDD_FIELDS, TASKS, user_content
-from pronlora.infer.stage import (
-    Models,
-    ensure_run,
-    generate,
-    generation_batches,
-    generation_collator,
-)
+from pronlora.infer.batching import generation_batches, generation_collator
+from pronlora.infer.generation import generate
+from pronlora.infer.inputs import complete_checkpoint
+from pronlora.infer.models import Models, ensure_run
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +122,7 @@ def score_recordings(run_dir: Path, checkpoint: str, recs: list[Recording]) -> l
         raise DataError(
             f"recordings share a name: {sorted(n for n in names if names.count(n) > 1)}"
         )
-    ckpt_dir = None
-    if checkpoint_name(checkpoint) != BASE_CHECKPOINT:
-        ckpt_dir = RunDir(run_dir).checkpoint(checkpoint)
-        if not (ckpt_dir / "meta.json").is_file():
-            raise ConfigError(f"--checkpoint {checkpoint}: {ckpt_dir} is missing or incomplete")
+    ckpt_dir = complete_checkpoint(run_dir, checkpoint)
     rows = [
         {
             "id": f"{rec.name}-{task.value}",

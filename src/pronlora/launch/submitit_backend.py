@@ -170,7 +170,8 @@ class InferTask:
             config_and_model_given=False,
         )
         keep_out(unused_packages(run_quantization(self.run_dir)))
-        from pronlora.infer.stage import Models, run_shard
+        from pronlora.infer.models import Models
+        from pronlora.infer.stage import run_shard
 
         models = Models(swap=len({c for c, _ in items}) > 1)  # one load for all items
         return [
