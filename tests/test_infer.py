@@ -196,6 +196,9 @@ def test_killed_shard_resumes_to_the_same_lines(trained_run: Path, demo_prepared
     assert done.is_file()
     again = _run(["--run-dir", str(killed), *args])
     assert "nothing to do" in again.stderr and _lines(out) == _lines(reference)
+    done.write_text(done.read_text()[:20])  # a summary cut short by hand: named, no traceback
+    again = _run(["--run-dir", str(killed), *args])
+    assert again.returncode == 2 and f"{done}: not valid JSON" in again.stderr, again.stderr
 
 
 @pytest.mark.slow

@@ -17,7 +17,6 @@ and drops a last line cut off by a kill.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -30,7 +29,7 @@ import torch
 
 from pronlora.core.atomic import jsonl_line, umask_mode, write_json
 from pronlora.core.config import ConfigError, TrainConfig
-from pronlora.core.layout import BASE_CHECKPOINT, PreparedDir, RunDir
+from pronlora.core.layout import BASE_CHECKPOINT, PreparedDir, RunDir, read_json_file
 from pronlora.core.lock import OutputLock
 from pronlora.core.parse import parse_answer
 from pronlora.infer.batching import decode_batches, generation_collator, prefetched
@@ -115,7 +114,7 @@ def _write_shard(
     todo = [b for b in batches if any(r["id"] not in written for r in b)]
     if not todo and done_path.is_file():  # its summary records the settings it was decoded with
         log.info("%s is complete (%d instances); nothing to do", out_path, len(rows))
-        return json.loads(done_path.read_text())
+        return read_json_file(done_path)
     check_settings(
         RunDir(run_dir).shard_settings(checkpoint, shard, num_shards, split),
         decoding_settings(spec.cfg),
