@@ -63,6 +63,43 @@ def test_links_planted_in_a_run_dir_are_refused_naming_them(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("where", ["train_log.jsonl", "trainer", "checkpoints/epoch-1"])
+def test_a_training_job_never_writes_through_a_planted_link(
+    where: str, tiny_model: Path, demo_prepared: Path, tmp_path: Path
+) -> None:
+    """Planted before the job (refused before anything is written) or while it runs (refused
+    at its next write there): the link's target stays untouched."""
+    import shutil
+
+    from transformers import TrainerCallback
+
+    outside, run = tmp_path / "outside", tmp_path / "run"
+    outside.mkdir()
+    run.mkdir()
+    link = run / where
+    planted = f"{link}: a symbolic link inside {run}"
+    if "/" not in where:
+        link.symlink_to(outside)
+        proc = train_job(demo_prepared, tiny_model, run, "max_steps=2")
+        assert proc.returncode == 2 and planted in proc.stderr, proc.stderr[-2000:]
+        assert list(outside.iterdir()) == [] and not (run / "run.json").exists()
+        link.unlink()
+
+    class PlantAfterStep1(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 1:
+                if link.is_dir():
+                    shutil.rmtree(link)
+                link.unlink(missing_ok=True)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(outside)
+
+    with pytest.raises(DataError, match=planted):
+        train(load_config("smoke"), demo_prepared, tiny_model, run, callbacks=[PlantAfterStep1()])
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["/abs/epoch-1", "../../x", "epoch-1/../../x", "best"])
 def test_a_checkpoint_is_a_name_of_the_run_not_a_path(
     trained_run: Path, demo_prepared: Path, tmp_path: Path, name: str

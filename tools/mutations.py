@@ -515,6 +515,23 @@ MUTATIONS = (
         ),
         "a submitit decode task refuses its last item only after decoding the ones before it",
     ),
+    Mutation(
+        "training-follows-planted-links",
+        "src/pronlora/core/layout.py",
+        "        for path in self.training_outputs:\n"
+        "            no_links_in_tree(self.root, path)\n",
+        "        pass\n",
+        (f"{T_SHARED}::test_a_training_job_never_writes_through_a_planted_link",),
+        "a training job writes its log and checkpoints through a link planted in its run dir",
+    ),
+    Mutation(
+        "train-log-follows-a-late-link",
+        "src/pronlora/train/trainer.py",
+        "flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW",
+        "flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT",
+        (f"{T_SHARED}::test_a_training_job_never_writes_through_a_planted_link",),
+        "the training log is appended through a link planted while the job runs",
+    ),
 )
 
 # Survivors accepted on purpose: mutation id -> why no test should fail.

@@ -16,6 +16,7 @@ Run dir::
     .lock                                     the writer holding the run dir
     train_log.jsonl                           loss, lr, tokens/s, GPU memory per logging step
     tensorboard/  tracking.json               the same as TensorBoard events; tracked run ids
+    wandb/  mlruns/                           W&B's offline files, MLflow's store (if asked)
     checkpoints/epoch-N/                      adapter (+ unfrozen.safetensors) per epoch
     checkpoints/done.json                     written when training finished
     trainer/checkpoint-STEP/                  step checkpoints for resumption
@@ -74,11 +75,27 @@ def no_links_inside(root: Path, path: Path) -> Path:
     for part in parts:
         here = here / part
         if here.is_symlink():
-            raise DataError(
-                f"{here}: a symbolic link inside {root}; pronlora writes only real files and "
-                "folders there (remove the link)"
-            )
+            raise _planted_link(here, root)
     return path
+
+
+def no_links_in_tree(root: Path, path: Path) -> None:
+    """``path`` as ``no_links_inside`` checks it and, for a folder, everything in it: a job
+    that writes into folders of its own (the Trainer's checkpoints, TensorBoard's events)
+    would follow a link planted anywhere below them."""
+    no_links_inside(root, path)
+    if path.is_dir():
+        for here, dirs, files in os.walk(path):  # links are listed, never entered
+            for name in sorted((*dirs, *files)):
+                if (Path(here) / name).is_symlink():
+                    raise _planted_link(Path(here) / name, root)
+
+
+def _planted_link(link: Path, root: Path) -> DataError:
+    return DataError(
+        f"{link}: a symbolic link inside {root}; pronlora writes only real files and "
+        "folders there (remove the link)"
+    )
 
 
 def read_json_file(path: Path, what: str = "") -> Any:
@@ -196,11 +213,35 @@ class RunDir:
     train_log = property(lambda self: self.root / "train_log.jsonl")
     tensorboard = property(lambda self: self.root / "tensorboard")
     tracking_json = property(lambda self: self.root / "tracking.json")
+    wandb = property(lambda self: self.root / "wandb")  # W&B's offline files (WANDB_DIR)
+    mlruns = property(lambda self: self.root / "mlruns")  # MLflow's file store
     checkpoints = property(lambda self: self.root / "checkpoints")
     done_json = property(lambda self: self.root / "checkpoints" / "done.json")
     trainer = property(lambda self: self.root / "trainer")
     report = property(lambda self: self.root / "report")
     logs = property(lambda self: self.root / "logs")
+
+    @property
+    def training_outputs(self) -> tuple[Path, ...]:
+        """What a training job writes (files, and folders with everything in them)."""
+        return (
+            self.run_json,
+            self.config_yaml,
+            self.versions_json,
+            self.train_log,
+            self.tracking_json,
+            self.wandb,
+            self.mlruns,
+            self.tensorboard,
+            self.checkpoints,
+            self.trainer,
+        )
+
+    def check_training_outputs(self) -> None:
+        """No symbolic link at or below anything a training job writes (group-writable run
+        dirs: a planted link would carry the job's writes elsewhere)."""
+        for path in self.training_outputs:
+            no_links_in_tree(self.root, path)
 
     def checkpoint(self, name: str) -> Path:
         return self.checkpoints / name

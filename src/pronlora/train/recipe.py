@@ -121,6 +121,7 @@ class TrainingRecipe:
             return
         assert self.inputs is not None, "validate first"
         check_same_run(self.run_dir, self.cfg, self.inputs)
+        self.layout.check_training_outputs()
         resolved = to_dict(self.cfg)
         write_text(self.layout.config_yaml, yaml.safe_dump(resolved, sort_keys=True))
         write_json(self.layout.versions_json, versions())

@@ -44,10 +44,10 @@ def tracking_env(cfg: TrainConfig, run: RunDir, environ: dict[str, str]) -> dict
             write_json(run.tracking_json, ids)
         env |= {"WANDB_RUN_ID": ids["wandb"], "WANDB_RESUME": "allow", "WANDB_NAME": cfg.name}
         env.setdefault("WANDB_MODE", environ.get("WANDB_MODE", "offline"))
-        env.setdefault("WANDB_DIR", environ.get("WANDB_DIR", str(run.root)))
+        env.setdefault("WANDB_DIR", environ.get("WANDB_DIR", str(run.wandb.parent)))
         env.setdefault("WANDB_PROJECT", environ.get("WANDB_PROJECT", "pronlora"))
     if "mlflow" in cfg.trackers:
-        uri = environ.get("MLFLOW_TRACKING_URI", (run.root / "mlruns").as_uri())
+        uri = environ.get("MLFLOW_TRACKING_URI", run.mlruns.as_uri())
         env |= {"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_NAME": cfg.name}
         if "mlflow" in ids:
             env["MLFLOW_RUN_ID"] = ids["mlflow"]

@@ -10,9 +10,11 @@ Trainer gives the rest (AdamW, schedules, exact mid-epoch resumption with RNG an
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from pronlora.core.atomic import follow_umask
+from pronlora.core.atomic import follow_umask, umask_mode
 from pronlora.core.config import TrainConfig, accumulation_steps, pass_size
 from pronlora.core.distributed import (
     DEEPSPEED_ENGINES,
@@ -181,6 +183,7 @@ class EpochCheckpoints(TrainerCallback):
                 f"{t.cfg.lr}); {dest} is not written"
             )
         meta = {"epoch": epoch, "global_step": state.global_step, "config": t.cfg.name}
+        t.run.check_training_outputs()  # a link planted since the start would take it
         save_epoch(t, t.tokenizer_to_save, dest, meta)
         log.info("saved %s", dest)
         return control
@@ -291,11 +294,20 @@ class PronloraTrainer(Trainer):
             "time_s": round(now - self._started, 2),
             **logs,
         }
-        with open(self.run.train_log, "a") as fh:
+        # appended, never through a link (one planted after the start is refused here)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        try:
+            fd = os.open(self.run.train_log, flags, umask_mode())
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self.run.check_training_outputs()  # names the link
+            raise
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
 
     def _save_checkpoint(self, model, trial):
         self.check_losses(wait_for_all=True)  # no checkpoint after a non-finite pass
+        self.run.check_training_outputs()  # a link planted since the start would take it
         super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir=None, state_dict=None):
