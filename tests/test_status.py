@@ -40,7 +40,9 @@ def submitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # a run half-way: epoch 1 saved, step 10 of 40 logged, one checkpoint decoded
     (run / "checkpoints" / "epoch-1").mkdir(parents=True)
     log = [{"step": s, "time_s": 2.0 * s, "loss": 10.0 - s / 10} for s in (5, 10)]
-    (run / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    # the job is appending step 15 as status reads: its half-line is not an entry yet
+    half = '{"step": 15, "time'
+    (run / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log) + half)
     write_json(run / "trainer" / "checkpoint-10" / "trainer_state.json", {"max_steps": 40})
     pred = run / "predictions" / "base"
     pred.mkdir(parents=True)

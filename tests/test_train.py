@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from pronlora.core.atomic import read_jsonl
 from pronlora.core.config import ConfigError, load_config
 from pronlora.core.errors import DataError, SnapshotError
-from pronlora.core.layout import PreparedDir
+from pronlora.core.layout import PreparedDir, RunDir
 from pronlora.model.collate import IGNORE_INDEX, Collator, SequenceTooLongError
 from pronlora.model.load import AUDIO_MODULES, load_model, load_unfrozen_state, unfrozen_state
 from pronlora.train.recipe import NonFiniteLossError, build_trainer, train
@@ -296,7 +296,15 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(
     with SummaryWriter(str(run / "tensorboard")) as lost:
         for step in (4, 5):
             lost.add_scalar("train/loss", 999.0, step)
+    with open(run / "train_log.jsonl", "a") as fh:  # and in the log, the last line cut short
+        fh.write('{"step": 4, "loss": 999.0}\n{"step": 5, "loss": 999.0}\n{"step": 6, "lo')
     assert train(cfg, demo_prepared, tiny_model, run) == 0
+    # the log too: each step once, the resumed run's values, equal to the uninterrupted run's
+    losses = [
+        [(e["step"], e["loss"]) for e in RunDir(r).read_train_log() if "loss" in e]
+        for r in (tmp_path / "straight", run)
+    ]
+    assert losses[0] == losses[1] and len(losses[0]) > 3
     # one continuous TensorBoard stream, read by TensorBoard's own reader: the replayed steps
     # once each, with the resumed run's values, equal to the uninterrupted run's
     assert tensorboard_scalars(run, "train/loss") == tensorboard_scalars(

@@ -532,6 +532,14 @@ MUTATIONS = (
         (f"{T_SHARED}::test_a_training_job_never_writes_through_a_planted_link",),
         "the training log is appended through a link planted while the job runs",
     ),
+    Mutation(
+        "train-log-keeps-replayed-steps",
+        "src/pronlora/train/trainer.py",
+        '        kept = [e for e in entries if e["step"] <= state.global_step]\n',
+        "        kept = entries\n",
+        ("tests/test_train.py::test_signal_mid_epoch_then_resume_equals_uninterrupted",),
+        "a resumed run's log holds the replayed steps twice",
+    ),
 )
 
 # Survivors accepted on purpose: mutation id -> why no test should fail.

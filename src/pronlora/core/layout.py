@@ -289,6 +289,24 @@ class RunDir:
         no_links_inside(self.root, path)
         return path
 
+    def read_train_log(self) -> list[dict[str, Any]]:
+        """The training log's entries, each with its optimizer ``step``. A last line without
+        its newline is being written (or was cut off by a kill) and is left out; a corrupt
+        complete line is a DataError naming the file and line."""
+        if not self.train_log.is_file():
+            return []
+        data = self.train_log.read_bytes()
+        entries = []
+        for n, raw in enumerate(data[: data.rfind(b"\n") + 1].split(b"\n")[:-1], 1):
+            try:
+                entry = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                entry = None
+            if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
+                raise DataError(f"{self.train_log}:{n}: not a training log entry")
+            entries.append(entry)
+        return entries
+
     def read_run(self) -> dict[str, Any]:
         data = read_json_file(self.run_json)
         if not isinstance(data, dict) or "config" not in data:

@@ -141,12 +141,7 @@ def local_jobs(root: Path, jobs: list[dict[str, Any]], ids: dict[str, str]) -> l
 
 def run_progress(run_dir: Path, epochs: int, evaluate: list[str], shards: int) -> dict[str, Any]:
     run = RunDir(run_dir)
-    steps = (
-        [json.loads(x) for x in run.train_log.read_text().splitlines()]
-        if (run.train_log.is_file())
-        else []
-    )
-    steps = [e for e in steps if "loss" in e]
+    steps = [e for e in run.read_train_log() if "loss" in e]
     states = sorted(
         run.trainer.glob("checkpoint-*/trainer_state.json"), key=lambda p: p.stat().st_mtime
     )

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from pronlora.core.atomic import follow_umask, umask_mode
+from pronlora.core.atomic import follow_umask, umask_mode, write_text
 from pronlora.core.config import TrainConfig, accumulation_steps, pass_size
 from pronlora.core.distributed import (
     DEEPSPEED_ENGINES,
@@ -160,6 +160,30 @@ class LossCheckedAtTrainEnd(TrainerCallback):
         return control
 
 
+class TrainLogFromResumedStep(TrainerCallback):
+    """The training log continues from the resumed step: entries of steps this job replays
+    (logged before a kill, after the last step checkpoint) and a line cut off by the kill are
+    dropped, as TensorBoard's ``purge_step`` drops their events, so each step appears once."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def on_train_begin(self, args, state, control, **kw):
+        if not state.is_world_process_zero or not self.run.train_log.is_file():
+            return
+        entries = self.run.read_train_log()
+        kept = [e for e in entries if e["step"] <= state.global_step]
+        text = "".join(json.dumps(e) + "\n" for e in kept)
+        if text.encode() != self.run.train_log.read_bytes():
+            log.info(
+                "%s: %d entries after step %d dropped (this job logs those steps again)",
+                self.run.train_log,
+                len(entries) - len(kept),
+                state.global_step,
+            )
+            write_text(self.run.train_log, text)
+
+
 class EpochCheckpoints(TrainerCallback):
     """An epoch checkpoint at every epoch's end, refused when the trained weights are not finite."""
 
@@ -213,6 +237,7 @@ class PronloraTrainer(Trainer):
         self._tokens_logged, self._t0 = 0, time.perf_counter()
         self._started = self._t0  # log entries carry time_s since, for rates and time left
         self.loss_check = LaggedLossCheck()
+        self.add_callback(TrainLogFromResumedStep(self.run))
         self.add_callback(EpochCheckpoints(self))
         self.add_callback(OptimizerStateOnDevice(self))
         self.add_callback(LossCheckedAtTrainEnd(self))
