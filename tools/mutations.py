@@ -525,12 +525,12 @@ MUTATIONS = (
         "a training job writes its log and checkpoints through a link planted in its run dir",
     ),
     Mutation(
-        "train-log-follows-a-late-link",
-        "src/pronlora/train/trainer.py",
+        "appends-follow-a-late-link",
+        "src/pronlora/core/atomic.py",
         "flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW",
         "flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT",
         (f"{T_SHARED}::test_a_training_job_never_writes_through_a_planted_link",),
-        "the training log is appended through a link planted while the job runs",
+        "the training log (and shards, job times) appended through a link planted mid-job",
     ),
     Mutation(
         "train-log-keeps-replayed-steps",

@@ -43,6 +43,23 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         raise
 
 
+@contextmanager
+def open_append(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
+    """``path`` opened for appending lines (created as the umask allows), never through a
+    link: one planted there after a job's checks is refused, not followed."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, umask_mode())
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataError(
+                f"{path}: a symbolic link; pronlora appends only to real files (remove the link)"
+            ) from None
+        raise
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        yield fh
+
+
 def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

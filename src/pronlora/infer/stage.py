@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from pronlora.core.atomic import jsonl_line, umask_mode, write_json
+from pronlora.core.atomic import jsonl_line, open_append, write_json
 from pronlora.core.config import ConfigError, TrainConfig
 from pronlora.core.layout import BASE_CHECKPOINT, PreparedDir, RunDir, read_json_file
 from pronlora.core.lock import OutputLock
@@ -142,9 +142,8 @@ def _write_shard(
         audio = models.embed_clips(spec.cfg, split_rows, {r["audio"] for b in todo for r in b})
         embed_s = time.perf_counter() - t0
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        # appended, never through a link (one planted after the check above is refused here)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-        with os.fdopen(os.open(out_path, flags, umask_mode()), "a", encoding="utf-8") as fh:
+        # never through a link (one planted after the check above is refused here)
+        with open_append(out_path) as fh:
             collate = generation_collator(loaded, spec.cfg, audio)
             for batch_rows, batch in prefetched(todo, collate):
                 answers = generate(loaded, spec.cfg, batch_rows, batch, decode_lengths, audio)

@@ -24,6 +24,7 @@ from typing import Any
 
 import submitit
 
+from pronlora.core.atomic import open_append
 from pronlora.core.config import load_config
 from pronlora.core.errors import EnvironmentProblem
 from pronlora.core.layout import JOB_TIMES
@@ -325,6 +326,6 @@ def _run_here(
         handle.result()
         key = job.key if task is None else f"{job.key}[{task}]"
         record = {"job": key, "stage": job.stage, "wall_s": round(time.time() - t0, 1)}
-        with open(Path(plan.report_dir).parent / JOB_TIMES, "a") as fh:
+        with open_append(Path(plan.report_dir).parent / JOB_TIMES) as fh:
             fh.write(json.dumps(record) + "\n")
     return first

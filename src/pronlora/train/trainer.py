@@ -10,11 +10,9 @@ Trainer gives the rest (AdamW, schedules, exact mid-epoch resumption with RNG an
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from pronlora.core.atomic import follow_umask, umask_mode, write_text
+from pronlora.core.atomic import follow_umask, open_append, write_text
 from pronlora.core.config import TrainConfig, accumulation_steps, pass_size
 from pronlora.core.distributed import (
     DEEPSPEED_ENGINES,
@@ -319,15 +317,7 @@ class PronloraTrainer(Trainer):
             "time_s": round(now - self._started, 2),
             **logs,
         }
-        # appended, never through a link (one planted after the start is refused here)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-        try:
-            fd = os.open(self.run.train_log, flags, umask_mode())
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                self.run.check_training_outputs()  # names the link
-            raise
-        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        with open_append(self.run.train_log) as fh:
             fh.write(json.dumps(entry) + "\n")
 
     def _save_checkpoint(self, model, trial):
