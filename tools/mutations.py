@@ -144,9 +144,9 @@ MUTATIONS = (
     ),
     Mutation(
         "missing-epoch-leaves-folder",
-        "src/pronlora/infer/inputs.py",
-        '    if not (ckpt_dir / "meta.json").is_file():',
-        "    if False:",
+        LAYOUT,
+        "        if not (path / CHECKPOINT_META).is_file():",
+        "        if False:",
         (f"{T_SHARED}::test_a_missing_epoch_leaves_no_trace",),
         "a failed --checkpoint epoch-9 leaves predictions/epoch-9/",
     ),

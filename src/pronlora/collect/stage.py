@@ -29,7 +29,7 @@ from pronlora.collect.metrics import (
 from pronlora.collect.uncertainty import BOOT_METRICS, Bootstrap, Samples, interval
 from pronlora.core.atomic import read_jsonl
 from pronlora.core.errors import DataError
-from pronlora.core.layout import PreparedDir, RunDir
+from pronlora.core.layout import CHECKPOINT_META, PreparedDir, RunDir
 from pronlora.core.parse import parse_answer
 from pronlora.core.phones import transcript_phones
 from pronlora.core.protocol import APA_ASPECTS, MDD_FIELDS, SCORE_RANGE, Task
@@ -375,7 +375,7 @@ def collect(
                 test, preds, fallback
             )
             boot = Bootstrap(samples.apa_speakers, samples.mdd_speakers, speakers).metrics(samples)
-            meta = _read_json(run.checkpoint(pred_dir.name) / "meta.json")
+            meta = _read_json(run.checkpoint(pred_dir.name) / CHECKPOINT_META)
             entries.append(
                 Entry(
                     run=run_dir.name,

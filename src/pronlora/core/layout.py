@@ -17,7 +17,7 @@ Run dir::
     train_log.jsonl                           loss, lr, tokens/s, GPU memory per logging step
     tensorboard/  tracking.json               the same as TensorBoard events; tracked run ids
     wandb/  mlruns/                           W&B's offline files, MLflow's store (if asked)
-    checkpoints/epoch-N/                      adapter (+ unfrozen.safetensors) per epoch
+    checkpoints/epoch-N/                      adapter (+ unfrozen.safetensors), meta.json
     checkpoints/done.json                     written when training finished
     trainer/checkpoint-STEP/                  step checkpoints for resumption
     predictions/<checkpoint>/shard-I-of-N.{jsonl,done.json,lock}   test split
@@ -42,10 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from pronlora.core.atomic import read_jsonl
-from pronlora.core.errors import DataError
+from pronlora.core.errors import ConfigError, DataError
 
 SPLITS: tuple[str, ...] = ("train", "test")
 UNFROZEN_FILE = "unfrozen.safetensors"
+# in every finished checkpoint (epoch and step meta); its presence marks the checkpoint complete
+CHECKPOINT_META = "meta.json"
 EPOCH_DIR = re.compile(r"epoch-\d+")
 BASE_CHECKPOINT = "base"
 JOB_TIMES = "job_times.jsonl"
@@ -245,6 +247,16 @@ class RunDir:
 
     def checkpoint(self, name: str) -> Path:
         return self.checkpoints / name
+
+    def complete_checkpoint(self, name: str) -> Path | None:
+        """The dir of a complete checkpoint of this run (its ``meta.json`` is written with
+        it); None for ``base``, the untrained adapter. A missing or unfinished one is refused."""
+        if checkpoint_name(name) == BASE_CHECKPOINT:
+            return None
+        path = self.checkpoint(name)
+        if not (path / CHECKPOINT_META).is_file():
+            raise ConfigError(f"--checkpoint {name}: {path} is missing or incomplete")
+        return path
 
     def epoch(self, n: int) -> Path:
         return self.checkpoints / f"epoch-{n}"

@@ -13,26 +13,16 @@ from pathlib import Path
 
 from pronlora.core.config import ConfigError
 from pronlora.core.errors import DataError
-from pronlora.core.layout import BASE_CHECKPOINT, PreparedDir, RunDir, checkpoint_name
+from pronlora.core.layout import PreparedDir, RunDir
 
 log = logging.getLogger(__name__)
-
-
-def complete_checkpoint(run_dir: Path, checkpoint: str) -> Path | None:
-    """The dir of a complete checkpoint of the run (None: ``base``, the untrained adapter)."""
-    if checkpoint_name(checkpoint) == BASE_CHECKPOINT:
-        return None
-    ckpt_dir = RunDir(run_dir).checkpoint(checkpoint)
-    if not (ckpt_dir / "meta.json").is_file():
-        raise ConfigError(f"--checkpoint {checkpoint}: {ckpt_dir} is missing or incomplete")
-    return ckpt_dir
 
 
 def check_item(run_dir: Path, checkpoint: str, shard: int, num_shards: int) -> None:
     """The shard is one of ``num_shards`` and the checkpoint a complete one of the run."""
     if not 0 <= shard < num_shards:
         raise ConfigError(f"--shard {shard} outside 0..{num_shards - 1}")
-    complete_checkpoint(run_dir, checkpoint)
+    RunDir(run_dir).complete_checkpoint(checkpoint)
 
 
 def no_run_record(run_dir: Path) -> ConfigError:

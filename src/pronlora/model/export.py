@@ -181,9 +181,8 @@ def export(
     cfg = from_dict(meta["config"], str(run.run_json))
     if checkpoint_name(checkpoint) == BASE_CHECKPOINT:
         raise ConfigError("--checkpoint base: the base model has no task adapter to export")
-    ckpt = run.checkpoint(checkpoint)
-    if not (ckpt / "meta.json").is_file():
-        raise ConfigError(f"--checkpoint {checkpoint}: {ckpt} is missing or incomplete")
+    ckpt = run.complete_checkpoint(checkpoint)
+    assert ckpt is not None
     if out.exists() or out.is_symlink():
         raise DataError(f"--out {out}: exists; export into a new folder")
     model_dir = Path(meta["model"])

@@ -15,7 +15,7 @@ from typing import Any
 
 from pronlora.core.atomic import follow_umask, write_json
 from pronlora.core.distributed import barrier, is_complete
-from pronlora.core.layout import UNFROZEN_FILE, RunDir
+from pronlora.core.layout import CHECKPOINT_META, UNFROZEN_FILE, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def save_epoch(trainer: Any, tokenizer: TokenizerFiles, dest: Path, meta: dict[s
     trainer.save_model(str(tmp))
     if trainer.is_world_process_zero():
         tokenizer.write(tmp)
-        write_json(tmp / "meta.json", meta)
+        write_json(tmp / CHECKPOINT_META, meta)
         follow_umask(tmp)
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
@@ -93,7 +93,7 @@ def recover_epoch_checkpoint(run_dir: Path, resume: Path, tokenizer: Any) -> Pat
     tokenizer.save_pretrained(tmp)
     name = run.read_run()["config"]["name"]
     meta = {"epoch": k, "global_step": state["global_step"], "config": name}
-    write_json(tmp / "meta.json", meta)
+    write_json(tmp / CHECKPOINT_META, meta)
     follow_umask(tmp)
     tmp.rename(dest)
     log.warning("rebuilt %s from %s (a kill had interrupted its save)", dest, resume)
