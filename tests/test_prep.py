@@ -57,6 +57,21 @@ def test_kaldi_and_hf_forms_give_identical_instances(mini: Path, tmp_path: Path)
         assert rate == 16000 and np.array_equal(a, b)
 
 
+def test_prep_never_writes_audio_through_a_link_in_its_out_dir(mini: Path, tmp_path: Path) -> None:
+    """The Hugging Face form's clips are written under --out/audio/: a link planted there by
+    anyone sharing the prepared dir would take them (and feed its files back as clips)."""
+    from pronlora.core.errors import DataError
+
+    hf_dir = write_hf_parquet(mini, tmp_path / "hf")
+    (tmp_path / "outside").mkdir()
+    out = tmp_path / "prepared"
+    out.mkdir()
+    (out / "audio").symlink_to(tmp_path / "outside")
+    with pytest.raises(DataError, match=f"{out / 'audio'}: a symbolic link inside {out}"):
+        prepare("hf", hf_dir, out)
+    assert list((tmp_path / "outside").iterdir()) == []
+
+
 def _edit_scores(corpus: Path, fn) -> None:
     path = corpus / "resource" / "scores.json"
     scores = json.loads(path.read_text())

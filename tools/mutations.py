@@ -540,6 +540,14 @@ MUTATIONS = (
         ("tests/test_train.py::test_signal_mid_epoch_then_resume_equals_uninterrupted",),
         "a resumed run's log holds the replayed steps twice",
     ),
+    Mutation(
+        "prep-audio-through-links",
+        LAYOUT,
+        'return no_links_inside(self.root, self.root / "audio" / split / f"{utt_id}.wav")',
+        'return self.root / "audio" / split / f"{utt_id}.wav"',
+        ("tests/test_prep.py::test_prep_never_writes_audio_through_a_link_in_its_out_dir",),
+        "prep writes a corpus's byte-only clips through a link planted in its out dir",
+    ),
 )
 
 # Survivors accepted on purpose: mutation id -> why no test should fail.

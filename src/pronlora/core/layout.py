@@ -124,6 +124,11 @@ class PreparedDir:
     def split_path(self, split: str) -> Path:
         return self.root / f"{split}.jsonl"
 
+    def audio_file(self, split: str, utt_id: str) -> Path:
+        """Where prep writes a clip the corpus holds as bytes only (the Hugging Face form),
+        never through a link planted in the prepared dir."""
+        return no_links_inside(self.root, self.root / "audio" / split / f"{utt_id}.wav")
+
     def manifest(self) -> dict[str, Any]:
         data = read_json_file(self.manifest_path, f"rerun jobs/prep.py --out {self.root}")
         if not isinstance(data, dict):

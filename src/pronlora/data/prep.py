@@ -101,7 +101,7 @@ def _materialise_audio(utt: Utterance, out: Path) -> str:
     """Path of a 16 kHz mono file for ``utt``; bytes-only audio is written once under ``out``."""
     if utt.audio.path is not None:
         return str(utt.audio.path.resolve())
-    dest = (out / "audio" / utt.split / f"{utt.utt_id}.wav").resolve()
+    dest = PreparedDir(out).audio_file(utt.split, utt.utt_id)
     if not dest.is_file():
         samples, rate = utt.audio.read_int16()
         assert rate == SAMPLE_RATE  # validated before
