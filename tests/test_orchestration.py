@@ -269,6 +269,17 @@ def test_failed_submission_leaves_no_run_dir_and_nothing_queued(tmp_path: Path) 
     assert "scancel 1001 1002" in log.read_text()
 
 
+def test_a_link_planted_at_a_runs_slurm_log_folder_is_refused(tmp_path: Path) -> None:
+    """Slurm writes each job's log under <run dir>/logs/, following any link planted there."""
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    run.mkdir()
+    outside.mkdir()
+    (run / "logs").symlink_to(outside)
+    proc = _pipeline("--config", "smoke", "--run-dir", str(run), "--dry-run")
+    assert proc.returncode == 2 and f"{run / 'logs'}: a symbolic link inside" in proc.stderr
+    assert "Traceback" not in proc.stderr and list(outside.iterdir()) == []
+
+
 def test_env_sh_uses_the_checkouts_venv_python() -> None:
     out = subprocess.run(
         ["bash", "-c", f"source {REPO / 'env.sh'} && echo $PRONLORA_PYTHON"],

@@ -14,15 +14,16 @@ import subprocess
 from pathlib import Path
 
 from pronlora.core.errors import EnvironmentProblem
-from pronlora.core.layout import JOB_IDS, RunDir
+from pronlora.core.layout import JOB_IDS, RunDir, no_links_inside
 from pronlora.launch.plan import Job, LaunchPlan
 
 TEMPLATES = {s: f"slurm/{s}.sbatch" for s in ("prep", "train", "infer", "collect")}
 
 
 def _logs(plan: LaunchPlan, job: Job) -> Path:
-    root = plan.run(job.run).run_dir if job.run else str(Path(plan.report_dir).parent)
-    return RunDir(Path(root)).logs
+    """The job's Slurm log folder, refused if a link was planted there: Slurm would follow it."""
+    run = RunDir(Path(plan.run(job.run).run_dir if job.run else Path(plan.report_dir).parent))
+    return no_links_inside(run.root, run.logs)
 
 
 def job_env(plan: LaunchPlan, job: Job) -> dict[str, str]:
