@@ -46,7 +46,7 @@ from pronlora.core.errors import ConfigError, DataError
 
 SPLITS: tuple[str, ...] = ("train", "test")
 UNFROZEN_FILE = "unfrozen.safetensors"
-# in every finished checkpoint (epoch and step meta); its presence marks the checkpoint complete
+# written into every epoch checkpoint before it is published: a checkpoint without it is unfinished
 CHECKPOINT_META = "meta.json"
 EPOCH_DIR = re.compile(r"epoch-\d+")
 BASE_CHECKPOINT = "base"
