@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from pronlora.core.atomic import read_jsonl, write_json
 from pronlora.core.config import ConfigError
+from pronlora.core.errors import SnapshotError
 from pronlora.core.layout import RunDir
 from pronlora.infer.batching import generation_collator
 from pronlora.infer.models import RunSpec, ensure_run, load_for_inference
@@ -73,3 +75,11 @@ def test_export_round_trips_and_carries_a_model_card(
     assert again.returncode == 2 and f"--out {out}: exists" in again.stderr
     with pytest.raises(ConfigError, match="no task adapter"):
         export(trained_run, "base", tmp_path / "b")
+    # a checkpoint damaged after training is named, and nothing is exported
+    damaged = tmp_path / "damaged"
+    shutil.copytree(trained_run, damaged, ignore=shutil.ignore_patterns("predictions"))
+    adapter = damaged / "checkpoints" / "epoch-1" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-10])
+    with pytest.raises(SnapshotError, match=f"{adapter}: truncated or padded"):
+        export(damaged, "epoch-1", tmp_path / "d")
+    assert not (tmp_path / "d").exists()

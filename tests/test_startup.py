@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,17 @@ def test_a_refused_training_job_exits_2_before_torch_is_imported(
     assert not {"torch", "transformers", "peft"} & _imported(proc.stderr)
 
 
-@pytest.mark.parametrize("fault", ["checkpoint", "prepared", "data", "shard"])
+def _checkpoint(run: Path, name: str, weights: bytes | None = None) -> Path:
+    """A finished checkpoint as the early checks see it: meta.json and a whole (here empty)
+    adapter file; ``weights``: other bytes for it."""
+    folder = run / "checkpoints" / name
+    write_json(folder / "meta.json", {})
+    empty = struct.pack("<Q", 2) + b"{}"  # a safetensors file holding no tensors
+    (folder / "adapter_model.safetensors").write_bytes(empty if weights is None else weights)
+    return folder
+
+
+@pytest.mark.parametrize("fault", ["checkpoint", "damaged", "prepared", "data", "shard"])
 def test_a_decode_job_refuses_any_item_of_its_share_before_decoding_the_first(
     fault: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -70,12 +81,13 @@ def test_a_decode_job_refuses_any_item_of_its_share_before_decoding_the_first(
     for name in ("epoch-1", "epoch-2"):
         (run / "checkpoints" / name).mkdir(parents=True)
         if fault != "checkpoint" or name == "epoch-1":
-            write_json(run / "checkpoints" / name / "meta.json", {})
+            _checkpoint(run, name, b"\0" * 4 if fault == "damaged" and name == "epoch-2" else None)
     share = ["--checkpoint", "base,epoch-1,epoch-2", "--num-shards", "2"]
     if fault == "shard":
         share = ["--checkpoint", "epoch-1", "--shard", "2", "--num-shards", "2"]
     expected = {
         "checkpoint": f"--checkpoint epoch-2: {run / 'checkpoints' / 'epoch-2'} is missing",
+        "damaged": f"{run / 'checkpoints' / 'epoch-2' / 'adapter_model.safetensors'}: truncated",
         "prepared": f"--prepared {tmp_path}: no test.jsonl",
         "data": "was trained on data of hash 000000000000",
         "shard": "--shard 2 outside 0..1",
@@ -100,7 +112,7 @@ def test_a_submitit_decode_task_refuses_any_item_of_its_share_before_decoding_th
     run = tmp_path / "run"
     record = {"config": to_dict(load_config("smoke")), "model": str(tmp_path / "model")}
     write_json(run / "run.json", record)
-    write_json(run / "checkpoints" / "epoch-1" / "meta.json", {})
+    _checkpoint(run, "epoch-1")
     task = InferTask(str(run), str(demo_prepared), ["base", "epoch-1", "epoch-2"], 1, 1, 1)
     missing = f"--checkpoint epoch-2: {run / 'checkpoints' / 'epoch-2'} is missing"
     with pytest.raises(ConfigError, match=missing):

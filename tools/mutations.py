@@ -548,6 +548,17 @@ MUTATIONS = (
         ("tests/test_prep.py::test_prep_never_writes_audio_through_a_link_in_its_out_dir",),
         "prep writes a corpus's byte-only clips through a link planted in its out dir",
     ),
+    Mutation(
+        "damaged-checkpoint-found-late",
+        "src/pronlora/infer/inputs.py",
+        "        check_checkpoint_weights(ckpt_dir)\n",
+        "        pass\n",
+        (
+            "tests/test_startup.py::"
+            "test_a_decode_job_refuses_any_item_of_its_share_before_decoding_the_first",
+        ),
+        "a checkpoint damaged after training is found only when its turn to decode comes",
+    ),
 )
 
 # Survivors accepted on purpose: mutation id -> why no test should fail.

@@ -14,15 +14,24 @@ from pathlib import Path
 from pronlora.core.config import ConfigError
 from pronlora.core.errors import DataError
 from pronlora.core.layout import PreparedDir, RunDir
+from pronlora.model.snapshot import check_checkpoint_weights
 
 log = logging.getLogger(__name__)
+
+
+def checkpoint_to_decode(run_dir: Path, checkpoint: str) -> Path | None:
+    """A complete checkpoint of the run with whole weight files (None: ``base``)."""
+    ckpt_dir = RunDir(run_dir).complete_checkpoint(checkpoint)
+    if ckpt_dir is not None:
+        check_checkpoint_weights(ckpt_dir)
+    return ckpt_dir
 
 
 def check_item(run_dir: Path, checkpoint: str, shard: int, num_shards: int) -> None:
     """The shard is one of ``num_shards`` and the checkpoint a complete one of the run."""
     if not 0 <= shard < num_shards:
         raise ConfigError(f"--shard {shard} outside 0..{num_shards - 1}")
-    RunDir(run_dir).complete_checkpoint(checkpoint)
+    checkpoint_to_decode(run_dir, checkpoint)
 
 
 def no_run_record(run_dir: Path) -> ConfigError:

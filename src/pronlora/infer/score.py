@@ -23,6 +23,7 @@ from pronlora.core.phones import DEL, align_to_canonical, normalise_phone_sequen
 from pronlora.core.protocol import APA_ASPECTS, MDD_FIELDS, TASKS, user_content
 from pronlora.infer.batching import generation_batches, generation_collator
 from pronlora.infer.generation import generate
+from pronlora.infer.inputs import checkpoint_to_decode
 from pronlora.infer.models import Models, ensure_run
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def score_recordings(run_dir: Path, checkpoint: str, recs: list[Recording]) -> l
         raise DataError(
             f"recordings share a name: {sorted(n for n in names if names.count(n) > 1)}"
         )
-    ckpt_dir = RunDir(run_dir).complete_checkpoint(checkpoint)
+    ckpt_dir = checkpoint_to_decode(run_dir, checkpoint)
     rows = [
         {
             "id": f"{rec.name}-{task.value}",

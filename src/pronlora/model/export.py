@@ -31,7 +31,12 @@ from pronlora.core.layout import (
 )
 from pronlora.core.protocol import TABLE3_METRICS
 from pronlora.model.load import _checked_load, load_unfrozen_state, torch_dtype
-from pronlora.model.snapshot import RANDOM_WEIGHTS_MARKER, SPEECH_ADAPTER_DIR, check_snapshot
+from pronlora.model.snapshot import (
+    RANDOM_WEIGHTS_MARKER,
+    SPEECH_ADAPTER_DIR,
+    check_checkpoint_weights,
+    check_snapshot,
+)
 
 # Table 3's columns and the counts that say how far to trust them
 CARD_METRICS = (
@@ -183,6 +188,7 @@ def export(
         raise ConfigError("--checkpoint base: the base model has no task adapter to export")
     ckpt = run.complete_checkpoint(checkpoint)
     assert ckpt is not None
+    check_checkpoint_weights(ckpt)
     if out.exists() or out.is_symlink():
         raise DataError(f"--out {out}: exists; export into a new folder")
     model_dir = Path(meta["model"])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pronlora.core.errors import SnapshotError
+from pronlora.core.layout import UNFROZEN_FILE
 
 HUB_REPO = "microsoft/Phi-4-multimodal-instruct"
 # The native-format weights live on this revision (what transformers' integration test loads).
@@ -123,28 +124,43 @@ def read_json_member(path: Path, key: str) -> Any:
         raise SnapshotError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def safetensors_header(path: Path) -> dict[str, Any]:
-    """Tensor names -> (dtype, shape, offsets) from the file header; checks the file is whole."""
+def safetensors_header(path: Path, fix: str = "download it again") -> dict[str, Any]:
+    """Tensor names -> (dtype, shape, offsets) from the file header; checks the file is whole.
+    ``fix``: what the message tells the user to do about a damaged file."""
     size = path.stat().st_size
     with path.open("rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
-            raise SnapshotError(f"{path}: truncated ({size} bytes, no safetensors header)")
+            raise SnapshotError(f"{path}: truncated ({size} bytes, no safetensors header); {fix}")
         (n,) = struct.unpack("<Q", head)
         if n > size - 8:
-            raise SnapshotError(f"{path}: truncated (header of {n} bytes, file {size} bytes)")
+            raise SnapshotError(
+                f"{path}: truncated (header of {n} bytes, file {size} bytes); {fix}"
+            )
         try:
             header = json.loads(fh.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SnapshotError(f"{path}: corrupt safetensors header ({exc})") from exc
+            raise SnapshotError(f"{path}: corrupt safetensors header ({exc}); {fix}") from exc
     header.pop("__metadata__", None)
     end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
     if size != 8 + n + end:
         raise SnapshotError(
-            f"{path}: truncated or padded ({size} bytes, its header describes {8 + n + end}); "
-            "download it again"
+            f"{path}: truncated or padded ({size} bytes, its header describes {8 + n + end}); {fix}"
         )
     return header
+
+
+def check_checkpoint_weights(ckpt_dir: Path) -> None:
+    """A trained checkpoint's weight files are whole (headers only, no torch): a file damaged
+    after training is named before a decode or export starts, not as a safetensors traceback
+    after the items before it."""
+    fix = "the checkpoint was damaged after training; train that epoch again"
+    adapter = ckpt_dir / ADAPTER_WEIGHTS
+    if not adapter.is_file():
+        raise SnapshotError(f"{adapter}: missing; {fix}")
+    for path in (adapter, ckpt_dir / UNFROZEN_FILE):
+        if path.is_file():
+            safetensors_header(path, fix)
 
 
 def weight_files(model_dir: Path) -> dict[Path, set[str]]:
