@@ -26,6 +26,7 @@ from pronlora.model.audio_cache import AudioEmbeddingCache, clip_groups, multimo
 from pronlora.model.dequantized_merge import merge_into_dequantized
 from pronlora.model.load import Loaded, load_model, load_unfrozen_state, torch_dtype
 from pronlora.model.prefill import Prefill
+from pronlora.model.snapshot import ADAPTER_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def load_for_inference(
     )
     model = loaded.model
     if checkpoint_dir is not None:
-        state = load_file(str(checkpoint_dir / "adapter_model.safetensors"))
+        state = load_file(str(checkpoint_dir / ADAPTER_WEIGHTS))
         result = set_peft_model_state_dict(model, state, adapter_name="default")
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:

@@ -38,6 +38,7 @@ from pronlora.model.attention import FOLDED_GQA
 from pronlora.model.attention import register as register_folded_gqa
 from pronlora.model.compiling import use_shared_compile_cache
 from pronlora.model.snapshot import (
+    ADAPTER_CONFIG,
     ADAPTER_TARGET_REGEX,
     SPEECH_ADAPTER_DIR,
     check_snapshot,
@@ -306,7 +307,7 @@ def _checked_load(cls: Any, path: Path, kwargs: dict[str, Any]) -> Any:
 
 
 def _adapter_config(model_dir: Path) -> dict[str, Any]:
-    return read_json(model_dir / SPEECH_ADAPTER_DIR / "adapter_config.json")
+    return read_json(model_dir / SPEECH_ADAPTER_DIR / ADAPTER_CONFIG)
 
 
 def load_model(

@@ -16,6 +16,7 @@ from typing import Any
 from pronlora.core.atomic import follow_umask, write_json
 from pronlora.core.distributed import barrier, is_complete
 from pronlora.core.layout import CHECKPOINT_META, UNFROZEN_FILE, RunDir
+from pronlora.model.snapshot import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def complete_checkpoints(trainer_dir: Path) -> list[Path]:
     """Step checkpoints whose trainer state was written (the Trainer writes it last)."""
     found = []
     for d in trainer_dir.glob("checkpoint-*"):
-        state, adapter = d / "trainer_state.json", d / "adapter_model.safetensors"
+        state, adapter = d / "trainer_state.json", d / ADAPTER_WEIGHTS
         if state.is_file() and adapter.is_file() and is_complete(d):
             found.append(d)
     return sorted(found, key=lambda d: int(d.name.split("-")[1]))
@@ -87,7 +88,7 @@ def recover_epoch_checkpoint(run_dir: Path, resume: Path, tokenizer: Any) -> Pat
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in ("adapter_config.json", "adapter_model.safetensors", UNFROZEN_FILE):
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, UNFROZEN_FILE):
         if (resume / name).is_file():
             shutil.copy2(resume / name, tmp / name)
     tokenizer.save_pretrained(tmp)
