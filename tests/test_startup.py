@@ -80,8 +80,9 @@ def test_a_decode_job_refuses_any_item_of_its_share_before_decoding_the_first(
     write_json(run / "run.json", record)
     for name in ("epoch-1", "epoch-2"):
         (run / "checkpoints" / name).mkdir(parents=True)
-        if fault != "checkpoint" or name == "epoch-1":
-            _checkpoint(run, name, b"\0" * 4 if fault == "damaged" and name == "epoch-2" else None)
+        _checkpoint(run, name, b"\0" * 4 if fault == "damaged" and name == "epoch-2" else None)
+    if fault == "checkpoint":  # its weights are there, its meta.json (written last) is not
+        (run / "checkpoints" / "epoch-2" / "meta.json").unlink()
     share = ["--checkpoint", "base,epoch-1,epoch-2", "--num-shards", "2"]
     if fault == "shard":
         share = ["--checkpoint", "epoch-1", "--shard", "2", "--num-shards", "2"]
