@@ -18,9 +18,9 @@ from pathlib import Path
 
 from pronlora.core.cli import run_job
 from pronlora.core.config import ConfigError
-from pronlora.core.layout import PreparedDir
+from pronlora.core.layout import PreparedDir, RunDir
 from pronlora.devtools.bench import target_lengths
-from pronlora.infer.models import Models, checkpoint_dir, ensure_run
+from pronlora.infer.models import Models, ensure_run
 from pronlora.infer.shard_file import shard_paths
 from pronlora.infer.stage import run_shard
 
@@ -41,7 +41,7 @@ def main() -> int:
     rows = PreparedDir(Path(args.prepared)).load_split("test")
     # the stage's own load, whose tokenizer counts the targets' tokens (no second load)
     models = Models(swap=len(checkpoints) > 1)
-    loaded = models.get(spec, checkpoint_dir(Path(args.run_dir), checkpoints[0]))
+    loaded = models.get(spec, RunDir(Path(args.run_dir)).complete_checkpoint(checkpoints[0]))
     lengths = target_lengths(rows, loaded.tokenizer)
     for c in checkpoints:
         summary = run_shard(

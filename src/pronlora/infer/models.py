@@ -17,7 +17,7 @@ import torch
 
 from pronlora.core.atomic import write_json
 from pronlora.core.config import ConfigError, TrainConfig, from_dict, load_config, to_dict
-from pronlora.core.layout import BASE_CHECKPOINT, UNFROZEN_FILE, RunDir
+from pronlora.core.layout import UNFROZEN_FILE, RunDir
 from pronlora.core.versions import versions
 from pronlora.infer.batching import generation_collator
 from pronlora.infer.inputs import no_run_record
@@ -35,15 +35,6 @@ log = logging.getLogger(__name__)
 class RunSpec:
     cfg: TrainConfig
     model_dir: Path
-
-
-def checkpoint_dir(run_dir: Path, checkpoint: str) -> Path | None:
-    """The checkpoint a decode loads (None: the base model), as ``Models`` keys it."""
-    return (
-        None
-        if checkpoint == BASE_CHECKPOINT
-        else RunDir(Path(run_dir).resolve()).checkpoint(checkpoint)
-    )
 
 
 def ensure_run(run_dir: Path, config: str | TrainConfig | None, model: str | None) -> RunSpec:

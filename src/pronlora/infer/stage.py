@@ -35,7 +35,7 @@ from pronlora.core.parse import parse_answer
 from pronlora.infer.batching import decode_batches, generation_collator, prefetched
 from pronlora.infer.generation import generate
 from pronlora.infer.inputs import check_item, check_trained_on
-from pronlora.infer.models import Models, checkpoint_dir, ensure_run
+from pronlora.infer.models import Models, ensure_run
 from pronlora.infer.shard_file import check_settings, decoding_settings, read_written, shard_paths
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def _write_shard(
         out_path,
         bool(written),
     )
-    ckpt_dir = checkpoint_dir(run_dir, checkpoint)
+    ckpt_dir = RunDir(run_dir).complete_checkpoint(checkpoint)
     log.info(
         "shard %d/%d of %s (%s): %d instances in %d batches, %d already written",
         shard,
